@@ -1,0 +1,388 @@
+"""Images in and out: load, convert between PIL and tensors, show and save.
+
+Every image in the course travels the same road::
+
+    file --load_image--> PIL RGB image --to_tensor--> (1, 3, H, W) float tensor in [0, 1]
+         <--save_image--               <--to_pil----
+
+`load_image` accepts any file PIL can read, in any colour mode, and always returns an RGB image (EXIF
+rotation applied, transparency composited on white, 16-bit and float data rescaled to 8 bit). When a file
+cannot be used it raises `ImageError` with one sentence that names the file and says what is wrong.
+
+Saving is atomic: the image is written to a temporary file next to the target and then moved into place,
+so an interrupted save never leaves a half-written file behind (or destroys the previous one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import matplotlib.figure
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "MAX_PIXELS",
+    "ImageError",
+    "image_grid",
+    "load_image",
+    "load_tensor",
+    "resize",
+    "save_figure",
+    "save_image",
+    "show_images",
+    "to_pil",
+    "to_tensor",
+]
+
+MAX_PIXELS: int = 89_478_485
+"""Default limit on width * height (PIL's own default), a guard against decompression bombs."""
+
+_MIN_SIDE = 2  # images smaller than this on either side are refused
+
+# Modes whose pixels are not 8-bit: each maps to the largest value of its "natural" range.
+# Data inside [0, natural max] is scaled linearly to [0, 255]; anything else is stretched min..max.
+_HIGH_BIT_DEPTH_RANGE: dict[str, float] = {
+    "I;16": 65535,
+    "I;16L": 65535,
+    "I;16B": 65535,
+    "I;16N": 65535,
+    "I": 65535,  # 32-bit integers, in practice 16-bit data (e.g. 16-bit PNGs in older Pillow versions)
+    "F": 1.0,  # 32-bit floats, in practice values in [0, 1]
+}
+
+# Exceptions PIL raises while parsing or decoding broken files.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message is one sentence naming the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int | tuple[int, int] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Load an image file as an RGB PIL image, upright, optionally resized (see `resize`)."""
+    path = Path(path)
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    _check_is_nonempty_file(path)
+
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (instead of failing) about some oversized images; we want a clear error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open_header(path) as opened:
+                _check_dimensions(path, opened.size, max_pixels)
+                opened.load()  # decode everything now, so truncated or corrupt data fails here
+                img = ImageOps.exif_transpose(opened)
+    except ImageError:
+        raise  # already one of ours, from _check_dimensions
+    except UnidentifiedImageError:
+        raise ImageError(f"'{path}' is not an image PIL can read (unknown or unsupported format).") from None
+    except PermissionError:
+        raise ImageError(f"Image file '{path}' cannot be read (permission denied).") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"PIL refused to decode '{path}' as a possible decompression bomb ({_reason(exc)}).") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"Image file '{path}' is truncated or corrupt ({_reason(exc)}).") from None
+
+    try:
+        img = _to_rgb(img)
+    except ValueError as exc:
+        raise ImageError(f"Image '{path}' cannot be converted to RGB ({_reason(exc)}).") from None
+    return img if size is None else resize(img, size)
+
+
+def load_tensor(
+    path: str | os.PathLike,
+    size: int | tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> torch.Tensor:
+    """Load an image file as a (1, 3, H, W) float tensor in [0, 1] (`load_image` then `to_tensor`)."""
+    return to_tensor(load_image(path, size=size, max_pixels=max_pixels), device=device)
+
+
+def _check_is_nonempty_file(path: Path) -> None:
+    """Raise ImageError unless `path` is an existing, non-empty regular file."""
+    if not path.exists():
+        raise ImageError(f"Image file '{path}' does not exist.")
+    if path.is_dir():
+        raise ImageError(f"'{path}' is a directory, not an image file.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"Image file '{path}' is empty (0 bytes).")
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Open `path` lazily (PIL reads only the header) without PIL's global decompression-bomb check.
+
+    `Image.open` checks the size against the global `Image.MAX_IMAGE_PIXELS`, which would make the
+    caller's `max_pixels` useless above PIL's limit. We switch the global off just for the header parse
+    (never for decoding) and restore it at once; `_check_dimensions` then applies the caller's limit.
+    """
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_dimensions(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    """Raise ImageError if an image of `size` (from the header) is too small or has too many pixels."""
+    width, height = size
+    if min(width, height) < _MIN_SIDE:
+        raise ImageError(
+            f"Image '{path}' is too small ({width}x{height} pixels); both sides must be at least {_MIN_SIDE} pixels."
+        )
+    if width * height > max_pixels:
+        raise ImageError(
+            f"Image '{path}' is too large: {width * height:,} pixels ({width}x{height}) is more than the "
+            f"limit of {max_pixels:,}; if you trust the file, pass a larger max_pixels to load it."
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, without a final period, for use inside a sentence."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------------
+# Colour modes
+# ----------------------------------------------------------------------------------------------------
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to RGB (a new image unless it already is RGB)."""
+    if img.mode in _HIGH_BIT_DEPTH_RANGE:
+        return _high_bit_depth_to_rgb(img)
+    if "A" in img.mode or "a" in img.mode or "transparency" in img.info:
+        # Composite on white: fully transparent pixels become white, not black.
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Rescale a 16-bit / 32-bit integer / float image to 8-bit grey, then RGB.
+
+    Values inside the mode's natural range (0..65535 for integers, 0..1 for floats) are scaled linearly,
+    so 65535 becomes 255 and 32768 becomes 128. Other data is stretched from its min..max to 0..255.
+    """
+    values = np.asarray(img, dtype=np.float64)  # (H, W)
+    if not np.isfinite(values).all():
+        raise ValueError(f"mode {img.mode} image contains NaN or infinite values")
+    natural_max = _HIGH_BIT_DEPTH_RANGE[img.mode]
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= natural_max:
+        scaled = values * (255 / natural_max)
+    else:
+        scaled = (values - low) * (255 / max(high - low, 1e-12))
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)  # (H, W)
+    return Image.fromarray(grey).convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resizing and conversion
+# ----------------------------------------------------------------------------------------------------
+
+
+def resize(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Return a resized copy: an int sets the longest side (aspect kept), a (width, height) tuple is exact."""
+    width, height = img.size
+    new_width, new_height = _target_size(img.size, size)
+    if (new_width, new_height) == (width, height):
+        return img.copy()
+    # LANCZOS antialiases when shrinking; BICUBIC is smooth (and cheaper) when enlarging.
+    shrinking = new_width < width or new_height < height
+    resample = Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
+    return img.resize((new_width, new_height), resample=resample)
+
+
+def _target_size(current: tuple[int, int], size: int | tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) that `resize` produces for an image of `current` size."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        width, height = current
+        scale = size / max(width, height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    if isinstance(size, tuple) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        if min(size) <= 0:
+            raise ValueError(f"size (width, height) must be positive, got {size}")
+        return size
+    raise TypeError(f"size must be an int (longest side) or a (width, height) tuple of ints, got {size!r}")
+
+
+def to_tensor(
+    img: Image.Image,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Convert a PIL image (any mode; RGB is used as is) to a (1, 3, H, W) tensor in [0, 1]."""
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point type, got {dtype}")
+    pixels = np.array(_to_rgb(img), dtype=np.uint8)  # (H, W, 3), a copy torch may own
+    t = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) uint8
+    # Move as uint8 (4x less data than float32), then convert and scale on the target device.
+    return t.to(device=device).to(dtype).div(255).contiguous()
+
+
+def to_pil(t: torch.Tensor) -> Image.Image:
+    """Convert a (3, H, W) or (1, 3, H, W) float tensor in [0, 1] to an RGB PIL image (values are clamped)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"to_pil expects a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"to_pil expects a float tensor with values in [0, 1], got dtype {t.dtype}")
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(
+            f"to_pil expects a tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(t.shape)}; "
+            "for a batch, convert one image at a time: to_pil(batch[i])"
+        )
+    # detach + float32 + clamp all return new tensors: the caller's tensor is never modified.
+    t = t.detach().to(device="cpu", dtype=torch.float32)  # (3, H, W)
+    if torch.isnan(t).any():
+        raise ValueError("to_pil got a tensor containing NaN values (did the optimisation diverge?)")
+    pixels = t.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)  # (H, W, 3)
+    return Image.fromarray(pixels.contiguous().numpy())
+
+
+def _as_rgb_image(image: torch.Tensor | Image.Image) -> Image.Image:
+    """A tensor or PIL image (any mode) as an RGB PIL image."""
+    if isinstance(image, torch.Tensor):
+        return to_pil(image)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    raise TypeError(f"expected a torch.Tensor or a PIL image, got {type(image).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:
+    """Atomically save a tensor (see `to_pil`) or PIL image; the format comes from the file suffix."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise ImageError(f"Cannot save '{path}': unknown or unsupported image file suffix '{path.suffix}'.")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be between 1 and 100, got {quality}")
+    pil = to_pil(image) if isinstance(image, torch.Tensor) else image
+    options = {"quality": quality} if image_format in ("JPEG", "WEBP") else {}
+    return _atomic_write(path, lambda file: pil.save(file, format=image_format, **options))
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Atomically save a matplotlib figure; the format comes from the file suffix (.png, .pdf, .svg, ...)."""
+    path = Path(path)
+    figure_format = path.suffix.lower().lstrip(".")
+    if figure_format not in fig.canvas.get_supported_filetypes():
+        raise ImageError(f"Cannot save figure '{path}': unknown or unsupported file suffix '{path.suffix}'.")
+    return _atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
+
+
+def _atomic_write(path: Path, write_fn: Callable[[IO[bytes]], None]) -> Path:
+    """Write `path` via `write_fn(file)` into a temp file beside it, then move it into place in one step.
+
+    If anything fails the temp file is removed and an existing file at `path` is left untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            delete=False, dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix
+        ) as tmp:
+            tmp_path = Path(tmp.name)
+            write_fn(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_path, 0o644)  # temp files are created private (0o600); make it an ordinary file
+        os.replace(tmp_path, path)  # atomic on POSIX and Windows
+    except BaseException:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Showing
+# ----------------------------------------------------------------------------------------------------
+
+
+def image_grid(
+    images: Sequence[torch.Tensor | Image.Image],
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+) -> matplotlib.figure.Figure:
+    """Lay out images (tensors (3, H, W) / (1, 3, H, W) or PIL images) in a titled grid; return the Figure."""
+    if len(images) == 0:
+        raise ValueError("image_grid needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    ncols = min(len(images), 4) if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    nrows = math.ceil(len(images) / ncols)
+    pictures = [_as_rgb_image(image) for image in images]  # convert first: bad inputs fail before plotting
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
+    axes = axes.flatten()  # (nrows * ncols,)
+    for i, picture in enumerate(pictures):
+        axes[i].imshow(picture)
+        axes[i].axis("off")
+        if titles is not None:
+            axes[i].set_title(titles[i])
+    for ax in axes[len(pictures) :]:
+        ax.remove()  # empty cells in the last row
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(
+    images: Sequence[torch.Tensor | Image.Image],
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+    save: str | os.PathLike | None = None,
+) -> None:
+    """Show images in a grid (see `image_grid`), optionally saving the figure to `save` first."""
+    fig = image_grid(images, titles=titles, ncols=ncols, cell_size=cell_size, suptitle=suptitle)
+    if save is not None:
+        save_figure(fig, save)
+    plt.show()
+    plt.close(fig)  # shown once; closing keeps long notebook runs from piling up figures
