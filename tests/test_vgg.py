@@ -149,8 +149,9 @@ def test_offline_features_are_trained_not_random(offline_weights, photo):
 
 def test_saved_state_dict_loads_both_key_styles(tmp_path):
     net = VGGFeatures(["relu1_2"], weights=None)
-    torchvision_style = {f"features.{i}.{p}": t for i, (n, m) in enumerate(net.body.named_children())
-                         for p, t in m.state_dict().items()}
+    torchvision_style = {
+        f"features.{i}.{p}": t for i, (n, m) in enumerate(net.body.named_children()) for p, t in m.state_dict().items()
+    }
     path = tmp_path / "vgg.pth"
     torch.save(torchvision_style, path)
     loaded = VGGFeatures(["relu1_2"], weights=str(path))

@@ -1,0 +1,276 @@
+"""The feed-forward image transformation network of Johnson et al. for real-time style transfer.
+
+J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
+ECCV 2016, Sec. 3.1 ("Image Transformation Networks") and the supplementary material (Table 1: the
+style-transfer architecture; Fig. 1: the residual block)::
+
+    9x9 conv 32 -> 3x3 conv 64, stride 2 -> 3x3 conv 128, stride 2      (each + norm + ReLU)
+    -> 5 residual blocks of 128 channels                                  (3x3 conv, norm, ReLU, 3x3 conv, norm, + x)
+    -> upsample x2, 64 -> upsample x2, 32                                 (each + norm + ReLU)
+    -> 9x9 conv 3                                                         (no norm; output activation)
+
+The residual block follows Gross & Wilber (as in Johnson's supplementary Fig. 1): there is no ReLU after
+the addition. Differences from the paper, each selectable in `TransformerConfig`:
+
+- ``norm``: ``"instance"`` (default; Ulyanov, Vedaldi, Lempitsky, "Instance Normalization: The Missing
+  Ingredient for Fast Stylization", 2016, with learnable affine parameters) or ``"batch"`` (the paper).
+- ``upsample``: ``"nearest+conv"`` (default; nearest-neighbour x2 then a 3x3 convolution, which avoids the
+  checkerboard artefacts of Odena, Dumoulin, Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016)
+  or ``"transposed"`` (the paper's stride-1/2 convolutions: ConvTranspose2d, kernel 3, stride 2, padding 1,
+  output_padding 1).
+- ``output``: ``"linear+clamp"`` (default) or ``"tanh"``, the paper's scaled tanh, here ``(tanh(x) + 1) / 2``
+  so that the output lies in [0, 1] (the paper scales to [0, 255]).
+  With ``"linear+clamp"`` the network returns its raw (linear) output in training mode, unclamped: the
+  perceptual losses then see, and pull back, any out-of-range value with a full gradient, where a hard clamp
+  would give saturated pixels a zero gradient (pytorch/examples' fast_neural_style does the same and clamps
+  when saving). In eval mode the output is clamped to [0, 1].
+- ``width`` multiplies every channel count (0.5 gives 16/32/64) and ``num_residual_blocks`` sets the depth,
+  for slimmer, faster variants.
+
+Padding: the paper pads the input by 40 pixels of reflection once and uses unpadded convolutions (its
+residual blocks crop their input). Here every convolution pads its own input by reflection ("same" size),
+and the input is reflection-padded on the bottom/right to a multiple of 4 (and at least 8) so that the two
+stride-2 stages divide it exactly; the output is cropped back, so any H x W comes out at exactly H x W.
+Transposed convolutions can only zero-pad (a PyTorch limitation), so the ``"transposed"`` variant does.
+
+Cost (`TransformerNet.flops`, 2 FLOPs per multiply-accumulate, convolutions only): the default network has
+1.68 M parameters and needs 20.2 GFLOPs at 256 x 256 and 94.5 GFLOPs per 640 x 480 frame; with the paper's
+transposed convolutions (which work at the lower resolution) 16.5 and 77.5 GFLOPs; at width 0.5, 0.42 M
+parameters and 5.5 / 26.0 GFLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "NORMS",
+    "OUTPUTS",
+    "UPSAMPLINGS",
+    "ResidualBlock",
+    "TransformerConfig",
+    "TransformerNet",
+]
+
+NORMS = ("instance", "batch")
+UPSAMPLINGS = ("nearest+conv", "transposed")
+OUTPUTS = ("linear+clamp", "tanh")
+
+_BASE_CHANNELS = (32, 64, 128)  # Johnson et al., supplementary Table 1
+_MULTIPLE = 4  # two stride-2 stages
+_MIN_SIDE = 8  # smallest padded side: 9x9 reflection needs > 4 pixels, the residual stage needs >= 2
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture options of `TransformerNet`; the defaults are the improved (not the paper's) variant."""
+
+    norm: str = "instance"  # "instance" (Ulyanov et al.) or "batch" (paper)
+    upsample: str = "nearest+conv"  # "nearest+conv" (Odena et al.) or "transposed" (paper)
+    output: str = "linear+clamp"  # "linear+clamp" or "tanh" (paper's scaled tanh, to [0, 1])
+    width: float = 1.0  # multiplies all channel counts (32, 64, 128), rounded, at least 1
+    num_residual_blocks: int = 5
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("norm", NORMS), ("upsample", UPSAMPLINGS), ("output", OUTPUTS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = ", ".join(repr(a) for a in allowed)
+                raise ValueError(f"TransformerConfig.{name} must be one of {choices}, got {value!r}.")
+        width = self.width
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+            raise ValueError(f"TransformerConfig.width must be a positive finite number, got {width!r}.")
+        blocks = self.num_residual_blocks
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+            raise ValueError(f"TransformerConfig.num_residual_blocks must be an integer >= 0, got {blocks!r}.")
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        """The three channel counts (paper: 32, 64, 128) scaled by `width`, rounded half up, at least 1."""
+        c1, c2, c3 = (max(1, int(c * self.width + 0.5)) for c in _BASE_CHANNELS)
+        return c1, c2, c3
+
+    @classmethod
+    def paper(cls) -> TransformerConfig:
+        """The configuration of Johnson et al.: batch norm, transposed convolutions, scaled tanh."""
+        return cls(norm="batch", upsample="transposed", output="tanh")
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """A convolution that reflection-pads its own input ("same" size at stride 1)."""
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, padding_mode="reflect"
+    )
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Instance norm with learnable scale and shift, or batch norm."""
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.BatchNorm2d(channels)
+
+
+def _upsample(kind: str, in_channels: int, out_channels: int) -> nn.Module:
+    """A x2 upsampling layer: nearest neighbour + 3x3 conv, or a stride-2 transposed conv."""
+    if kind == "nearest+conv":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _conv(in_channels, out_channels, 3))
+    return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+
+
+class ResidualBlock(nn.Module):
+    """Johnson et al. supplementary Fig. 1: x + norm(conv(relu(norm(conv(x))))), no ReLU after the sum."""
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _conv(channels, channels, 3),
+            _norm(norm, channels),
+            nn.ReLU(inplace=True),
+            _conv(channels, channels, 3),
+            _norm(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return x + self.block(x)
+
+
+class TransformerNet(nn.Module):
+    """Johnson et al.'s image transformation network: RGB (B, 3, H, W) in [0, 1] -> RGB (B, 3, H, W)."""
+
+    def __init__(self, config: TransformerConfig | None = None) -> None:
+        super().__init__()
+        self.config = TransformerConfig() if config is None else config
+        if not isinstance(self.config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(self.config).__name__}")
+        cfg = self.config
+        c1, c2, c3 = cfg.channels
+        self.encoder = nn.Sequential(
+            _conv(3, c1, 9),
+            _norm(cfg.norm, c1),
+            nn.ReLU(inplace=True),
+            _conv(c1, c2, 3, stride=2),
+            _norm(cfg.norm, c2),
+            nn.ReLU(inplace=True),
+            _conv(c2, c3, 3, stride=2),
+            _norm(cfg.norm, c3),
+            nn.ReLU(inplace=True),
+        )
+        self.residuals = nn.Sequential(*(ResidualBlock(c3, cfg.norm) for _ in range(cfg.num_residual_blocks)))
+        self.decoder = nn.Sequential(
+            _upsample(cfg.upsample, c3, c2),
+            _norm(cfg.norm, c2),
+            nn.ReLU(inplace=True),
+            _upsample(cfg.upsample, c2, c1),
+            _norm(cfg.norm, c1),
+            nn.ReLU(inplace=True),
+            _conv(c1, 3, 9),
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stylise a batch (B, 3, H, W) of RGB images in [0, 1]; the output has exactly the same size."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"TransformerNet expects a (B, 3, H, W) batch of RGB images, got shape {tuple(x.shape)}.")
+        height, width = x.shape[-2:]
+        y = _pad_to_multiple(x)  # (B, 3, H', W'), H' and W' multiples of 4
+        y = self.encoder(y)  # (B, C3, H'/4, W'/4)
+        y = self.residuals(y)  # (B, C3, H'/4, W'/4)
+        y = self.decoder(y)  # (B, 3, H', W')
+        y = y[..., :height, :width]  # (B, 3, H, W)
+        if self.config.output == "tanh":
+            return (torch.tanh(y) + 1) / 2
+        return y if self.training else y.clamp(0, 1)
+
+    # ------------------------------------------------------------------------------------------------
+    # Size and cost
+    # ------------------------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        """Number of learnable parameters (norm running statistics are buffers, not counted)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops(self, height: int, width: int) -> int:
+        """FLOPs for one H x W image, counted as 2 x the multiply-accumulates (MACs) of all convolutions.
+
+        Convolutions and transposed convolutions only, at the padded size the network really processes (a
+        multiple of 4); biases, norms, ReLUs, residual additions, padding and upsampling are left out (well
+        under 1% of the total). Per convolution: MACs = C_in * C_out * k * k * H_out * W_out; per transposed
+        convolution: MACs = C_in * C_out * k * k * H_in * W_in (each input pixel scatters a k x k kernel).
+        """
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"flops: {name} must be a positive integer, got {value!r}.")
+        h0, w0 = (_padded_side(s) for s in (height, width))
+        px0, px1, px2 = h0 * w0, (h0 // 2) * (w0 // 2), (h0 // 4) * (w0 // 4)  # full, 1/2, 1/4 resolution
+        c1, c2, c3 = self.config.channels
+
+        def conv(c_in: int, c_out: int, k: int, pixels: int) -> int:
+            return c_in * c_out * k * k * pixels
+
+        macs = conv(3, c1, 9, px0) + conv(c1, c2, 3, px1) + conv(c2, c3, 3, px2)
+        macs += 2 * self.config.num_residual_blocks * conv(c3, c3, 3, px2)
+        if self.config.upsample == "nearest+conv":
+            macs += conv(c3, c2, 3, px1) + conv(c2, c1, 3, px0)  # convolutions after each x2 upsampling
+        else:
+            macs += conv(c3, c2, 3, px2) + conv(c2, c1, 3, px1)  # transposed: counted on their inputs
+        macs += conv(c1, 3, 9, px0)
+        return 2 * macs
+
+    def describe(self) -> str:
+        """One line: the configuration, parameter count and GFLOPs at 256x256 and 640x480."""
+        cfg = self.config
+        return (
+            f"TransformerNet(norm={cfg.norm}, upsample={cfg.upsample}, output={cfg.output}, width={cfg.width:g}, "
+            f"blocks={cfg.num_residual_blocks}): {self.num_parameters() / 1e6:.2f}M parameters, "
+            f"{self.flops(256, 256) / 1e9:.1f} GFLOPs at 256x256, {self.flops(480, 640) / 1e9:.1f} GFLOPs at 640x480"
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Configuration round trip (checkpoint metadata)
+    # ------------------------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """The configuration as a plain JSON-serialisable dict; `from_config` rebuilds the architecture."""
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | TransformerConfig) -> TransformerNet:
+        """A freshly initialised network from `config_dict()` output; missing keys take their defaults."""
+        if isinstance(config, TransformerConfig):
+            return cls(config)
+        if not isinstance(config, Mapping):
+            raise TypeError(f"from_config expects a dict (from config_dict()), got {type(config).__name__}")
+        known = [f.name for f in fields(TransformerConfig)]
+        unknown = sorted(str(k) for k in config if k not in known)
+        if unknown:
+            raise ValueError(
+                f"TransformerNet config has unknown key(s) {', '.join(unknown)}; known keys are {', '.join(known)}."
+            )
+        return cls(TransformerConfig(**config))
+
+
+def _padded_side(side: int) -> int:
+    """The side the network processes: `side` rounded up to a multiple of 4, at least 8."""
+    return max(_MIN_SIDE, -(-side // _MULTIPLE) * _MULTIPLE)
+
+
+def _pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom and right to `_padded_side` by reflection (replication if too small)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = _padded_side(height) - height, _padded_side(width) - width
+    if pad_h == 0 and pad_w == 0:
+        return x
+    # Reflection needs the pad to be smaller than the side; only tiny (< 8 px) inputs fall back to replication.
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)

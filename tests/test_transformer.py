@@ -1,0 +1,302 @@
+"""Tests for stlib.transformer: shapes at any size, output range, options, FLOPs, config round trip, training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from stlib.transformer import ResidualBlock, TransformerConfig, TransformerNet
+
+SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)  # 8/16/32 channels: fast shape tests
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine spinning OpenMP threads cost a lot."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _net(config: TransformerConfig = SLIM, train: bool = False, seed: int = 0) -> TransformerNet:
+    torch.manual_seed(seed)
+    return TransformerNet(config).train(train)
+
+
+def _hook_flops(net: TransformerNet, height: int, width: int) -> int:
+    """FLOPs (2 x MACs) of every conv / transposed conv, measured with forward hooks on a real forward pass."""
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(module, nn.ConvTranspose2d):
+            x = inputs[0]  # (1, C_in, H_in, W_in): each input pixel scatters a C_out x k x k kernel
+            total += 2 * x[0].numel() * module.out_channels * k // module.groups
+        else:
+            total += 2 * output[0].numel() * module.in_channels * k // module.groups  # (C_out, H_out, W_out)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            net(torch.rand(1, 3, height, width))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shapes and range
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 17, 23), (1, 3, 33, 65), (2, 3, 256, 256), (2, 3, 20, 24), (1, 3, 5, 9), (1, 3, 2, 3), (1, 3, 1, 1)],
+)
+def test_output_size_equals_input_size(shape):
+    with torch.no_grad():
+        y = _net()(torch.rand(shape))
+    assert y.shape == shape
+
+
+@pytest.mark.parametrize("upsample", ["nearest+conv", "transposed"])
+@pytest.mark.parametrize("shape", [(1, 3, 17, 23), (2, 3, 33, 65)])
+def test_default_width_and_both_upsamplings_keep_the_size(upsample, shape):
+    with torch.no_grad():
+        y = _net(TransformerConfig(upsample=upsample))(torch.rand(shape))
+    assert y.shape == shape
+
+
+@pytest.mark.parametrize("output", ["linear+clamp", "tanh"])
+def test_eval_output_is_in_unit_range(output):
+    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, output=output))
+    with torch.no_grad():
+        nn.init.constant_(net.decoder[-1].bias, 3.0)  # push the pre-activation far outside [0, 1]
+        y = net(torch.rand(2, 3, 19, 21))
+    assert y.min() >= 0 and y.max() <= 1
+    if output == "linear+clamp":
+        assert (y == 1).any()  # clamped, not squashed
+
+
+def test_linear_output_is_unclamped_in_training_and_clamped_in_eval():
+    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1))
+    with torch.no_grad():
+        nn.init.constant_(net.decoder[-1].bias, 3.0)
+        x = torch.rand(1, 3, 16, 16)
+        raw = net.train()(x)
+        clamped = net.eval()(x)
+    assert raw.max() > 1.5  # the losses see the raw values during training
+    assert clamped.max() == 1
+
+
+def test_input_must_be_a_batch_of_rgb_images():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        _net()(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="got shape"):
+        _net()(torch.rand(1, 4, 16, 16))
+
+
+def test_channels_last_input_gives_the_same_result():
+    net = _net()
+    x = torch.rand(2, 3, 18, 22)
+    with torch.no_grad():
+        expected = net(x)
+        got = net(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_output_does_not_depend_on_the_rest_of_the_batch():
+    net = _net()  # instance norm: each image is normalised on its own
+    x = torch.rand(2, 3, 16, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[:1], net(x[:1]), atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Architecture options
+# --------------------------------------------------------------------------------------------------------
+
+
+def _count(net: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in net.modules())
+
+
+def test_paper_architecture_layers():
+    net = TransformerNet(TransformerConfig.paper())
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    transposed = [m for m in net.modules() if isinstance(m, nn.ConvTranspose2d)]
+    # 3 encoder convs + 5 blocks x 2 + the output conv; two stride-1/2 convs.
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in convs[:3]] == [
+        (3, 32, (9, 9), (1, 1)),
+        (32, 64, (3, 3), (2, 2)),
+        (64, 128, (3, 3), (2, 2)),
+    ]
+    assert (convs[-1].in_channels, convs[-1].out_channels, convs[-1].kernel_size) == (32, 3, (9, 9))
+    assert len(convs) == 3 + 10 + 1
+    assert all(m.padding_mode == "reflect" for m in convs)
+    assert [(m.in_channels, m.out_channels, m.stride, m.output_padding) for m in transposed] == [
+        (128, 64, (2, 2), (1, 1)),
+        (64, 32, (2, 2), (1, 1)),
+    ]
+    assert _count(net, nn.BatchNorm2d) == 3 + 10 + 2
+    assert _count(net, nn.InstanceNorm2d) == 0
+
+
+def test_default_uses_affine_instance_norm_and_nearest_upsampling():
+    net = TransformerNet()
+    norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == 15 and all(m.affine for m in norms)
+    assert _count(net, nn.BatchNorm2d) == 0
+    assert _count(net, nn.ConvTranspose2d) == 0
+    ups = [m for m in net.modules() if isinstance(m, nn.Upsample)]
+    assert len(ups) == 2 and all(m.mode == "nearest" and m.scale_factor == 2 for m in ups)
+
+
+def test_residual_block_has_no_relu_after_the_addition():
+    block = ResidualBlock(4, "instance").eval()
+    with torch.no_grad():
+        nn.init.zeros_(block.block[3].weight)  # second conv outputs its bias only ...
+        nn.init.zeros_(block.block[3].bias)
+        nn.init.zeros_(block.block[4].bias)  # ... and the norm's shift is zero: the residual branch is 0
+        x = torch.randn(1, 4, 8, 8)
+        torch.testing.assert_close(block(x), x)  # negative values survive: identity, no ReLU
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 3, 5])
+def test_number_of_residual_blocks(blocks):
+    net = TransformerNet(TransformerConfig(num_residual_blocks=blocks))
+    assert _count(net, ResidualBlock) == blocks
+    assert net(torch.rand(1, 3, 12, 12)).shape == (1, 3, 12, 12)
+
+
+def test_width_multiplier_scales_channels_and_parameters():
+    full, half = TransformerNet(), TransformerNet(TransformerConfig(width=0.5))
+    assert TransformerConfig(width=0.5).channels == (16, 32, 64)
+    assert TransformerConfig(width=0.01).channels == (1, 1, 1)
+    assert 0.22 < half.num_parameters() / full.num_parameters() < 0.28  # about a quarter
+    assert 1.6e6 < full.num_parameters() < 1.7e6  # the well-known ~1.68 M of Johnson's network
+
+
+def test_norm_options_change_only_the_norm_layers():
+    inst = TransformerNet(TransformerConfig(norm="instance"))
+    batch = TransformerNet(TransformerConfig(norm="batch"))
+    assert inst.num_parameters() == batch.num_parameters()  # both have a learnable scale and shift
+    assert _count(batch, nn.BatchNorm2d) == 15 and _count(batch, nn.InstanceNorm2d) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"norm": "group"}, "norm must be one of 'instance', 'batch'"),
+        ({"upsample": "bilinear"}, "upsample must be one of"),
+        ({"output": "sigmoid"}, "output must be one of"),
+        ({"width": 0}, "width must be a positive finite number"),
+        ({"width": -1.0}, "width must be a positive"),
+        ({"width": float("nan")}, "width must be a positive"),
+        ({"width": "1"}, "width must be a positive"),
+        ({"num_residual_blocks": -1}, "num_residual_blocks must be an integer >= 0"),
+        ({"num_residual_blocks": 2.5}, "num_residual_blocks must be an integer"),
+    ],
+)
+def test_bad_config_values_raise_a_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        TransformerConfig(**kwargs)
+    message = str(info.value)
+    assert message.endswith(".") and message.count(". ") == 0  # one sentence
+
+
+# --------------------------------------------------------------------------------------------------------
+# FLOPs and describe
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TransformerConfig(),
+        TransformerConfig.paper(),
+        TransformerConfig(width=0.5, num_residual_blocks=2),
+        TransformerConfig(width=0.3, upsample="transposed", num_residual_blocks=0),
+    ],
+)
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (3, 5)])
+def test_flops_formula_matches_a_hook_counter(config, size):
+    net = TransformerNet(config).eval()
+    assert net.flops(*size) == _hook_flops(net, *size)
+
+
+def test_flops_of_the_paper_network():
+    default, paper = TransformerNet(), TransformerNet(TransformerConfig.paper())
+    assert default.flops(480, 640) == 94_489_804_800  # the 94.5 GFLOP per 640x480 frame quoted for this net
+    assert paper.flops(480, 640) == 77_502_873_600  # transposed convs work at the lower resolution
+    assert default.flops(256, 256) * 307200 == default.flops(480, 640) * 65536  # linear in the pixel count
+    assert default.flops(255, 255) == default.flops(256, 256)  # padded to a multiple of 4
+    with pytest.raises(ValueError, match="height must be a positive integer"):
+        default.flops(0, 10)
+
+
+def test_describe_is_one_line_with_params_and_gflops():
+    text = TransformerNet().describe()
+    assert "\n" not in text
+    assert "1.68M parameters" in text
+    assert "20.2 GFLOPs at 256x256" in text and "94.5 GFLOPs at 640x480" in text
+
+
+# --------------------------------------------------------------------------------------------------------
+# Config round trip
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    net = _net(TransformerConfig(norm="batch", upsample="transposed", output="tanh", width=0.5, num_residual_blocks=3))
+    meta = json.loads(json.dumps(net.config_dict()))  # as stored in checkpoint metadata
+    rebuilt = TransformerNet.from_config(meta)
+    assert rebuilt.config == net.config
+    rebuilt.load_state_dict(net.state_dict())  # strict: same parameter names and shapes
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), net.eval()(x))
+
+
+def test_from_config_rejects_unknown_keys_and_uses_defaults_for_missing_ones():
+    with pytest.raises(ValueError, match="unknown key\\(s\\) depth; known keys are norm"):
+        TransformerNet.from_config({"norm": "batch", "depth": 3})
+    assert TransformerNet.from_config({"width": 0.5}).config == TransformerConfig(width=0.5)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [SLIM, TransformerConfig(width=0.25, num_residual_blocks=1, norm="batch")])
+def test_gradients_reach_every_parameter_in_train_mode(config):
+    net = _net(config, train=True)
+    y = net(torch.rand(2, 3, 17, 23))
+    (y - 0.5).pow(2).mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_network_overfits_one_image_pair():
+    torch.manual_seed(0)
+    x = nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(32, 32), mode="bilinear")  # smooth, photo-like
+    target = (1 - x).roll(shifts=3, dims=-1)  # colour-inverted and shifted: needs spatial context
+    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)).train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(100):
+        optimiser.zero_grad()
+        loss = nn.functional.mse_loss(net(x), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
