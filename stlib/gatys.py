@@ -7,35 +7,78 @@ match targets:
 - content reconstruction (Sec. 2.1, Fig. 1 bottom): minimise L_content (Eq. 1) at one layer;
 - style reconstruction / texture synthesis (Sec. 2.2, Fig. 1 top): minimise L_style (Eq. 4-5) over a set
   of layers;
-- style transfer (Sec. 2.3, Eq. 7): minimise alpha * L_content + beta * L_style (+ TV).
+- style transfer (Sec. 2.3, Eq. 7): minimise alpha * L_content + beta * L_style (+ TV), `stylize`.
 
-The paper optimises with L-BFGS; Adam is offered for comparison. Pixels stay in [0, 1] by clamping after
-every step.
+`stylize` adds the extensions of Gatys, Ecker, Bethge, Hertzmann & Shechtman, "Controlling Perceptual
+Factors in Neural Style Transfer" (CVPR 2017): colour preservation (Sec. 5, see `stlib.color`), several
+styles mixed by blending their Gram matrices (Sec. 4), and coarse-to-fine optimisation (Sec. 6.1: optimise
+at a small size, upsample the result and use it as the start at the next size).
+
+Normalised loss terms (`GatysLoss`), so that one set of weights works for every weight source and size:
+
+- content: ``mean_l ||F_l - P_l||^2 / ||P_l||^2`` over the content layers (both norms are means over C*H*W,
+  so the term is the *relative* squared feature error; 0 for the photo itself, ~1-2 for noise);
+- style: ``sum_l w_l ||G_l - A_l||_F^2 / ||A_l||_F^2`` with the layer weights w_l scaled to sum to 1 (Eq. 5
+  with each layer's error measured relative to its target Gram; ~1 for a photo vs a painting);
+- TV: `stlib.losses.total_variation`, the *mean* squared difference of neighbouring pixels.
+
+Dividing by the target's own magnitude removes the scale of the activations, which differs by ~60x
+between torchvision's ImageNet VGG and the Caffe-style offline VGG16. Gram matrices are normalised by
+C*H*W and every term is a mean over positions, so no term grows with the number of pixels: the same
+weights give a similar balance at 256 and at 1024 px (the notebook and `benchmarks/gatys.py` check it).
+
+Optimisation: L-BFGS (the paper's choice) with one forward and backward pass per iteration, or Adam for
+comparison. The image is a float32 tensor kept in [0, 1] by clamping after every step; with
+``autocast="bf16"`` only the VGG's activations are computed in bfloat16 (Gram matrices and losses in
+float32), the pixels and their gradients stay float32. A NaN or infinite loss raises
+`OptimizationDiverged` at once, so a diverged run never returns a black image.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from .color import color_histogram_match, combine_luminance, luminance, match_luminance
 from .losses import content_loss, gram_matrix, style_loss, total_variation
-from .vgg import VGGFeatures
+from .vgg import VGGFeatures, layer_names
 
 __all__ = [
+    "CONTENT_LAYERS",
+    "STYLE_LAYERS",
+    "GatysConfig",
+    "GatysLoss",
     "OptimizationDiverged",
     "Result",
     "init_image",
     "optimize_image",
     "reconstruct_content",
     "reconstruct_style",
+    "resize_tensor",
+    "stylize",
 ]
 
 LossFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-Callback = Callable[[int, torch.Tensor, dict[str, float]], None]
+Callback = Callable[[int, torch.Tensor, dict[str, float]], "bool | None"]
+
+CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
+"""Gatys et al.'s content layer 'conv4_2', read after its ReLU as in their Caffe code (in-place ReLUs)."""
+
+STYLE_LAYERS: dict[str, float] = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+"""Gatys et al.'s style layers 'conv1_1' ... 'conv5_1' (after their ReLUs), equally weighted."""
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_INITS = ("content", "noise", "blurred-noise")
+_COLOR_METHODS = ("luminance", "histogram")
 
 
 class OptimizationDiverged(FloatingPointError):
@@ -44,15 +87,144 @@ class OptimizationDiverged(FloatingPointError):
 
 @dataclass
 class Result:
-    """An optimised image (1, 3, H, W) in [0, 1] with its per-iteration loss history."""
+    """An optimised image (1, 3, H, W) in [0, 1] with its per-iteration loss history and optional snapshots.
+
+    Every history entry holds the loss terms (``content``, ``style``, ``tv``, ``total`` for `stylize`) and
+    ``time``, the seconds since the start; multi-scale runs also record ``size`` (the longest side).
+    """
 
     image: torch.Tensor
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    snapshots: list[torch.Tensor] = field(default_factory=list)
 
     def losses(self, key: str = "total") -> list[float]:
         """The values of one loss term over the iterations."""
         return [h[key] for h in self.history]
+
+    def save_gif(self, path: str | os.PathLike, duration_ms: int = 120, hold_last_ms: int = 1500) -> Path:
+        """Atomically write the snapshots (resized to the final image's size) as an animated GIF."""
+        from .images import to_pil
+
+        if not self.snapshots:
+            raise ValueError("This result has no snapshots; set GatysConfig(snapshot_every=N) to record them.")
+        path = Path(path)
+        if path.suffix.lower() != ".gif":
+            raise ValueError(f"Cannot save '{path}' as an animation: the file name must end in .gif.")
+        h, w = self.image.shape[-2:]
+        frames = [to_pil(resize_tensor(s, (h, w))) for s in self.snapshots]
+        durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(delete=False, dir=path.parent, prefix=f".{path.stem}-", suffix=".gif") as f:
+            f.write(buffer.getvalue())
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, path)  # atomic: a reader never sees a half-written GIF
+        return path
+
+
+@dataclass
+class GatysConfig:
+    """Every setting of `stylize`; the defaults give a good Starry Night transfer of a photo at 256-512 px.
+
+    Weights refer to the normalised loss terms described in the module docstring, so they mean the same for
+    ImageNet and offline VGG weights and at every image size.
+    """
+
+    arch: str = "vgg16"  # "vgg16" or "vgg19" (the paper's); the offline weights exist only for vgg16
+    weights: str | None = "auto"  # VGG weight source, see stlib.vgg ("auto", "imagenet", "offline", a path)
+    pool: str = "max"  # "avg" is the paper's suggestion for smoother results
+    content_layers: tuple[str, ...] = CONTENT_LAYERS
+    style_layers: dict[str, float] = field(default_factory=lambda: dict(STYLE_LAYERS))  # {layer: w_l} or names
+    content_weight: float = 1.0  # alpha
+    style_weight: float = 10.0  # beta: alpha/beta = 0.1
+    tv_weight: float = 10.0
+    optimizer: str = "lbfgs"  # or "adam"
+    lr: float | None = None  # None: 1.0 for L-BFGS, 0.02 (pixel units) for Adam
+    iterations: int | tuple[int, ...] = 300  # per scale; a tuple gives one count per scale
+    size: int | None = 512  # longest side of the result in pixels; None keeps the content's size
+    style_scale: float = 1.0  # longest side of the style image relative to the content's
+    init: str = "content"  # "content", "noise" or "blurred-noise"
+    seed: int = 0
+    style_blend: tuple[float, ...] | None = None  # one weight per style image; None: equal weights
+    preserve_colors: bool = False  # keep the content's colours (Gatys et al. 2017, Sec. 5)
+    color_method: str = "luminance"  # "luminance" (transfer on Y only) or "histogram" (recolour the style)
+    scales: tuple[int, ...] | None = None  # coarse to fine, e.g. (256, 512, 1024); overrides `size`
+    snapshot_every: int = 0  # keep a copy of the image every N iterations (for a GIF); 0: none
+    progress: bool = True  # tqdm progress bar
+    channels_last: bool = True  # NHWC memory layout for the VGG (faster convolutions)
+    truncate: bool = True  # run the VGG only up to the deepest layer used
+    autocast: str | None = None  # "bf16" or "fp16" for the VGG's activations; None: float32
+
+    def __post_init__(self) -> None:
+        # Conveniences with one obvious meaning: a single layer name, or style layers listed without weights.
+        if isinstance(self.content_layers, str):
+            self.content_layers = (self.content_layers,)
+        self.content_layers = tuple(self.content_layers)
+        if isinstance(self.style_layers, str):
+            self.style_layers = {self.style_layers: 1.0}
+        elif not isinstance(self.style_layers, Mapping):
+            self.style_layers = dict.fromkeys(self.style_layers, 1.0)
+        if isinstance(self.iterations, list):
+            self.iterations = tuple(self.iterations)
+        if self.scales is not None:
+            self.scales = tuple(self.scales)
+        if self.style_blend is not None:
+            self.style_blend = tuple(self.style_blend)
+
+    def validate(self) -> None:
+        """Raise ValueError with one clear sentence for the first invalid setting."""
+        known = layer_names(self.arch) if self.arch in ("vgg16", "vgg19") else None
+        if known is None:
+            raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose 'lbfgs' or 'adam'.")
+        if self.init not in _INITS:
+            raise ValueError(f"Unknown init {self.init!r}; choose 'content', 'noise' or 'blurred-noise'.")
+        if self.color_method not in _COLOR_METHODS:
+            raise ValueError(f"Unknown color_method {self.color_method!r}; choose 'luminance' or 'histogram'.")
+        if self.autocast is not None and self.autocast not in _AUTOCAST:
+            raise ValueError(f"Unknown autocast {self.autocast!r}; choose None, 'bf16' or 'fp16'.")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        if not self.content_layers and self.content_weight > 0:
+            raise ValueError("content_layers is empty but content_weight > 0; name a layer such as 'relu4_2'.")
+        if self.style_weight > 0:
+            if not self.style_layers:
+                raise ValueError("style_layers is empty but style_weight > 0; name layers such as 'relu1_1'.")
+            bad = {k: v for k, v in self.style_layers.items() if not (math.isfinite(v) and v >= 0)}
+            if bad or sum(self.style_layers.values()) <= 0:
+                raise ValueError(f"style_layers weights must be >= 0 with a positive sum, got {self.style_layers}.")
+        iterations = self.iterations if isinstance(self.iterations, tuple) else (self.iterations,)
+        if any(not isinstance(n, int) or n < 1 for n in iterations):
+            raise ValueError(f"iterations must be positive integers, got {self.iterations}.")
+        n_scales = len(self.scales) if self.scales else 1
+        if isinstance(self.iterations, tuple) and len(self.iterations) != n_scales:
+            raise ValueError(f"iterations has {len(self.iterations)} entries but there are {n_scales} scales.")
+        if self.size is not None and self.size < 16:
+            raise ValueError(f"size must be at least 16 pixels (the VGG pools 4 times), got {self.size}.")
+        if self.scales is not None:
+            if len(self.scales) == 0 or any(s < 16 for s in self.scales):
+                raise ValueError(f"scales must be sizes of at least 16 pixels, got {self.scales}.")
+            if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
+                raise ValueError(f"scales must increase from coarse to fine, got {self.scales}.")
+        if not (math.isfinite(self.style_scale) and self.style_scale > 0):
+            raise ValueError(f"style_scale must be a positive number, got {self.style_scale}.")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}.")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}.")
+        unknown = [n for n in (*self.content_layers, *self.style_layers) if n not in known]
+        if unknown:
+            raise ValueError(f"Unknown {self.arch} layer(s) {', '.join(unknown)} (see stlib.vgg.layer_names).")
+
+    def iterations_per_scale(self) -> tuple[int, ...]:
+        """The number of iterations at each scale (one entry for a single-scale run)."""
+        n_scales = len(self.scales) if self.scales else 1
+        return self.iterations if isinstance(self.iterations, tuple) else (self.iterations,) * n_scales
 
 
 def init_image(
@@ -78,6 +250,19 @@ def init_image(
     raise ValueError(f"Unknown init {kind!r}; choose 'content', 'noise' or 'blurred-noise'.")
 
 
+def resize_tensor(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a (B, C, H, W) image: an int sets the longest side (aspect kept), a tuple is (height, width)."""
+    h, w = image.shape[-2:]
+    if isinstance(size, int):
+        scale = size / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if tuple(size) == (h, w):
+        return image.clone()
+    shrinking = size[0] < h or size[1] < w
+    out = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False, antialias=shrinking)
+    return out.clamp(0, 1)
+
+
 def optimize_image(
     loss_fn: LossFn,
     init: torch.Tensor,
@@ -86,11 +271,14 @@ def optimize_image(
     lr: float | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    desc: str | None = None,
 ) -> Result:
     """Minimise ``loss_fn(image)["total"]`` over the pixels of `init` (not modified); returns a `Result`.
 
     Each iteration costs exactly one forward and backward pass for both optimisers (L-BFGS runs without
     line search, as in Gatys et al.'s and Johnson's implementations), so their histories are comparable.
+    The pixels are float32 and clamped to [0, 1] after every step. ``callback(step, image, losses)`` runs
+    after every step; returning True stops the optimisation early.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}.")
@@ -110,7 +298,7 @@ def optimize_image(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=iterations, desc=optimizer, leave=False)
+        bar = tqdm(total=iterations, desc=desc or optimizer, leave=False)
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
@@ -131,12 +319,17 @@ def optimize_image(
         for i in range(iterations):
             opt.step(closure)
             with torch.no_grad():
+                if not bool(torch.isfinite(image).all()):
+                    raise OptimizationDiverged(
+                        f"The image became NaN or infinite at iteration {i + 1}; lower the learning rate or "
+                        "the loss weights."
+                    )
                 image.clamp_(0, 1)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['total']:.4g}")
-            if callback is not None:
-                callback(i + 1, image.detach(), history[-1])
+            if callback is not None and callback(i + 1, image.detach(), history[-1]):
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -201,3 +394,206 @@ def reconstruct_style(
 
         start = init_image("noise", like=style, size=size, seed=seed)
         return optimize_image(loss_fn, start, iterations, optimizer=optimizer, callback=callback)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Style transfer (Gatys et al. 2016, Eq. 7) with the 2017 extensions
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_image(image: torch.Tensor, name: str) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"The {name} image must be a torch.Tensor, got {type(image).__name__}.")
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(f"The {name} image must have shape (1, 3, H, W), got {tuple(image.shape)}.")
+    if min(image.shape[-2:]) < 16:
+        raise ValueError(f"The {name} image is too small ({tuple(image.shape[-2:])}); both sides need >= 16 pixels.")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError(f"The {name} image contains NaN or infinite values.")
+
+
+def _blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:
+    """Blend weights scaled to sum to 1 (equal weights when `blend` is None)."""
+    if blend is None:
+        return [1.0 / n_styles] * n_styles
+    if len(blend) != n_styles:
+        raise ValueError(f"Got {n_styles} style image(s) but {len(blend)} blend weight(s); give one weight per style.")
+    if any(not (math.isfinite(b) and b >= 0) for b in blend) or sum(blend) <= 0:
+        raise ValueError(f"Blend weights must be >= 0 with a positive sum, got {tuple(blend)}.")
+    return [b / sum(blend) for b in blend]
+
+
+class GatysLoss:
+    """The normalised style transfer objective (module docstring), targets computed once; call it on images.
+
+    ``loss(x)`` for a (1, C, H, W) image in [0, 1] (C = 3, or 1 for a luminance image, which is repeated to
+    RGB) returns ``{"content", "style", "tv", "total"}`` scalar tensors. Several styles are blended by
+    mixing their Gram matrices, A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1 (for a squared
+    error this has the same gradient as blending the per-style losses). Use it in a ``with`` block (or call
+    `close`) to remove the VGG's hooks.
+    """
+
+    def __init__(
+        self,
+        content: torch.Tensor,
+        styles: torch.Tensor | Sequence[torch.Tensor],
+        config: GatysConfig | None = None,
+        blend: Sequence[float] | None = None,
+    ) -> None:
+        self.config = config = config or GatysConfig()
+        config.validate()
+        styles = [styles] if isinstance(styles, torch.Tensor) else list(styles)
+        if not styles:
+            raise ValueError("Give at least one style image.")
+        blend = _blend_weights(blend if blend is not None else config.style_blend, len(styles))
+        self.content_layers = list(config.content_layers) if config.content_weight > 0 else []
+        self.style_layers = {k: v for k, v in config.style_layers.items() if v > 0} if config.style_weight > 0 else {}
+        layers = list(dict.fromkeys([*self.content_layers, *self.style_layers]))
+        if not config.truncate:
+            layers.append(layer_names(config.arch)[-1])  # run the whole network (the plain, slower path)
+        if not layers:
+            layers = [layer_names(config.arch)[0]]  # a TV-only objective still needs a network to hold
+        self.vgg = VGGFeatures(layers, arch=config.arch, weights=config.weights, pool=config.pool)
+        self.vgg.to(content.device)
+        if config.channels_last:
+            self.vgg.to(memory_format=torch.channels_last)
+        self.dtype = _AUTOCAST.get(config.autocast) if config.autocast else None
+
+        with torch.no_grad():
+            feats = self.features(content)
+            self.content_targets = {name: feats[name].detach() for name in self.content_layers}  # (1, C, H, W)
+            self.content_scales = {
+                name: float(t.float().pow(2).mean()) or 1.0 for name, t in self.content_targets.items()
+            }
+            grams: dict[str, torch.Tensor] = {}  # {layer: (1, C, C)}
+            for weight, style in zip(blend, styles, strict=True):
+                style_feats = self.features(style)
+                for name in self.style_layers:
+                    g = weight * gram_matrix(style_feats[name]).detach()
+                    grams[name] = g if name not in grams else grams[name] + g
+        self.style_targets = grams
+        layer_sum = sum(self.style_layers.values())
+        self.style_weights = {  # w_l / (sum_l w_l * ||A_l||_F^2)
+            name: w / (layer_sum * (float(grams[name].pow(2).sum()) or 1.0)) for name, w in self.style_layers.items()
+        }
+
+    def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """VGG activations {layer: (1, C, H, W)} of an RGB or luminance image, in the configured precision."""
+        x = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image  # (1, 3, H, W)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return self.vgg(x)
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms and their weighted sum for one image (1, C, H, W) in [0, 1]."""
+        cfg = self.config
+        feats = self.features(image)
+        zero = torch.zeros((), device=image.device)
+        content = zero
+        for name in self.content_layers:
+            content = content + content_loss(feats[name], self.content_targets[name]) / self.content_scales[name]
+        content = content / max(1, len(self.content_layers))
+        style = style_loss(feats, self.style_targets, self.style_weights) if self.style_layers else zero
+        tv = total_variation(image)
+        total = cfg.content_weight * content + cfg.style_weight * style + cfg.tv_weight * tv
+        return {"content": content, "style": style, "tv": tv, "total": total}
+
+    def close(self) -> None:
+        """Remove the VGG's forward hooks."""
+        self.vgg.close()
+
+    def __enter__(self) -> GatysLoss:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _start_image(kind: str, content: torch.Tensor, seed: int) -> torch.Tensor:
+    """The first scale's starting image, with as many channels as `content` (3, or 1 for luminance)."""
+    start = init_image(kind, like=content if content.shape[1] == 3 else content.expand(-1, 3, -1, -1), seed=seed)
+    return start if content.shape[1] == 3 else luminance(start)
+
+
+def stylize(
+    content: torch.Tensor,
+    style: torch.Tensor | Sequence[torch.Tensor],
+    config: GatysConfig | None = None,
+    callback: Callback | None = None,
+) -> Result:
+    """Gatys style transfer of `content` (1, 3, H, W) with one or several `style` images; returns a `Result`.
+
+    The result has the content's aspect ratio and ``config.size`` (or the last of ``config.scales``) as its
+    longest side. ``callback(step, image, losses)`` sees the RGB image after every step (steps count on
+    across scales); returning True stops early. With ``snapshot_every=N`` the result holds the start image,
+    every N-th image and the final one in ``snapshots`` (see `Result.save_gif`).
+    """
+    config = config or GatysConfig()
+    config.validate()
+    styles = [style] if isinstance(style, torch.Tensor) else list(style)
+    if not styles:
+        raise ValueError("Give at least one style image.")
+    _check_image(content, "content")
+    for i, s in enumerate(styles):
+        _check_image(s, "style" if len(styles) == 1 else f"style {i + 1}")
+    blend = _blend_weights(config.style_blend, len(styles))
+    luma_only = config.preserve_colors and config.color_method == "luminance"
+    sizes = config.scales or ((config.size or max(content.shape[-2:])),)
+    iterations = config.iterations_per_scale()
+
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    snapshots: list[torch.Tensor] = []
+    state: dict[str, float] = {"step": 0, "stop": False, "offset": 0.0}
+    image: torch.Tensor | None = None
+    colors = content
+
+    for k, (size, n_iter) in enumerate(zip(sizes, iterations, strict=True)):
+        c = resize_tensor(content.float(), size)  # (1, 3, h, w)
+        style_size = max(16, round(config.style_scale * size))
+        ss = [resize_tensor(s.float(), style_size) for s in styles]
+        if luma_only:
+            colors = c
+            ss = [match_luminance(s, c) for s in ss]  # (1, 1, h', w') each
+            c = luminance(c)  # (1, 1, h, w)
+        elif config.preserve_colors:
+            ss = [color_histogram_match(s, c) for s in ss]
+
+        def to_rgb(x: torch.Tensor, colors: torch.Tensor = colors) -> torch.Tensor:
+            return combine_luminance(x, colors) if luma_only else x
+
+        init = _start_image(config.init, c, config.seed) if image is None else resize_tensor(image, c.shape[-2:])
+        if config.snapshot_every and k == 0:
+            snapshots.append(to_rgb(init).detach().cpu())
+
+        def on_step(step: int, x: torch.Tensor, losses: dict[str, float], to_rgb=to_rgb, size=size) -> bool:
+            losses["time"] += state["offset"]  # `losses` is the history entry: times count from the start
+            if len(sizes) > 1:
+                losses["size"] = float(size)
+            state["step"] += 1
+            n = state["step"]
+            if config.snapshot_every and n % config.snapshot_every == 0:
+                snapshots.append(to_rgb(x).cpu())
+            if callback is not None and callback(n, to_rgb(x), losses):
+                state["stop"] = True
+            return state["stop"]
+
+        with GatysLoss(c, ss, config, blend) as loss:
+            state["offset"] = time.perf_counter() - start
+            desc = f"{config.optimizer} {size}px" + (f" ({k + 1}/{len(sizes)})" if len(sizes) > 1 else "")
+            part = optimize_image(
+                loss, init, n_iter, config.optimizer, config.lr, callback=on_step, progress=config.progress, desc=desc
+            )
+        history += part.history
+        image = part.image
+        if config.snapshot_every and state["step"] % config.snapshot_every != 0:
+            snapshots.append(to_rgb(image).cpu())  # the last image of this scale
+        if state["stop"]:
+            break
+
+    assert image is not None
+    final = combine_luminance(image, colors) if luma_only else image
+    if not bool(torch.isfinite(final).all()):
+        raise OptimizationDiverged("The result contains NaN or infinite pixels; lower the loss weights.")
+    return Result(final.detach(), history, time.perf_counter() - start, snapshots)

@@ -300,3 +300,29 @@ def test_network_overfits_one_image_pair():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10
+
+
+# --------------------------------------------------------------------------------------------------------
+# Global input skip (not in the paper; used by the CPU-trained shipped models)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_input_skip_network_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 21, 30)
+    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1, input_skip=True)).train()
+    assert torch.equal(net(x), x)  # last conv zero-initialised: output = input + 0
+    (net(x) - 0.5).pow(2).mean().backward()
+    last = net.decoder[-1]
+    assert last.weight.grad.abs().sum() > 0  # the residual branch receives gradient, so it can learn
+    with torch.no_grad():
+        last.bias.fill_(2.0)
+    assert net.eval()(x).max() == 1.0  # eval clamps x + f(x) to [0, 1]
+    assert "input_skip" in net.describe()
+
+
+def test_input_skip_needs_the_linear_output():
+    with pytest.raises(ValueError, match="input_skip needs output='linear\\+clamp'"):
+        TransformerConfig(input_skip=True, output="tanh")
+    with pytest.raises(ValueError, match="input_skip must be True or False"):
+        TransformerConfig(input_skip=1)

@@ -1,0 +1,429 @@
+"""Using trained feed-forward style networks: model files, stylising images (in tiles when large) and frames.
+
+J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
+ECCV 2016, Sec. 3.1: the image transformation network is fully convolutional, so a network trained on
+256 x 256 crops stylises an image of any size in one forward pass (Sec. 4.1, "Qualitative Results", shows
+512 and 1024 px results of 256 px-trained networks).
+
+Model files (``.safetensors``, read without executing any pickle code): the weights, and in the header's
+metadata the ``format`` (``"stlib.transformer"``), the `TransformerConfig` as JSON (so `load_model` rebuilds
+the architecture) and an ``info`` JSON (training step, loss terms, style image and its sha256, training
+configuration, stlib version). `export_weights` writes the same file with float16 weights (3.4 MB for the
+default network); `load_model` casts every file back to float32.
+
+Large images (`stylize_image` with ``tile=N``): the network sees at most N x N pixels at a time, so peak
+memory depends on N, not on the image. Tiles start on the network's stride-4 grid (so they subsample like
+the whole image), overlap by at least ``overlap`` pixels and are blended with feathered weights, a linear
+ramp across each overlap (weight 1 on the image's own borders), so no seam shows. Instance normalisation
+(Ulyanov et al. 2016) would normalise each tile by its own statistics, giving tiles of different tone; by
+default every tile instead uses the statistics of the whole image, measured in one extra pass over the
+image downscaled to fit in a tile. The result is close to, not equal to, the untiled one: the statistics
+come from a smaller image, and a tile's padded borders differ from the real neighbourhood within the
+network's receptive field (about 50 px each side for the default network), so larger tiles and overlaps
+(e.g. 512 / 64) bring it closer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import __version__
+from .data import IMAGE_EXTENSIONS
+from .images import _atomic_write, load_tensor, save_image
+from .transformer import TransformerNet
+
+__all__ = [
+    "MODEL_FORMAT",
+    "CheckpointError",
+    "export_weights",
+    "load_model",
+    "read_metadata",
+    "save_model",
+    "stylize_files",
+    "stylize_frame",
+    "stylize_image",
+    "tile_count",
+]
+
+MODEL_FORMAT = "stlib.transformer"
+"""The ``format`` entry of a model file's metadata."""
+
+_FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used; the message is one sentence naming the file."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model files
+# ----------------------------------------------------------------------------------------------------
+
+
+def save_model(
+    model: TransformerNet,
+    path: str | os.PathLike,
+    info: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Atomically write a network's weights (optionally cast to `dtype`) and metadata as safetensors."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"Cannot save a model as '{path}': the file name must end in .safetensors.")
+    if not isinstance(model, TransformerNet):
+        raise TypeError(f"save_model expects a TransformerNet, got {type(model).__name__}")
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[name] = value.contiguous()  # channels_last weights become standard contiguous tensors
+    bad = [name for name, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise ValueError(
+            f"Cannot save '{path}': weight {bad[0]} holds NaN or infinite values"
+            + (f" after the cast to {dtype}" if dtype is not None else "")
+            + "."
+        )
+    float_dtypes = {str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "stlib_version": __version__,
+        "transformer": json.dumps(model.config_dict()),
+        "dtype": ",".join(sorted(float_dtypes)),
+        "info": json.dumps(dict(info or {}), default=str),
+    }
+    data = save(tensors, metadata=metadata)
+    return _atomic_write(path, lambda file: file.write(data))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and raw metadata of a safetensors file; any failure is a CheckpointError naming the file."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"Model file '{path}' does not exist.")
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory, not a model file.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(
+            f"'{path}' is not a style network checkpoint (it cannot be read as a safetensors file)."
+        ) from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"'{path}' is a safetensors file but not a stlib style network (its metadata lacks "
+            f"format={MODEL_FORMAT!r}); train one with `python -m stlib train`."
+        )
+    return tensors, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a model file: format, versions, ``transformer`` config and ``info`` as parsed JSON."""
+    path = Path(path)
+    _, metadata = _read(path)
+    out: dict[str, Any] = dict(metadata)
+    for key in ("transformer", "info"):
+        try:
+            out[key] = json.loads(metadata.get(key, "{}"))
+        except json.JSONDecodeError:
+            raise CheckpointError(f"Model file '{path}' has a damaged '{key}' entry in its metadata.") from None
+    return out
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> TransformerNet:
+    """Rebuild a `TransformerNet` from a model file (float32, eval mode), optionally on `device`."""
+    path = Path(path)
+    tensors, _ = _read(path)
+    meta = read_metadata(path)
+    try:
+        model = TransformerNet.from_config(meta["transformer"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"Model file '{path}' describes an unknown architecture ({err}).") from None
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    if any(v.is_floating_point() and not bool(v.isfinite().all()) for v in tensors.values()):
+        raise CheckpointError(f"Model file '{path}' holds NaN or infinite weights (a diverged training run?).")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(
+            f"Model file '{path}' holds weights of another architecture than {model.describe().split(':')[0]} "
+            f"({detail.rstrip('.')})."
+        ) from None
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def export_weights(checkpoint: str | os.PathLike, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a compact copy of a model file with its weights in `dtype` (float16: 3.4 MB for the default net)."""
+    checkpoint = Path(checkpoint)
+    model = load_model(checkpoint)
+    info = read_metadata(checkpoint)["info"]
+    info = {**info, "exported_from": checkpoint.name}
+    return save_model(model, path, info=info, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stylising
+# ----------------------------------------------------------------------------------------------------
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        return torch.device("cpu"), torch.float32
+    return param.device, param.dtype
+
+
+def _check_eval(model: torch.nn.Module, caller: str) -> None:
+    if model.training:
+        raise ValueError(f"{caller} needs a model in eval mode: call model.eval() first (load_model returns one).")
+
+
+_ALIGN = 4  # the network's two stride-2 stages: tiles start on this grid so they sample like the whole image
+
+
+def _tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of every tile: at most `tile` x `tile`, starting on the stride-4 grid."""
+    size = tile - tile % _ALIGN
+    step = max(_ALIGN, (size - overlap) // _ALIGN * _ALIGN)
+
+    def starts(length: int) -> list[int]:
+        if length <= size:
+            return [0]
+        last = -(-(length - size) // _ALIGN)  # the last start, in grid units, rounded up: it reaches the edge
+        gaps = -(-last // (step // _ALIGN))  # fewest gaps of at most `step` pixels
+        return [i * last // gaps * _ALIGN for i in range(gaps + 1)]  # evenly spread over the grid
+
+    return [
+        (top, left, min(top + size, height), min(left + size, width))
+        for top in starts(height)
+        for left in starts(width)
+    ]
+
+
+def _ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+    """Blending weights (size,) of one tile side: linear ramps over `overlap` pixels where tiles overlap."""
+    position = torch.arange(size, dtype=torch.float32) + 0.5  # (size,), pixel centres
+    weight = torch.ones(size)
+    if overlap > 0 and ramp_start:
+        weight = torch.minimum(weight, position / overlap)
+    if overlap > 0 and ramp_end:
+        weight = torch.minimum(weight, (size - position) / overlap)
+    return weight  # > 0 everywhere: every pixel gets some weight from every tile covering it
+
+
+def _box_weights(box: tuple[int, int, int, int], overlap: int, height: int, width: int) -> torch.Tensor:
+    """Feathered blending weights (1, 1, h, w) of one tile: ramps on its sides inside the image only."""
+    top, left, bottom, right = box
+    wy = _ramp(bottom - top, overlap, top > 0, bottom < height)  # (h,)
+    wx = _ramp(right - left, overlap, left > 0, right < width)  # (w,)
+    return (wy[:, None] * wx[None, :])[None, None]  # (1, 1, h, w)
+
+
+class _SharedInstanceNorm:
+    """Make every InstanceNorm2d of a model use fixed, shared statistics (a context manager).
+
+    Inside the ``with`` block, the first forward pass records each layer's per-channel mean and variance;
+    every later pass (the tiles) normalises with them instead of its own input's statistics.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+        self.fixed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __enter__(self) -> _SharedInstanceNorm:
+        for index, layer in enumerate(self.layers):
+            layer.forward = self._make_forward(index, layer)  # instance attribute shadows the class method
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for layer in self.layers:
+            del layer.forward
+
+    def _make_forward(self, index: int, layer: torch.nn.InstanceNorm2d):
+        def forward(x: torch.Tensor) -> torch.Tensor:  # (1, C, h, w)
+            if index not in self.fixed:  # the statistics pass: record, then normalise as usual
+                var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)  # (C,), (C,)
+                self.fixed[index] = (mean, var)
+                return type(layer).forward(layer, x)
+            mean, var = (t.to(x.dtype)[None, :, None, None] for t in self.fixed[index])  # (1, C, 1, 1)
+            y = (x - mean) * torch.rsqrt(var + layer.eps)
+            if layer.affine:
+                y = y * layer.weight[None, :, None, None] + layer.bias[None, :, None, None]
+            return y
+
+        return forward
+
+
+def stylize_image(
+    model: TransformerNet,
+    image: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = 32,
+    shared_stats: bool = True,
+) -> torch.Tensor:
+    """Stylise a (1, 3, H, W) or (3, H, W) image in [0, 1]; with `tile`, in overlapping N x N tiles.
+
+    With ``shared_stats`` (default) every tile's instance norms use the statistics of the whole image,
+    measured in one extra pass over the image downscaled to fit in a tile, rather than each tile's own, so
+    that the tiles match in tone and the result stays close to the untiled one.
+    """
+    _check_eval(model, "stylize_image")
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.shape[-3] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"stylize_image expects a (1, 3, H, W) or (3, H, W) RGB tensor, got {shape}.")
+    if image.dim() == 4 and image.shape[0] != 1:
+        raise ValueError(f"stylize_image takes one image at a time, got a batch of {image.shape[0]}.")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 16):
+        raise ValueError(f"tile must be None or an integer of at least 16 pixels, got {tile!r}.")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"overlap must be an integer >= 0, got {overlap!r}.")
+    if tile is not None and 2 * overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be less than half the tile size ({tile}).")
+    device, dtype = _model_device_dtype(model)
+    x = image if image.dim() == 4 else image.unsqueeze(0)  # (1, 3, H, W)
+    height, width = x.shape[-2:]
+
+    with torch.inference_mode():
+        if tile is None or (height <= tile and width <= tile):
+            out = model(x.to(device=device, dtype=dtype)).float().clamp(0, 1).to(image.device)  # (1, 3, H, W)
+            return out if image.dim() == 4 else out[0]
+        boxes = _tile_boxes(height, width, tile, overlap)
+        if shared_stats and any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()):
+            scale = min(1.0, tile / max(height, width))
+            size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            whole = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)  # fits a tile
+            with _SharedInstanceNorm(model):
+                model(whole.to(device=device, dtype=dtype))  # records the statistics of the whole image
+                out = _blend_tiles(model, x, boxes, overlap, device, dtype)
+        else:
+            out = _blend_tiles(model, x, boxes, overlap, device, dtype)
+        out = out.to(image.device)
+    return out if image.dim() == 4 else out[0]
+
+
+def _blend_tiles(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    boxes: list[tuple[int, int, int, int]],
+    overlap: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Run the model on each (top, left, bottom, right) box of x (1, 3, H, W); blend with feathered weights."""
+    height, width = x.shape[-2:]
+    total = torch.zeros(1, 3, height, width, device=x.device)  # weighted sum of tile outputs
+    weights = torch.zeros(1, 1, height, width, device=x.device)  # sum of weights
+    for box in boxes:
+        top, left, bottom, right = box
+        piece = x[..., top:bottom, left:right].to(device=device, dtype=dtype)  # (1, 3, <=tile, <=tile)
+        styled = model(piece).float().clamp(0, 1).to(x.device)  # (1, 3, h, w)
+        w = _box_weights(box, overlap, height, width).to(x.device)  # (1, 1, h, w)
+        total[..., top:bottom, left:right] += styled * w
+        weights[..., top:bottom, left:right] += w
+    return (total / weights).clamp(0, 1)  # (1, 3, H, W)
+
+
+def stylize_frame(model: TransformerNet, frame: np.ndarray) -> np.ndarray:
+    """Stylise one video frame: uint8 (H, W, 3) RGB in, uint8 (H, W, 3) RGB out; nothing else changes."""
+    _check_eval(model, "stylize_frame")
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        what = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"stylize_frame expects a uint8 (H, W, 3) RGB array, got a {what}.")
+    device, dtype = _model_device_dtype(model)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(frame, copy=True)).to(device)  # (H, W, 3) uint8, our own copy
+        x = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div(255)  # (1, 3, H, W) in [0, 1]
+        y = model(x).float().clamp(0, 1)  # (1, 3, H, W)
+        y = y[0].mul(255).round().to(torch.uint8).permute(1, 2, 0)  # (H, W, 3)
+        return y.cpu().numpy()
+
+
+def _expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files from a list of files and folders (folders: their images, recursively, sorted)."""
+    files: list[Path] = []
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
+            if not found:
+                raise ValueError(f"Folder '{path}' contains no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"Input '{path}' does not exist.")
+    if not files:
+        raise ValueError("stylize_files needs at least one input image or folder.")
+    return files
+
+
+def _is_image_name(path: Path) -> bool:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    return fmt is not None and fmt in Image.SAVE
+
+
+def stylize_files(
+    model: TransformerNet,
+    inputs: Iterable[str | os.PathLike] | str | os.PathLike,
+    out: str | os.PathLike,
+    size: int | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+) -> list[Path]:
+    """Stylise image files and folders into `out` (a folder, or a file name for one image); return the paths.
+
+    Each output keeps its input's name (and format when it can be written, else PNG); files are written
+    atomically. `size` resizes the longest side of each input first (None: keep its size).
+    """
+    files = _expand_inputs(inputs)
+    out = Path(out)
+    if _is_image_name(out) and not out.is_dir():
+        if len(files) != 1:
+            raise ValueError(f"'{out}' is a file name but there are {len(files)} input images; give a folder instead.")
+        targets = [out]
+    else:
+        targets = [out / (p.name if _is_image_name(p) else f"{p.stem}.png") for p in files]
+        seen: dict[Path, Path] = {}
+        for source, target in zip(files, targets, strict=True):
+            if target in seen:
+                raise ValueError(
+                    f"Inputs '{seen[target]}' and '{source}' would both be written to '{target}'; "
+                    "stylise them into different folders."
+                )
+            seen[target] = source
+    for source, target in zip(files, targets, strict=True):
+        if target.resolve() == source.resolve():
+            raise ValueError(f"Refusing to overwrite the input '{source}' with its stylised version.")
+    written = []
+    for source, target in zip(files, targets, strict=True):
+        image = load_tensor(source, size=size)  # (1, 3, H, W); ImageError names the file
+        written.append(save_image(stylize_image(model, image, tile=tile, overlap=overlap), target))
+    return written
+
+
+def tile_count(height: int, width: int, tile: int, overlap: int = 32) -> int:
+    """How many tiles `stylize_image` runs for an H x W image (1 when the image fits in one tile)."""
+    if height <= tile and width <= tile:
+        return 1
+    return len(_tile_boxes(height, width, tile, overlap))

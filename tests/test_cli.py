@@ -1,0 +1,226 @@
+"""Command line: ``python -m stlib gatys`` round trips and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from stlib import assets, cli, gatys, images
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The bundled photo and two paintings saved at 64 px as PNG files."""
+    folder = tmp_path_factory.mktemp("cli-inputs")
+    paths = []
+    for name, path in (
+        ("photo", assets.content_image("tubingen")),
+        ("starry", assets.style_image("starry_night")),
+        ("wave", assets.style_image("wave")),
+    ):
+        paths.append(images.save_image(images.load_image(path, size=64), folder / f"{name}.png"))
+    return tuple(paths)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_gatys_round_trip_writes_the_image_and_prints_losses_and_time(tmp_path, capsys, small_images, offline_weights):
+    photo, starry, _ = small_images
+    out = tmp_path / "result.jpg"
+    code, stdout, stderr = run(
+        capsys, "gatys", "--content", photo, "--style", starry, "--size", 48, "--iterations", 3,
+        "--weights", offline_weights, "--quiet", "-o", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "final losses: content" in stdout and "total" in stdout and "s/iteration" in stdout
+    with Image.open(out) as img:
+        assert img.size == (48, 36) and img.format == "JPEG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.jpg"]  # atomic: no temporary file left
+
+
+def test_gatys_blend_colours_scales_and_gif(tmp_path, capsys, small_images, offline_weights):
+    photo, starry, wave = small_images
+    out, gif = tmp_path / "out" / "blend.png", tmp_path / "evolution.gif"
+    code, stdout, stderr = run(
+        capsys, "gatys", "--content", photo, "--style", starry, "--style", wave, "--blend", 0.7, 0.3,
+        "--scales", 32, 48, "--iterations", 2, 2, "--preserve-colors", "--init", "noise", "--gif", gif,
+        "--gif-every", 1, "--weights", offline_weights, "--quiet", "-o", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert out.is_file() and gif.is_file()
+    assert "4 iterations" in stdout and "frames" in stdout
+    with Image.open(out) as img:
+        assert img.size == (48, 36)
+
+
+def _assert_one_line_error(code: int, stderr: str, *fragments: str) -> None:
+    assert code == 2
+    assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+def test_gatys_bad_inputs_give_one_clear_line(tmp_path, capsys, small_images, offline_weights):
+    photo, starry, wave = small_images
+    out = tmp_path / "out.jpg"
+    common = ("--size", 32, "--iterations", 1, "--weights", offline_weights, "--quiet")
+
+    missing = tmp_path / "nowhere.jpg"
+    code, _, err = run(capsys, "gatys", "--content", missing, "--style", starry, *common, "-o", out)
+    _assert_one_line_error(code, err, str(missing), "does not exist")
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture\n")
+    code, _, err = run(capsys, "gatys", "--content", photo, "--style", text, *common, "-o", out)
+    _assert_one_line_error(code, err, str(text), "not an image")
+
+    code, _, err = run(
+        capsys, "gatys", "--content", photo, "--style", starry, "--style", wave, "--blend", 0.5, 0.3, 0.2,
+        *common, "-o", out,
+    )  # fmt: skip
+    _assert_one_line_error(code, err, "2 --style image(s) but 3 --blend weight(s)")
+
+    code, _, err = run(capsys, "gatys", "--content", photo, "--style", starry, *common, "-o", tmp_path / "out.xyz")
+    _assert_one_line_error(code, err, "out.xyz", "suffix")
+
+    code, _, err = run(
+        capsys, "gatys", "--content", photo, "--style", starry, *common, "--gif", tmp_path / "a.png", "-o", out
+    )
+    _assert_one_line_error(code, err, "a.png", ".gif")
+
+    code, _, err = run(
+        capsys, "gatys", "--content", photo, "--style", starry, *common, "--style-layers", "relu9_1", "-o", out
+    )
+    _assert_one_line_error(code, err, "relu9_1")
+
+    code, _, err = run(capsys, "gatys", "--content", photo, "--style", starry, *common, "--scales", 64, 32, "-o", out)
+    _assert_one_line_error(code, err, "increase")
+    assert not out.exists()  # nothing written on failure
+
+
+def test_gatys_diverging_run_is_one_line_not_a_black_image(tmp_path, capsys, small_images, offline_weights):
+    photo, starry, _ = small_images
+    out = tmp_path / "out.png"
+    code, _, err = run(
+        capsys, "gatys", "--content", photo, "--style", starry, "--size", 32, "--iterations", 4,
+        "--style-weight", 1e38, "--weights", offline_weights, "--quiet", "-o", out,
+    )  # fmt: skip
+    _assert_one_line_error(code, err, "diverged")
+    assert not out.exists()
+
+
+def test_argparse_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["gatys", "--content", "a.jpg", "--style", "b.jpg", "--size", "-5", "-o", "c.jpg"])
+    assert exc.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_gatys_help_documents_every_option():
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stlib", "gatys", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    parser = cli.build_parser()
+    gatys_parser = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "gatys")[1]
+    for action in gatys_parser._actions:
+        for option in action.option_strings:
+            assert option in proc.stdout, option
+        assert action.help, f"{action.option_strings} has no help text"
+    assert "Gatys" in proc.stdout and "example:" in proc.stdout
+
+
+def test_demo_writes_the_gatys_transfer(tmp_path, monkeypatch, capsys):
+    calls = {}
+
+    def fake_stylize(content, style, config):
+        calls["config"] = config
+        return gatys.Result(content.clone(), [{"content": 0.1, "style": 0.2, "tv": 0.0, "total": 0.3}], 0.5)
+
+    monkeypatch.setattr(gatys, "stylize", fake_stylize)
+    path = cli._demo_gatys(tmp_path, quick=True)
+    assert path == tmp_path / "gatys_tubingen_starry_night.jpg" and path.is_file()
+    assert calls["config"].size <= 128 and calls["config"].iterations <= 50
+    assert torch.cuda.is_available() or "content 0.1" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------------
+# train / stylize / export (Johnson et al.)
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """Four 64x48 crops of the bundled photo, as a training folder."""
+    folder = tmp_path_factory.mktemp("cli-photos")
+    image = images.load_image(assets.content_image("tubingen"), size=256)
+    for i in range(4):
+        image.crop((40 * i, 10 * i, 40 * i + 64, 10 * i + 48)).save(folder / f"photo_{i}.png")
+    return folder
+
+
+def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_images, offline_weights):
+    photo, starry, _ = small_images
+    model = tmp_path / "starry.safetensors"
+    code, stdout, stderr = run(
+        capsys, "train", "--style", starry, "--data", photo_folder, "-o", model, "--size", 32, "--style-size", 64,
+        "--batch-size", 2, "--steps", 3, "--checkpoint-every", 2, "--val-every", 0, "--log-every", 1,
+        "--width", 0.25, "--blocks", 1, "--input-skip", "--weights", offline_weights, "--quiet",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "step 3: content" in stdout and "images/s" in stdout and str(model) in stdout
+    assert (tmp_path / "starry.run" / "state.pt").is_file() and (tmp_path / "starry.run" / "train.csv").is_file()
+
+    code, stdout, stderr = run(capsys, "stylize", "--model", model, photo, photo_folder, "-o", tmp_path / "styled")
+    assert code == 0, stderr
+    written = sorted(p.name for p in (tmp_path / "styled").iterdir())
+    assert written == ["photo.png", "photo_0.png", "photo_1.png", "photo_2.png", "photo_3.png"]
+    with Image.open(tmp_path / "styled" / "photo.png") as img, Image.open(photo) as src:
+        assert img.size == src.size
+
+    small = tmp_path / "starry_fp16.safetensors"
+    code, stdout, stderr = run(capsys, "export", model, "-o", small)
+    assert code == 0, stderr
+    assert small.stat().st_size < model.stat().st_size and "fp16" in stdout
+
+
+def test_train_and_stylize_bad_inputs_give_one_clear_line(tmp_path, capsys, photo_folder, small_images):
+    photo, starry, _ = small_images
+    not_a_model = tmp_path / "model.safetensors"
+    not_a_model.write_bytes(b"this is not a safetensors file")
+    cases = [
+        (("train", "--style", tmp_path / "missing.jpg", "--data", photo_folder), "missing.jpg"),
+        (("train", "--style", starry, "--data", tmp_path / "nodata"), "download-coco"),
+        (("train", "--style", starry, "--data", photo_folder, "-o", tmp_path / "m.pt"), ".safetensors"),
+        (("stylize", "--model", not_a_model, photo, "-o", tmp_path / "o.png"), "model.safetensors"),
+        (("stylize", "--model", tmp_path / "absent.safetensors", photo, "-o", tmp_path / "o.png"), "absent"),
+        (("export", not_a_model, "-o", tmp_path / "x.safetensors"), "model.safetensors"),
+    ]
+    for argv, needle in cases:
+        code, stdout, stderr = run(capsys, *argv)
+        assert code == 2, argv
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1 and needle in stderr, stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_every_command_has_help():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"demo", "gatys", "train", "stylize", "export", "download-coco"} <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"

@@ -1,0 +1,103 @@
+"""Figures of feature maps, Gram matrices and loss curves: layout, values shown, saving and closing."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported anywhere: no windows during tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from stlib import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_strongest_channels_orders_by_mean_activation():
+    fmap = torch.zeros(1, 4, 3, 3)
+    fmap[0, 2] = 5.0
+    fmap[0, 0] = 1.0
+    fmap[0, 3] = 2.0
+    assert plots.strongest_channels(fmap, 3) == [2, 3, 0]
+    assert plots.strongest_channels(fmap[0], 10) == [2, 3, 0, 1]  # (C, H, W) works; n is capped at C
+    with pytest.raises(ValueError, match="at least 1"):
+        plots.strongest_channels(fmap, 0)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        plots.strongest_channels(torch.zeros(3, 3), 1)
+
+
+def test_feature_maps_one_row_per_layer():
+    feats = {"relu1_2": torch.rand(2, 8, 16, 20), "relu2_2": torch.rand(2, 16, 8, 10, requires_grad=True)}
+    fig = plots.feature_maps(feats, n_channels=6, suptitle="maps")
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2 * 6
+    assert "relu1_2" in fig.axes[0].get_ylabel() and "8×16×20" in fig.axes[0].get_ylabel()
+    assert "relu2_2" in fig.axes[6].get_ylabel()
+    shown = np.asarray(fig.axes[0].get_images()[0].get_array())
+    assert shown.shape == (16, 20)  # the first image of the batch, one channel
+
+
+def test_feature_maps_shows_the_strongest_channel_first_and_handles_flat_channels():
+    fmap = torch.zeros(1, 3, 4, 4)
+    fmap[0, 1] = torch.arange(16.0).view(4, 4)
+    fig = plots.feature_maps({"conv1_1": fmap}, n_channels=8)
+    assert len(fig.axes) == 3  # columns capped at the number of channels
+    assert fig.axes[0].get_title() == "#1"
+    np.testing.assert_allclose(np.asarray(fig.axes[0].get_images()[0].get_array()), fmap[0, 1].numpy())
+    assert len(fig.axes[2].get_images()) == 1  # an all-zero channel is still drawn, without a division by zero
+
+
+def test_feature_maps_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one layer"):
+        plots.feature_maps({})
+    with pytest.raises(ValueError, match="relu1_1"):
+        plots.feature_maps({"relu1_1": torch.rand(4, 4)})
+
+
+def test_gram_heatmaps_share_one_colour_scale():
+    a, b = torch.rand(1, 5, 5), 3 * torch.rand(5, 5)
+    fig = plots.gram_heatmaps({"painting": a, "photo": b})
+    images = [ax.get_images()[0] for ax in fig.axes if ax.get_images()]
+    assert [im.axes.get_title() for im in images] == ["painting", "photo"]
+    assert images[0].get_clim() == images[1].get_clim()
+    assert images[0].get_clim() == pytest.approx((float(min(a.min(), b.min())), float(max(a.max(), b.max()))))
+    own = plots.gram_heatmaps({"painting": a, "photo": b}, shared_scale=False)
+    clims = [ax.get_images()[0].get_clim() for ax in own.axes if ax.get_images()]
+    assert clims[1] == pytest.approx((float(b.min()), float(b.max())))
+
+
+def test_gram_heatmaps_rejects_non_square():
+    with pytest.raises(ValueError, match="Gram"):
+        plots.gram_heatmaps({"x": torch.rand(3, 4)})
+    with pytest.raises(ValueError, match="at least one"):
+        plots.gram_heatmaps({})
+
+
+def test_loss_curves_plot_every_series_on_a_log_scale():
+    fig = plots.loss_curves({"conv1_2": [1.0, 0.1, 0.01], "conv5_2": [1.0, 0.5]}, title="content")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["conv1_2", "conv5_2"]
+    assert ax.get_yscale() == "log"
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [1, 2, 3])
+    linear = plots.loss_curves({"x": [1.0, 0.0, -1.0]})  # non-positive values cannot go on a log axis
+    assert linear.axes[0].get_yscale() == "linear"
+    with pytest.raises(ValueError, match="at least one"):
+        plots.loss_curves({})
+
+
+def test_show_saves_then_closes(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plots.plt, "show", lambda: shown.append(True))
+    fig = plots.loss_curves({"x": [1.0, 0.5]})
+    assert plots.show(fig, save=tmp_path / "curve.png") is None
+    assert shown == [True]
+    assert (tmp_path / "curve.png").is_file()
+    assert not plt.fignum_exists(fig.number)

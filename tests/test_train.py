@@ -1,0 +1,332 @@
+"""Tests for stlib.train: normalised losses, schedules, exact resume, SIGKILL safety, divergence, two-process DDP.
+
+Everything runs on the CPU at 32 px with a slim network (width 0.25, one residual block) and the offline VGG16.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stlib import assets, images, train, vgg
+from stlib.stylize import load_model, read_metadata
+from stlib.train import PerceptualLoss, ResumeError, TrainConfig, TrainingDiverged, lr_at
+from stlib.transformer import TransformerConfig, TransformerNet
+
+SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the 2-core test machine is shared, and oversubscribed threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Six 64x48 crops of the bundled photo, as a training folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    image = images.load_image(assets.content_image("tubingen"), size=256)  # 256 x 192
+    for i in range(6):
+        left, top = 30 * i, 20 * (i % 3)
+        image.crop((left, top, left + 64, top + 48)).save(folder / f"photo_{i}.png")
+    return folder
+
+
+def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig:
+    settings = dict(
+        style=str(assets.style_image("starry_night")),
+        data=str(photos),
+        out=str(run / "model.safetensors"),
+        run_dir=str(run / "run"),
+        size=32,
+        style_size=64,
+        batch_size=2,
+        steps=6,
+        log_every=1,
+        val_every=3,
+        checkpoint_every=3,
+        val_count=2,
+        val_size=32,
+        vgg_weights=offline,
+        transformer=SLIM,
+        progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Configuration, schedules, precision
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_paper():
+    cfg = TrainConfig()
+    assert (cfg.size, cfg.batch_size, cfg.steps, cfg.lr) == (256, 4, 40_000, 1e-3)
+    assert cfg.content_layer == "relu2_2"
+    assert cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    assert cfg.vgg_weights == "auto" and cfg.schedule == "constant"
+
+
+def test_config_round_trips_through_json_and_rejects_bad_values():
+    cfg = TrainConfig(style="s.jpg", data="d", transformer=SLIM, schedule="cosine")
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.transformer == SLIM
+    with pytest.raises(ValueError, match="style is required"):
+        TrainConfig(data="d").validate()
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(style="s", data="d", schedule="linear").validate()
+    with pytest.raises(ValueError, match="style_weight"):
+        TrainConfig(style="s", data="d", style_weight=float("nan")).validate()
+    with pytest.raises(ValueError, match="relu9_9"):
+        TrainConfig(style="s", data="d", content_layer="relu9_9").validate()
+
+
+def test_learning_rate_schedules():
+    base = TrainConfig(lr=1e-3, steps=1000)
+    assert all(lr_at(base, s) == 1e-3 for s in (0, 500, 999))
+    stepped = replace(base, schedule="step", lr_step_every=300, lr_gamma=0.5)
+    assert [lr_at(stepped, s) for s in (0, 299, 300, 900)] == pytest.approx([1e-3, 1e-3, 5e-4, 1.25e-4])
+    cosine = replace(base, schedule="cosine", warmup_steps=100)
+    assert lr_at(cosine, 0) == pytest.approx(1e-5) and lr_at(cosine, 99) == pytest.approx(1e-3)
+    assert lr_at(cosine, 550) == pytest.approx(5e-4) and lr_at(cosine, 1000) == pytest.approx(0.0, abs=1e-12)
+    cycle = replace(base, schedule="onecycle")
+    lrs = [lr_at(cycle, s) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3)
+    assert lrs.index(max(lrs)) == 300 and lrs[-1] < 1e-3 / 1e3
+
+
+def test_auto_precision_is_fp32_without_hardware_bf16(monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    assert train.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: True)
+    assert train.resolve_precision("auto", "cpu") == "bf16"
+    assert train.resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="CUDA"):
+        train.resolve_precision("fp16", "cpu")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The normalised perceptual loss
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_loss_terms_do_not_depend_on_the_vgg_feature_scale(tmp_path, offline_weights, photo, painting):
+    # Scaling every convolution's bias by k and the first one's weights by k scales every ReLU feature by k
+    # (ReLU and max pooling are positively homogeneous): the normalised terms must not change.
+    state, _ = vgg.load_vgg_weights(offline_weights)
+    k = 1 / 60  # about the Caffe-to-ImageNet feature ratio
+    scaled = {
+        name: value * k if name.endswith("bias") or name == "conv1_1.weight" else value for name, value in state.items()
+    }
+    path = tmp_path / "scaled_vgg.safetensors"
+    save_file(scaled, str(path), metadata={"normalization": "caffe"})
+    x = photo[..., :64, :64]  # (1, 3, 64, 64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    terms = [PerceptualLoss(painting, vgg_weights=w)(x, y) for w in (offline_weights, str(path))]
+    for key in ("content", "style", "tv", "total"):
+        assert float(terms[1][key]) == pytest.approx(float(terms[0][key]), rel=1e-3)
+    assert 0 < float(terms[0]["content"]) < 1 and float(terms[0]["style"]) > 0
+
+
+def test_split_and_fused_vgg_passes_agree(offline_weights, photo, painting):
+    x = photo[..., :32, :48]
+    y = x.flip(-1)
+    split = PerceptualLoss(painting, vgg_weights=offline_weights, vgg_pass="split")(x, y)
+    fused = PerceptualLoss(painting, vgg_weights=offline_weights, vgg_pass="fused")(x, y)
+    for key in split:
+        assert float(fused[key]) == pytest.approx(float(split[key]), rel=1e-4)
+    same = PerceptualLoss(painting, vgg_weights=offline_weights)(x, x)
+    assert float(same["content"]) == 0.0  # the photo reproduces itself exactly
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training, checkpoints and exact resume
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def straight(photos, tmp_path_factory, offline_weights):
+    """Six uninterrupted steps."""
+    run = tmp_path_factory.mktemp("straight")
+    return train.train(small_config(photos, run, offline_weights))
+
+
+def test_training_writes_checkpoint_logs_grids_and_gif(straight):
+    assert straight.step == 6 and [h["step"] for h in straight.history] == [1, 2, 3, 4, 5, 6]
+    assert straight.losses()[-1] < straight.losses()[0]
+    meta = read_metadata(straight.checkpoint)
+    assert meta["format"] == "stlib.transformer" and meta["transformer"] == SLIM.__dict__
+    info = meta["info"]
+    assert info["step"] == 6 and info["stlib_version"] and set(info["losses"]) >= {"content", "style", "tv"}
+    assert info["style_sha256"] == train._sha256(assets.style_image("starry_night"))
+    assert TrainConfig.from_dict(info["train_config"]).transformer == SLIM
+    model = load_model(straight.checkpoint)  # rebuilt from the metadata alone
+    x = torch.rand(1, 3, 24, 40)
+    assert torch.equal(model(x), straight.model(x))
+    with open(straight.log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"total", "content", "style", "tv", "lr", "images_per_s"} <= set(rows[0])
+    assert float(rows[0]["images_per_s"]) > 0
+    grids = sorted(p.name for p in (straight.run_dir / "val").glob("step_*.jpg"))
+    assert grids == ["step_000000.jpg", "step_000003.jpg", "step_000006.jpg"]
+    assert images.load_image(straight.run_dir / "val" / "step_000006.jpg").size == (64, 32)  # 2 photos of 32 px
+    assert straight.gif is not None and straight.gif.stat().st_size > 0
+    state = torch.load(straight.state, weights_only=True)  # no pickle code execution needed
+    assert state["step"] == 6 and state["epoch"] == 1 and state["sampler"]["position"] == 6  # 2nd epoch, done
+
+
+def test_resume_continues_exactly(straight, photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=3)
+    first = train.train(cfg)
+    calls = []
+    second = train.train(replace(cfg, steps=6, resume=True), callback=lambda step, losses: calls.append(step))
+    assert calls == [4, 5, 6]
+    resumed = first.history + second.history
+    for key in ("total", "content", "style", "tv", "lr"):
+        assert [h[key] for h in resumed] == [h[key] for h in straight.history]  # identical, not just close
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value)
+    with open(second.log, newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_settings_or_a_missing_state(photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0)
+    with pytest.raises(ResumeError, match="no training state"):
+        train.train(replace(cfg, resume=True))
+    train.train(cfg)
+    with pytest.raises(ResumeError, match="batch_size"):
+        train.train(replace(cfg, steps=2, batch_size=3, resume=True))
+
+
+def test_style_warmup_ramps_the_style_weight(photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=2, style_warmup=4, val_every=0)
+    first, second = train.train(cfg).history
+    tv = cfg.tv_weight
+    assert first["total"] == pytest.approx(first["content"] + tv * first["tv"])  # style weight 0 at step 1
+    expected = second["content"] + cfg.style_weight / 4 * second["style"] + tv * second["tv"]
+    assert second["total"] == pytest.approx(expected)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, offline_weights, monkeypatch):
+    forward = PerceptualLoss.forward
+    calls = []
+
+    def poisoned(self, x, y):  # the third step's loss is NaN, as after an overflow
+        terms = forward(self, x, y)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(PerceptualLoss, "forward", poisoned)
+    cfg = small_config(photos, tmp_path, offline_weights, steps=10, checkpoint_every=2, val_every=0)
+    with pytest.raises(TrainingDiverged, match=r"step 3: the loss is nan.*checkpoint .*model.safetensors' \(step 2\)"):
+        train.train(cfg)
+    assert read_metadata(cfg.out)["info"]["step"] == 2
+    model = load_model(cfg.out)
+    assert torch.isfinite(model(torch.rand(1, 3, 16, 16))).all()
+    assert torch.load(Path(cfg.run_dir) / "state.pt", weights_only=True)["step"] == 2
+
+
+def _child(config: dict, env: dict[str, str], save_to: str | None) -> None:
+    """A forked child process: train with `config` under environment `env` (torchrun's variables)."""
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    result = train.train(TrainConfig.from_dict(config))
+    if save_to:
+        torch.save(result.model.state_dict(), save_to)
+
+
+def _fork(config: TrainConfig, env: dict[str, str] | None = None, save_to: Path | None = None):
+    """Start `_child` in a forked process (no new interpreter: importing torch again would take seconds)."""
+    context = multiprocessing.get_context("fork")
+    process = context.Process(target=_child, args=(config.to_dict(), env or {}, save_to and str(save_to)))
+    process.start()
+    return process
+
+
+def test_sigkill_loses_at_most_one_checkpoint_interval(photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=10_000, checkpoint_every=2, val_every=0)
+    state_path = Path(cfg.run_dir) / "state.pt"
+    child = _fork(cfg)
+    try:
+        deadline = time.monotonic() + 60
+        while not state_path.exists():
+            assert child.is_alive(), "the training process died"
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it train on past the checkpoint
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    assert child.exitcode == -signal.SIGKILL
+    saved = torch.load(state_path, weights_only=True)["step"]
+    with open(Path(cfg.run_dir) / "train.csv", newline="") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("seconds")]
+    assert saved >= 2 and max(logged) - saved <= cfg.checkpoint_every  # lost at most one interval
+    resumed = train.train(replace(cfg, steps=saved + 2, resume=True))
+    assert [h["step"] for h in resumed.history] == [saved + 1, saved + 2]
+    assert read_metadata(cfg.out)["info"]["step"] == saved + 2
+    with open(resumed.log, newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, saved + 3))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Two processes (DistributedDataParallel over Gloo), as under torchrun
+# --------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_keeps_the_ranks_in_sync(photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=3, batch_size=1, val_every=0, device="cpu")
+    port = _free_port()
+    children = []
+    for rank in range(2):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        env["WORLD_SIZE"] = "2"
+        children.append(_fork(cfg, env, tmp_path / f"rank{rank}.pt"))
+    for child in children:
+        child.join(timeout=120)
+        if child.is_alive():
+            child.kill()
+    assert [child.exitcode for child in children] == [0, 0]
+    weights = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    torch.manual_seed(cfg.seed)
+    initial = TransformerNet(SLIM).state_dict()
+    assert any(not torch.equal(weights[0][k], initial[k]) for k in initial)  # it trained
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name  # and the ranks agree exactly
+    state = torch.load(Path(cfg.run_dir) / "state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["sampler"]["position"] == 6  # 3 global batches of 2: one epoch
+    assert not math.isnan(read_metadata(cfg.out)["info"]["losses"]["total"])
+
+
+def test_loading_the_state_needs_no_pickle(straight):
+    # weights_only=True refuses arbitrary objects: the state holds only tensors and plain types.
+    state = torch.load(straight.state, weights_only=True)
+    assert isinstance(state["rng"]["torch"], torch.Tensor) and isinstance(state["rng"]["python"], tuple)
+    assert set(load_file(straight.checkpoint)) == set(straight.model.state_dict())
