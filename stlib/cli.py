@@ -78,6 +78,26 @@ def _demo_gatys(out_dir: Path, quick: bool) -> Path:
     return path
 
 
+def _demo_johnson(out_dir: Path) -> list[Path]:
+    """Stylise the sample photo with every shipped network in checkpoints/ (one forward pass each)."""
+    from .assets import content_image, repo_root
+    from .images import load_tensor, save_image
+    from .stylize import load_model, stylize_image
+
+    models = sorted((repo_root() / "checkpoints").glob("*.safetensors"))
+    if not models:
+        print("No trained networks in checkpoints/: skipping the feed-forward stylisation.", flush=True)
+        return []
+    photo = load_tensor(content_image("tubingen"), size=512)
+    written = []
+    for path in models:
+        start = time.perf_counter()
+        result = stylize_image(load_model(path), photo)
+        written.append(save_image(result, out_dir / f"johnson_tubingen_{path.stem}.jpg"))
+        print(f"Feed-forward {path.stem}: wrote {written[-1]} in {time.perf_counter() - start:.1f} s", flush=True)
+    return written
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the course's main job non-interactively and write everything to outputs/."""
     from .assets import outputs_dir, repo_root
@@ -91,6 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Gatys transfer of tubingen with starry_night ({'quick' if args.quick else 'full'} mode) ...", flush=True)
     written = _demo_gatys(out, quick=args.quick)
     print(f"  wrote {written}", flush=True)
+    _demo_johnson(out)
     figures = sorted(p.name for p in out.glob("*.png"))
     print(f"Wrote {len(figures)} figures to {out}: {', '.join(figures)}")
     return 0

@@ -83,7 +83,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -99,6 +99,9 @@ from .stylize import save_model
 from .transformer import TransformerConfig, TransformerNet
 from .vgg import VGGFeatures, layer_names
 
+if TYPE_CHECKING:
+    from .gatys import GatysConfig
+
 __all__ = [
     "CONTENT_LAYER",
     "PRECISIONS",
@@ -112,6 +115,7 @@ __all__ = [
     "cpu_has_fast_bf16",
     "lr_at",
     "resolve_precision",
+    "square_photo",
     "train",
 ]
 
@@ -266,6 +270,28 @@ class TrainConfig:
             raise ValueError(f"Unknown TrainConfig key(s) {', '.join(unknown)}.")
         return cls(**dict(data))
 
+    def gatys_config(self, size: int, iterations: int = 100, init: str = "noise") -> GatysConfig:
+        """The `stlib.gatys` settings that minimise this network's objective for one photo of `size` px.
+
+        Same loss network, layers and weights; the style image is `style_size` px as in training, so the
+        Gatys result and the network's output can be compared by their objective (Johnson et al. Fig. 5).
+        """
+        from .gatys import GatysConfig
+
+        style_size = self.style_size if self.style_size is not None else size
+        return GatysConfig(
+            weights=self.vgg_weights,
+            content_layers=(self.content_layer,),
+            style_layers=dict.fromkeys(self.style_layers, 1.0),
+            content_weight=self.content_weight,
+            style_weight=self.style_weight,
+            tv_weight=self.tv_weight,
+            iterations=iterations,
+            size=size,
+            style_scale=style_size / size,
+            init=init,
+        )
+
     def out_path(self) -> Path:
         """The model file: `out`, or checkpoints/<style name>.safetensors."""
         if self.out:
@@ -417,6 +443,22 @@ class PerceptualLoss(nn.Module):
         # w_l / ||A_l||_F^2 with w_l = 1/n: each layer's Gram error relative to its target.
         self.layer_weights = {name: 1.0 / (n * (float(g.pow(2).sum()) or 1.0)) for name, g in grams.items()}
 
+    @classmethod
+    def from_config(cls, style: torch.Tensor, config: TrainConfig) -> PerceptualLoss:
+        """The objective a `TrainConfig` trains with, for a style image (1, 3, H, W) sized as in training."""
+        return cls(
+            style,
+            config.content_layer,
+            config.style_layers,
+            config.content_weight,
+            config.style_weight,
+            config.tv_weight,
+            vgg_weights=config.vgg_weights,
+            vgg_pass=config.vgg_pass,
+            precision=resolve_precision(config.precision, style.device),
+            channels_last=config.channels_last,
+        )
+
     @property
     def style_grams(self) -> dict[str, torch.Tensor]:
         """The style image's Gram matrices {layer: (1, C, C)}."""
@@ -540,7 +582,7 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _square_photo(path: Path, size: int) -> torch.Tensor:
+def square_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
     """A validation photo: shorter side resized to `size`, centre square crop, (1, 3, size, size)."""
     image = load_image(path)
     width, height = image.size
@@ -554,7 +596,7 @@ def _square_photo(path: Path, size: int) -> torch.Tensor:
 def _validation_photos(config: TrainConfig, dataset: ImageFolderDataset) -> torch.Tensor:
     """The fixed validation batch (N, 3, S, S): `config.val`'s first photos, or the first training photos."""
     files = ImageFolderDataset(config.val, size=config.val_size).files if config.val else dataset.files
-    return torch.cat([_square_photo(p, config.val_size) for p in files[: config.val_count]])
+    return torch.cat([square_photo(p, config.val_size) for p in files[: config.val_count]])
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -707,18 +749,7 @@ def _train(config: TrainConfig, callback: Callback | None, device: torch.device,
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = PerceptualLoss(
-        style,
-        config.content_layer,
-        config.style_layers,
-        config.content_weight,
-        config.style_weight,
-        config.tv_weight,
-        vgg_weights=config.vgg_weights,
-        vgg_pass=config.vgg_pass,
-        precision=precision,
-        channels_last=config.channels_last,
-    )
+    loss_fn = PerceptualLoss.from_config(style, config)
 
     step, epoch, batches_in_epoch = 0, 0, 0
     if config.resume:

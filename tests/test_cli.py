@@ -224,3 +224,31 @@ def test_every_command_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+def test_demo_stylises_the_sample_photo_with_every_network_in_checkpoints(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from stlib.stylize import save_model
+    from stlib.transformer import TransformerConfig, TransformerNet
+
+    home = tmp_path / "home"
+    (home / "style_images").mkdir(parents=True)
+    (home / "data" / "samples").mkdir(parents=True)
+    (home / "checkpoints").mkdir()
+    shutil.copy(assets.content_image("tubingen"), home / "data" / "samples" / "tubingen.jpg")
+    monkeypatch.setenv("STLIB_HOME", str(home))
+    out = tmp_path / "out"
+    assert cli._demo_johnson(out) == []
+    assert "No trained networks" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    for name in ("wave", "udnie"):
+        save_model(
+            TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)),
+            home / "checkpoints" / f"{name}.safetensors",
+        )
+    written = cli._demo_johnson(out)
+    assert [p.name for p in written] == ["johnson_tubingen_udnie.jpg", "johnson_tubingen_wave.jpg"]
+    with Image.open(written[0]) as img:
+        assert max(img.size) == 512

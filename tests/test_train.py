@@ -330,3 +330,20 @@ def test_loading_the_state_needs_no_pickle(straight):
     state = torch.load(straight.state, weights_only=True)
     assert isinstance(state["rng"]["torch"], torch.Tensor) and isinstance(state["rng"]["python"], tuple)
     assert set(load_file(straight.checkpoint)) == set(straight.model.state_dict())
+
+
+def test_gatys_config_optimises_the_same_objective_as_training(offline_weights, photo, painting):
+    from stlib import gatys
+
+    config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
+    style = torch.nn.functional.interpolate(painting, size=(36, 48), mode="bilinear", antialias=True)
+    photo = photo[..., :64, :64]
+    y = (photo + 0.1 * torch.randn_like(photo)).clamp(0, 1)
+    with torch.no_grad():
+        ours = PerceptualLoss.from_config(style, config)(photo, y)
+        with gatys.GatysLoss(photo, style, config.gatys_config(size=64)) as theirs:
+            reference = theirs(y)
+    for key in ("content", "style", "tv", "total"):
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-7)
+    gc = config.gatys_config(size=512, iterations=100)
+    assert gc.style_scale * 512 == 48 and gc.init == "noise" and gc.iterations == 100
