@@ -278,7 +278,9 @@ def optimize_image(
     Each iteration costs exactly one forward and backward pass for both optimisers (L-BFGS runs without
     line search, as in Gatys et al.'s and Johnson's implementations), so their histories are comparable.
     The pixels are float32 and clamped to [0, 1] after every step. ``callback(step, image, losses)`` runs
-    after every step; returning True stops the optimisation early.
+    after every step; returning True stops the optimisation early. Without a line search an L-BFGS step can
+    overshoot, so the returned image is the one with the lowest objective seen (the image after the last
+    step is evaluated once more, without a gradient, to take part); the history keeps every iteration.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}.")
@@ -293,6 +295,7 @@ def optimize_image(
         raise ValueError(f"Unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'.")
 
     history: list[dict[str, float]] = []
+    best: dict = {"loss": math.inf, "image": None}  # the lowest objective evaluated so far, and its image
     start = time.perf_counter()
     bar = None
     if progress:
@@ -311,6 +314,8 @@ def optimize_image(
                 "loss weights, or use float32 instead of bf16."
             )
         total.backward()
+        if value < best["loss"]:
+            best["loss"], best["image"] = value, image.detach().clone()
         elapsed = time.perf_counter() - start
         history.append({k: float(v.detach()) for k, v in terms.items()} | {"time": elapsed})
         return total
@@ -330,10 +335,14 @@ def optimize_image(
                 bar.set_postfix(loss=f"{history[-1]['total']:.4g}")
             if callback is not None and callback(i + 1, image.detach(), history[-1]):
                 break
+        with torch.no_grad():
+            last = float(loss_fn(image)["total"])  # the image after the last step, not evaluated yet
+        if best["image"] is None or last <= best["loss"]:
+            best["image"] = image.detach()
     finally:
         if bar is not None:
             bar.close()
-    return Result(image.detach(), history, time.perf_counter() - start)
+    return Result(best["image"], history, time.perf_counter() - start)
 
 
 def reconstruct_content(

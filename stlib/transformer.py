@@ -33,6 +33,13 @@ the addition. Differences from the paper, each selectable in `TransformerConfig`
   models shipped in ``checkpoints/`` (trained on a CPU) use it; the style strength is unchanged in principle
   (f can move the pixels anywhere) but short runs keep more of the photo.
 
+Output units: with ``"linear+clamp"`` the last convolution works in pixel units, 0-255, as in the paper (and
+in pytorch/examples), and the network divides by 255. This matters for training: Adam moves every weight by
+about the learning rate per step whatever the loss scale, and the output convolution sums 32 x 9 x 9 = 2592
+inputs: in [0, 1] units the first step of 1e-3 moved the output of the untrained default network by up to 3.5
+(3.5 times the whole range), and short CPU training runs gave colour blobs; in 0-255 units the same step
+moves it by at most 0.013.
+
 Padding: the paper pads the input by 40 pixels of reflection once and uses unpadded convolutions (its
 residual blocks crop their input). Here every convolution pads its own input by reflection ("same" size),
 and the input is reflection-padded on the bottom/right to a multiple of 4 (and at least 8) so that the two
@@ -71,6 +78,7 @@ OUTPUTS = ("linear+clamp", "tanh")
 
 _BASE_CHANNELS = (32, 64, 128)  # Johnson et al., supplementary Table 1
 _MULTIPLE = 4  # two stride-2 stages
+_OUTPUT_SCALE = 1 / 255  # see "Output units" in the module docstring
 _MIN_SIDE = 8  # smallest padded side: 9x9 reflection needs > 4 pixels, the residual stage needs >= 2
 
 
@@ -205,10 +213,11 @@ class TransformerNet(nn.Module):
         y = self.residuals(y)  # (B, C3, H'/4, W'/4)
         y = self.decoder(y)  # (B, 3, H', W')
         y = y[..., :height, :width]  # (B, 3, H, W)
-        if self.config.input_skip:
-            y = x + y
         if self.config.output == "tanh":
             return (torch.tanh(y) + 1) / 2
+        y = y * _OUTPUT_SCALE  # linear output in pixel units (0-255, as the paper's) -> [0, 1]
+        if self.config.input_skip:
+            y = x + y
         return y if self.training else y.clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------------

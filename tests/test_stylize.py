@@ -38,8 +38,13 @@ def one_thread():
 
 
 def net(config: TransformerConfig = SLIM, seed: int = 0) -> TransformerNet:
+    """A random network whose output varies across [0, 1], like a trained one's (not a near-black image)."""
     torch.manual_seed(seed)
-    return TransformerNet(config).eval()
+    model = TransformerNet(config).eval()
+    with torch.no_grad():  # the last conv works in 0-255 pixel units: scale its random weights to match
+        model.decoder[-1].weight.mul_(255)
+        model.decoder[-1].bias.mul_(255)
+    return model
 
 
 @pytest.fixture

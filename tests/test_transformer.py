@@ -77,7 +77,8 @@ def test_default_width_and_both_upsamplings_keep_the_size(upsample, shape):
 def test_eval_output_is_in_unit_range(output):
     net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, output=output))
     with torch.no_grad():
-        nn.init.constant_(net.decoder[-1].bias, 3.0)  # push the pre-activation far outside [0, 1]
+        # push the pre-activation far outside [0, 1] (the linear output's last conv works in 0-255 units)
+        nn.init.constant_(net.decoder[-1].bias, 3.0 * (255 if output == "linear+clamp" else 1))
         y = net(torch.rand(2, 3, 19, 21))
     assert y.min() >= 0 and y.max() <= 1
     if output == "linear+clamp":
@@ -87,7 +88,7 @@ def test_eval_output_is_in_unit_range(output):
 def test_linear_output_is_unclamped_in_training_and_clamped_in_eval():
     net = _net(TransformerConfig(width=0.25, num_residual_blocks=1))
     with torch.no_grad():
-        nn.init.constant_(net.decoder[-1].bias, 3.0)
+        nn.init.constant_(net.decoder[-1].bias, 3.0 * 255)  # pixel units
         x = torch.rand(1, 3, 16, 16)
         raw = net.train()(x)
         clamped = net.eval()(x)
@@ -291,15 +292,28 @@ def test_network_overfits_one_image_pair():
     x = nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(32, 32), mode="bilinear")  # smooth, photo-like
     target = (1 - x).roll(shifts=3, dims=-1)  # colour-inverted and shifted: needs spatial context
     net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)).train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(100):
+    for _ in range(200):
         optimiser.zero_grad()
         loss = nn.functional.mse_loss(net(x), target)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10
+
+
+def test_one_adam_step_moves_the_linear_output_by_under_two_percent():
+    # The last convolution works in 0-255 pixel units (module docstring, "Output units"): with [0, 1] units one
+    # Adam step of the paper's 1e-3 would move the image by about its whole range and training would oscillate.
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig()).train()
+    x = torch.rand(2, 3, 32, 32)
+    before = net(x).detach()
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    (net(x) - 0.5).pow(2).mean().backward()
+    optimiser.step()
+    assert (net(x).detach() - before).abs().max() < 0.02
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -316,7 +330,7 @@ def test_input_skip_network_starts_as_the_identity_and_learns():
     last = net.decoder[-1]
     assert last.weight.grad.abs().sum() > 0  # the residual branch receives gradient, so it can learn
     with torch.no_grad():
-        last.bias.fill_(2.0)
+        last.bias.fill_(2.0 * 255)  # pixel units
     assert net.eval()(x).max() == 1.0  # eval clamps x + f(x) to [0, 1]
     assert "input_skip" in net.describe()
 

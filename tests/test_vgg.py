@@ -174,6 +174,7 @@ def test_missing_or_foreign_weights_give_one_clear_sentence(tmp_path):
 
 def test_auto_falls_back_to_offline_without_network(offline_weights, tmp_path, monkeypatch):
     monkeypatch.delenv("STLIB_VGG_WEIGHTS", raising=False)
+    monkeypatch.setattr(vgg, "_resolved", {})
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached there
     monkeypatch.setattr(vgg, "_reachable", lambda url, timeout=5.0: False)
     assert vgg.resolve_weights("auto", "vgg16") == "offline"
@@ -185,11 +186,22 @@ def test_auto_falls_back_to_offline_without_network(offline_weights, tmp_path, m
 
 def test_auto_prefers_cached_imagenet(tmp_path, monkeypatch):
     monkeypatch.delenv("STLIB_VGG_WEIGHTS", raising=False)
+    monkeypatch.setattr(vgg, "_resolved", {})
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     cached = vgg._imagenet_cached_file("vgg16")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
     assert vgg.resolve_weights("auto", "vgg16") == "imagenet"
+
+
+def test_auto_checks_the_network_once_per_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("STLIB_VGG_WEIGHTS", raising=False)
+    monkeypatch.setattr(vgg, "_resolved", {})
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    checks = []
+    monkeypatch.setattr(vgg, "_reachable", lambda url, timeout=5.0: checks.append(url) or False)
+    assert [vgg.resolve_weights("auto", "vgg16") for _ in range(3)] == ["offline"] * 3
+    assert len(checks) == 1
 
 
 def test_imagenet_download_failure_names_the_offline_option(monkeypatch, tmp_path):
