@@ -58,6 +58,7 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
         style_size=64,
         batch_size=2,
         steps=6,
+        lr=1e-2,  # a tiny network and six steps: a large rate so that the loss visibly falls
         log_every=1,
         val_every=3,
         checkpoint_every=3,

@@ -1,0 +1,111 @@
+"""Quality of trained style networks: their perceptual objective against Gatys et al. on held-out photos.
+
+    python benchmarks/quality.py                               # every checkpoints/*.safetensors
+    python benchmarks/quality.py --models checkpoints/wave.safetensors --photos 2 --iterations 20
+    python benchmarks/quality.py --grid checkpoints/pretrained_grid.jpg
+
+Johnson et al. (ECCV 2016, Sec. 4.1, Fig. 5) compare a trained network's output with the per-image
+optimisation of Gatys et al. on the *same* objective: the network's loss is about that of 50-100 L-BFGS
+iterations. For each network this script takes its own training settings from the model file's metadata
+(loss network and weights, layers, loss weights, style image and its size), and for each held-out photo
+(centre square, `--size` px; default the BSDS500 validation photos in ../shared) computes
+
+- the network's objective: `PerceptualLoss(photo, network(photo))`, and the forward time;
+- the objective of `stlib.gatys.stylize` after `--iterations` L-BFGS iterations from noise, and its time.
+
+It prints a Markdown table (per network: mean objectives, the share of photos where the network is at or
+below Gatys, the speed-up) and, with ``--grid``, writes a picture grid: one row per photo, the photo then
+one column per network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from stlib import assets, gatys, images
+from stlib.data import ImageFolderDataset
+from stlib.stylize import load_model, read_metadata, stylize_image
+from stlib.train import PerceptualLoss, TrainConfig, square_photo
+
+SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
+
+
+def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, device: str) -> dict:
+    """Objectives and times of one network and of Gatys on `photos`; returns the rows and the outputs."""
+    info = read_metadata(model_file)["info"]
+    config = TrainConfig.from_dict(info["train_config"])
+    style_file = assets.style_image(Path(config.style).stem)
+    style = images.load_tensor(style_file, size=config.style_size, device=device)
+    model = load_model(model_file, device=device)
+    objective = PerceptualLoss.from_config(style, config)
+    rows, outputs = [], []
+    for photo in photos:
+        photo = photo.to(device)
+        stylize_image(model, photo)  # warm-up
+        start = time.perf_counter()
+        fast = stylize_image(model, photo)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        fast_s = time.perf_counter() - start
+        size = max(photo.shape[-2:])
+        slow = gatys.stylize(photo, style, config.gatys_config(size=size, iterations=iterations, init="noise"))
+        with torch.no_grad():
+            net_loss = float(objective(photo, fast)["total"])
+            gatys_loss = float(objective(photo, slow.image)["total"])
+        rows.append({"net": net_loss, "gatys": gatys_loss, "net_s": fast_s, "gatys_s": slow.seconds})
+        outputs.append(fast.cpu())
+        print(f"  {model_file.stem}: network {net_loss:.3f} ({fast_s:.2f} s), Gatys {gatys_loss:.3f} "
+              f"({slow.seconds:.0f} s)", flush=True)  # fmt: skip
+    return {"rows": rows, "outputs": outputs, "steps": info.get("step"), "data": Path(config.data or "?").name}
+
+
+def main() -> None:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", type=Path, help="model files (default: checkpoints/*.safetensors)")
+    parser.add_argument("--val", type=Path, default=SHARED_VAL, help="held-out photos (default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=4, help="how many of them (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=512, help="square photo size (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=100, help="Gatys L-BFGS iterations (default: 100)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--grid", type=Path, help="also write a picture grid (.jpg)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.models or sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
+    if not models:
+        raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
+    if not args.val.is_dir():
+        raise SystemExit(f"Held-out photo folder '{args.val}' does not exist; pass --val.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    files = ImageFolderDataset(args.val, size=args.size).files[: args.photos]
+    photos = [square_photo(f, args.size) for f in files]
+    print(f"{len(photos)} photos from {args.val} at {args.size}x{args.size}, Gatys: {args.iterations} L-BFGS "
+          f"iterations from noise, on {device} ({torch.get_num_threads()} threads)", flush=True)  # fmt: skip
+
+    results = {m.stem: evaluate(m, photos, args.iterations, device) for m in models}
+    print()
+    print("| network | trained on, steps | objective: network | objective: Gatys | network <= Gatys | "
+          "network s | Gatys s | speed-up |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        rows = r["rows"]
+        net, ref = statistics.mean(x["net"] for x in rows), statistics.mean(x["gatys"] for x in rows)
+        wins = sum(x["net"] <= x["gatys"] for x in rows)
+        net_s, ref_s = statistics.median(x["net_s"] for x in rows), statistics.median(x["gatys_s"] for x in rows)
+        print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | {ref:.3f} | {wins}/{len(rows)} | "
+              f"{net_s:.2f} | {ref_s:.0f} | {ref_s / net_s:.0f}x |")  # fmt: skip
+    if args.grid is not None:
+        rows = [[photo, *(r["outputs"][i] for r in results.values())] for i, photo in enumerate(photos)]
+        titles = [title for _ in photos for title in ["photo", *results]]
+        fig = images.image_grid([img for row in rows for img in row], titles=titles, ncols=len(results) + 1)
+        print(f"wrote {images.save_figure(fig, args.grid)}")
+
+
+if __name__ == "__main__":
+    main()
