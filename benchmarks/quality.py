@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,7 +54,8 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
             torch.cuda.synchronize()
         fast_s = time.perf_counter() - start
         size = max(photo.shape[-2:])
-        slow = gatys.stylize(photo, style, config.gatys_config(size=size, iterations=iterations, init="noise"))
+        settings = replace(config.gatys_config(size=size, iterations=iterations, init="noise"), progress=False)
+        slow = gatys.stylize(photo, style, settings)
         with torch.no_grad():
             net_loss = float(objective(photo, fast)["total"])
             gatys_loss = float(objective(photo, slow.image)["total"])
