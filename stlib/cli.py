@@ -20,7 +20,7 @@ from . import __version__
 from .images import ImageError
 from .vgg import WeightsUnavailableError
 
-DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb")
+DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "04_webcam.ipynb")  # 03 trains on COCO
 DEMO_GATYS_OUTPUT = "gatys_tubingen_starry_night.jpg"
 
 
@@ -656,6 +656,120 @@ def _add_download_coco_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download_coco)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# video / webcam (stlib.video, stlib.webcam)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    from .webcam import parse_resolution
+
+    try:
+        return parse_resolution(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _strength(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return value
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """Stylise every frame of a video file with a trained network; the output is silent (audio is dropped)."""
+    import torch
+
+    from .stylize import load_model
+    from .video import VIDEO_SUFFIXES, probe, stylize_video
+
+    source, output = Path(args.input), Path(args.output)
+    _check_output(output, suffixes=tuple(VIDEO_SUFFIXES), what="video")
+    info = probe(source)  # a VideoError naming the file when it cannot be read
+    if source.resolve() == output.resolve():
+        raise CLIError(f"Refusing to overwrite the input video '{source}' with its stylised version.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device)
+    size = f"{args.size[0]}x{args.size[1]}" if args.size else f"{info.width}x{info.height}"
+    print(f"{source}: {info.width}x{info.height}, {info.fps:g} fps, ~{info.frames} frames -> {size} on {device}")
+    result = stylize_video(
+        model,
+        source,
+        output,
+        size=args.size,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        strength=args.strength,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps) in "
+        f"{result.seconds:.1f} s ({result.frames_per_second:.2f} frames/s); no audio track (OpenCV writes video only)"
+    )
+    return 0
+
+
+def _add_video_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "video",
+        help="stylise a video file frame by frame with a trained network (audio is dropped)",
+        description=(
+            "Stylise every frame of a video file with a trained style network (Johnson et al.) and write a new "
+            "video with OpenCV. The output has no audio track."
+        ),
+        epilog="example: python -m stlib video in.mp4 -o out.mp4 --model checkpoints/starry_night.safetensors",
+    )
+    p.add_argument("input", metavar="IN", help="a video file (anything OpenCV/FFmpeg reads: .mp4, .avi, .mov ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the stylised video (.mp4, .avi, .mkv ...)")
+    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors)")
+    p.add_argument("--size", type=_resolution, metavar="WxH", help="fit frames to WxH first, e.g. 640x480")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+    p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    p.add_argument("--strength", type=_strength, default=1.0, help="0: original .. 1: stylised (default: 1)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_video)
+
+
+def cmd_webcam(args: argparse.Namespace) -> int:
+    """Stylise a local camera live in an OpenCV window (the desktop app)."""
+    import torch
+
+    from .stylize import load_model
+    from .webcam import CameraError, run_desktop
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device)
+    try:
+        stats = run_desktop(
+            model, camera=args.camera, resolution=args.size, mirror=not args.no_mirror, strength=args.strength
+        )
+    except CameraError as err:
+        raise CLIError(str(err)) from None
+    print(f"{stats['frames']} frames in {stats['seconds']:.1f} s ({stats['fps']:.2f} fps)")
+    return 0
+
+
+def _add_webcam_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "webcam",
+        help="live style transfer of a local camera in a desktop window (needs opencv-python)",
+        description=(
+            "Stylise a camera on this machine live in an OpenCV window (keys: q quit, m mirror, s snapshot to "
+            "outputs/, +/- strength). For notebooks and Colab use stlib.webcam.WebcamStylizer instead."
+        ),
+        epilog="example: python -m stlib webcam --model checkpoints/starry_night.safetensors --size 320x240",
+    )
+    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors)")
+    p.add_argument("--camera", type=int, default=0, help="OpenCV camera index (default: %(default)s)")
+    p.add_argument("--size", type=_resolution, default=(640, 480), metavar="WxH", help="default: 640x480")
+    p.add_argument("--no-mirror", action="store_true", help="do not flip the picture left-right")
+    p.add_argument("--strength", type=_strength, default=1.0, help="0: original .. 1: stylised (default: 1)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.set_defaults(func=cmd_webcam)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every command."""
     parser = argparse.ArgumentParser(prog="python -m stlib", description=__doc__.splitlines()[0])
@@ -671,6 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize_parser(sub)
     _add_export_parser(sub)
     _add_download_coco_parser(sub)
+    _add_video_parser(sub)
+    _add_webcam_parser(sub)
     return parser
 
 

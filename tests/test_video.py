@@ -1,0 +1,147 @@
+"""Tests for stlib.video: blending, fitting, the synthetic scene, video files and `python -m stlib video`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stlib import cli
+from stlib.stylize import save_model, stylize_frame
+from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.video import (
+    SyntheticScene,
+    VideoError,
+    blend,
+    fit_frame,
+    probe,
+    read_frames,
+    stylize_video,
+    write_video,
+)
+
+pytest.importorskip("cv2", reason="video files need OpenCV (the webcam extra)")
+
+SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the 2-core test machine is shared, and oversubscribed threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> TransformerNet:
+    torch.manual_seed(0)
+    return TransformerNet(SLIM).eval()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple:
+    """Eight 64 x 48 frames of the synthetic scene and the same frames written as an .avi (MJPG) file."""
+    scene = SyntheticScene(64, 48, fps=10)
+    frames = list(scene.frames(8))
+    path = write_video(frames, tmp_path_factory.mktemp("clip") / "scene.avi", fps=10)
+    return frames, path
+
+
+def test_blend_mixes_the_original_and_the_stylised_frame():
+    a = np.zeros((4, 6, 3), np.uint8)
+    b = np.full((4, 6, 3), 200, np.uint8)
+    assert blend(a, b, 0.0) is a and blend(a, b, 1.0) is b
+    assert (blend(a, b, 0.25) == 50).all()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        blend(a, b, 1.5)
+    with pytest.raises(ValueError, match="one shape"):
+        blend(a, b[:2], 0.5)
+    with pytest.raises(ValueError, match="uint8"):
+        blend(a.astype(np.float32), b, 0.5)
+
+
+def test_fit_frame_scales_to_cover_and_crops_the_centre():
+    frame = np.zeros((100, 200, 3), np.uint8)  # 2:1
+    frame[:, 90:110] = 255  # a white bar in the middle
+    fitted = fit_frame(frame, 40, 40)  # scaled to 40 x 80, centre 40 x 40 kept
+    assert fitted.shape == (40, 40, 3) and fitted.dtype == np.uint8
+    assert fitted[:, 18:22].mean() > 200 and fitted[:, :10].mean() < 10  # the bar stays in the centre
+    assert fit_frame(frame, 200, 100) is frame
+
+
+def test_synthetic_scene_is_deterministic_and_moves():
+    scene = SyntheticScene(80, 60, fps=10)
+    first, again, later = scene.frame(0), scene.frame(0), scene.frame(15)
+    assert first.shape == (60, 80, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert np.abs(first.astype(int) - later).mean() > 5  # 1.5 s later the view and the ball have moved
+    assert first.std() > 20  # a photo, not a flat colour
+    with pytest.raises(ValueError, match="at least 16"):
+        SyntheticScene(8, 8)
+
+
+def test_write_and_read_a_video_round_trip(clip):
+    frames, path = clip
+    info = probe(path)
+    assert (info.width, info.height, info.fps) == (64, 48, 10)
+    back = list(read_frames(path))
+    assert len(back) == len(frames)
+    errors = [np.abs(a.astype(int) - b).mean() for a, b in zip(frames, back, strict=True)]
+    assert max(errors) < 12  # MJPG is lossy, but the pictures are the same
+    assert [p.name for p in path.parent.iterdir()] == ["scene.avi"]  # atomic: no temporary file left
+    fitted = next(read_frames(path, size=(32, 32)))
+    assert fitted.shape == (32, 32, 3)
+
+
+def test_video_errors_name_the_file(tmp_path):
+    with pytest.raises(VideoError, match="does not exist"):
+        probe(tmp_path / "missing.mp4")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(VideoError, match="notes.mp4"):
+        list(read_frames(text))
+    with pytest.raises(VideoError, match="must end in"):
+        write_video([np.zeros((8, 8, 3), np.uint8)], tmp_path / "out.gif")
+    with pytest.raises(ValueError, match="no frames"):
+        write_video([], tmp_path / "empty.mp4")
+    with pytest.raises(ValueError, match="Frame 1"):
+        write_video([np.zeros((8, 8, 3), np.uint8), np.zeros((16, 8, 3), np.uint8)], tmp_path / "sizes.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]  # failed writes leave nothing behind
+
+
+def test_stylize_video_applies_stylize_frame_to_every_frame(tmp_path, clip, model):
+    frames, path = clip
+    seen = []
+    result = stylize_video(model, path, tmp_path / "styled.avi", progress=lambda done, total: seen.append(done))
+    assert (result.frames, result.width, result.height, result.fps) == (8, 64, 48, 10)
+    assert seen == list(range(1, 9))
+    out = list(read_frames(result.path))
+    inputs = list(read_frames(path))
+    expected = [stylize_frame(model, f) for f in inputs]
+    to_expected = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(out, expected, strict=True)])
+    to_input = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(out, inputs, strict=True)])
+    assert to_expected < 12 and to_input > 3 * to_expected
+    half = stylize_video(model, iter(frames), tmp_path / "half.avi", strength=0.0, max_frames=3)
+    assert half.frames == 3
+    with pytest.raises(VideoError, match="Refusing to overwrite"):
+        stylize_video(model, path, path)
+
+
+def test_cli_video_round_trip_and_one_line_errors(tmp_path, clip, model, capsys):
+    _, path = clip
+    model_file = save_model(model, tmp_path / "slim.safetensors")
+    out = tmp_path / "out.mp4"
+    code = cli.main(["video", str(path), "-o", str(out), "--model", str(model_file), "--size", "32x24", "--quiet"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert "wrote" in stdout and "8 frames" in stdout and "no audio" in stdout
+    assert (probe(out).width, probe(out).height) == (32, 24)
+
+    code = cli.main(["video", str(tmp_path / "missing.mp4"), "-o", str(out), "--model", str(model_file)])
+    _, stderr = capsys.readouterr()
+    assert code == 2 and stderr.startswith("error: ") and "missing.mp4" in stderr and stderr.count("\n") == 1
+    code = cli.main(["video", str(path), "-o", str(tmp_path / "out.txt"), "--model", str(model_file)])
+    _, stderr = capsys.readouterr()
+    assert code == 2 and "out.txt" in stderr and stderr.count("\n") == 1
