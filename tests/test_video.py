@@ -25,13 +25,7 @@ pytest.importorskip("cv2", reason="video files need OpenCV (the webcam extra)")
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the 2-core test machine is shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
