@@ -609,6 +609,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .stylize import export_weights
 
     output = Path(args.output)
+    if args.onnx:
+        return _export_onnx(args.model, output)
     _check_output(output, suffixes=(".safetensors",), what="model file")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     path = export_weights(args.model, output, dtype=dtype)
@@ -616,11 +618,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(model_file: str, output: Path) -> int:
+    """Export a model file to ONNX (symbolic H x W) and report its parity with PyTorch on the sample photo."""
+    import numpy as np
+    import torch
+
+    from .assets import content_image
+    from .backends import TOLERANCE, BackendError, export_onnx
+    from .images import load_tensor
+    from .stylize import load_model
+
+    _check_output(output, suffixes=(".onnx",), what="ONNX file")
+    model = load_model(model_file)
+    try:
+        path = export_onnx(model, output)
+        import onnxruntime as ort
+    except (BackendError, ImportError) as err:
+        missing = "onnxruntime is not installed: pip install 'stlib[fast]'."
+        raise CLIError(str(err) if isinstance(err, BackendError) else missing) from None
+    photo = load_tensor(content_image("tubingen"), size=(344, 256))  # (1, 3, 256, 344): multiples of 4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {"image": photo.numpy()})[0]
+    with torch.inference_mode():
+        reference = model(photo).numpy()
+    difference = float(np.abs(ours - reference).max())
+    verdict = "ok" if difference <= TOLERANCE["onnx"] else "TOO LARGE"
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); input 'image' (1, 3, H, W), H and W multiples of 4")
+    print(f"parity with PyTorch on a 344x256 photo: max abs difference {difference:.2e} ({verdict})")
+    if difference > TOLERANCE["onnx"]:
+        raise CLIError(f"The ONNX export '{path}' differs from the PyTorch network by {difference:.2e}.")
+    return 0
+
+
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a compact float16 copy of a model file")
+    p = sub.add_parser(
+        "export",
+        help="write a compact float16 copy of a model file, or an ONNX file (--onnx)",
+        epilog="examples: python -m stlib export run.safetensors -o checkpoints/x.safetensors; "
+        "python -m stlib export checkpoints/x.safetensors --onnx -o x.onnx",
+    )
     p.add_argument("model", metavar="FILE", help="a model file (.safetensors)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the new model file (.safetensors)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the new file (.safetensors, or .onnx)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="weights (default: %(default)s)")
+    p.add_argument(
+        "--onnx", action="store_true", help="export to ONNX (dynamic H x W) and check it against PyTorch instead"
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -690,9 +732,12 @@ def cmd_video(args: argparse.Namespace) -> int:
     if source.resolve() == output.resolve():
         raise CLIError(f"Refusing to overwrite the input video '{source}' with its stylised version.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device)
-    size = f"{args.size[0]}x{args.size[1]}" if args.size else f"{info.width}x{info.height}"
-    print(f"{source}: {info.width}x{info.height}, {info.fps:g} fps, ~{info.frames} frames -> {size} on {device}")
+    width, height = args.size or (info.width, info.height)
+    model = _backend(load_model(args.model, device=device), args.backend, (height, width))
+    print(
+        f"{source}: {info.width}x{info.height}, {info.fps:g} fps, ~{info.frames} frames -> {width}x{height} on "
+        f"{device} ({model.name} backend)"
+    )
     result = stylize_video(
         model,
         source,
@@ -728,6 +773,7 @@ def _add_video_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     p.add_argument("--strength", type=_strength, default=1.0, help="0: original .. 1: stylised (default: 1)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    _add_backend_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_video)
 
@@ -740,7 +786,8 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     from .webcam import CameraError, run_desktop
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device)
+    model = _backend(load_model(args.model, device=device), args.backend, (args.size[1], args.size[0]))
+    print(f"{model.name} backend on {device}")
     try:
         stats = run_desktop(
             model, camera=args.camera, resolution=args.size, mirror=not args.no_mirror, strength=args.strength
@@ -767,7 +814,29 @@ def _add_webcam_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mirror", action="store_true", help="do not flip the picture left-right")
     p.add_argument("--strength", type=_strength, default=1.0, help="0: original .. 1: stylised (default: 1)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    _add_backend_argument(p)
     p.set_defaults(func=cmd_webcam)
+
+
+def _add_backend_argument(p: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="how to run the network (default: auto, the fastest correct engine here; see stlib.backends)",
+    )
+
+
+def _backend(model, name: str, probe: tuple[int, int]):
+    """`model` bound to backend `name`, timed at the (height, width) the command will use."""
+    from .backends import BackendError, make_backend
+
+    try:
+        return make_backend(model, name, probe=probe)
+    except BackendError as err:
+        raise CLIError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

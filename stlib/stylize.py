@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import __version__
+from .backends import Backend
 from .data import IMAGE_EXTENSIONS
 from .images import _atomic_write, load_tensor, save_image
 from .transformer import TransformerNet
@@ -341,13 +342,19 @@ def _blend_tiles(
     return (total / weights).clamp(0, 1)  # (1, 3, H, W)
 
 
-def stylize_frame(model: TransformerNet, frame: np.ndarray) -> np.ndarray:
-    """Stylise one video frame: uint8 (H, W, 3) RGB in, uint8 (H, W, 3) RGB out; nothing else changes."""
-    _check_eval(model, "stylize_frame")
+def stylize_frame(model: TransformerNet | Backend, frame: np.ndarray) -> np.ndarray:
+    """Stylise one video frame: uint8 (H, W, 3) RGB in, uint8 (H, W, 3) RGB out; nothing else changes.
+
+    `model` is a network (run as it is) or a `stlib.backends.Backend` (the same network on a faster engine).
+    """
+    if isinstance(model, Backend):
+        device, dtype = model.device, torch.float32
+    else:
+        _check_eval(model, "stylize_frame")
+        device, dtype = _model_device_dtype(model)
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         what = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
         raise ValueError(f"stylize_frame expects a uint8 (H, W, 3) RGB array, got a {what}.")
-    device, dtype = _model_device_dtype(model)
     with torch.inference_mode():
         x = torch.from_numpy(np.array(frame, copy=True)).to(device)  # (H, W, 3) uint8, our own copy
         x = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div(255)  # (1, 3, H, W) in [0, 1]

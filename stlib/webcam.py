@@ -41,6 +41,7 @@ from PIL import Image
 from .video import SyntheticScene, VideoError, blend, fit_frame
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .transformer import TransformerNet
 
 __all__ = [
@@ -99,6 +100,7 @@ class WebcamConfig:
     camera: int = 0  # "opencv" source: the camera index on the kernel's machine
     transport: str = "auto"  # "auto" (binary buffers, base64 when they do not arrive), "binary" or "base64"
     device: str | None = None  # torch device; None: CUDA when available, else the CPU
+    backend: str = "auto"  # how to run the network (stlib.backends): "auto" picks the fastest correct one here
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -112,6 +114,10 @@ class WebcamConfig:
             raise ValueError(f"max_in_flight must be an integer between 1 and 8, got {self.max_in_flight!r}.")
         if self.transport not in ("auto", "binary", "base64"):
             raise ValueError(f"transport must be 'auto', 'binary' or 'base64', got {self.transport!r}.")
+        from .backends import BACKENDS
+
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, got {self.backend!r}.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -119,7 +125,9 @@ class WebcamConfig:
 # ----------------------------------------------------------------------------------------------------
 
 
-def process_frame(model: TransformerNet, frame: np.ndarray, strength: float = 1.0, mirror: bool = False) -> np.ndarray:
+def process_frame(
+    model: TransformerNet | Backend, frame: np.ndarray, strength: float = 1.0, mirror: bool = False
+) -> np.ndarray:
     """The per-frame function of every source: mirror, stylise (`stylize_frame`), blend; uint8 RGB in and out."""
     from .stylize import stylize_frame
 
@@ -396,6 +404,7 @@ class WebcamStylizer(_WidgetBase):
         self.config = config
         self._device = _default_device(config.device)
         self._loaded: dict[str, Any] = {}  # key -> TransformerNet
+        self._backends: dict[str, Backend] = {}  # key -> the same network on its backend
         self._lock = threading.Lock()
         self._last_input: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
@@ -429,6 +438,7 @@ class WebcamStylizer(_WidgetBase):
         if isinstance(model, TransformerNet):
             key = "memory:0"
             self._loaded[key] = model.eval().to(self._device)
+            self._bind_backend(key)
             entries.insert(0, ["(given network)", key])
             chosen = key
         elif model is not None:
@@ -462,6 +472,27 @@ class WebcamStylizer(_WidgetBase):
             self._loaded[key] = load_model(key, device=self._device)
         except (OSError, ValueError) as err:
             self.error = str(err)
+            return
+        self._bind_backend(key)
+
+    def _bind_backend(self, key: str) -> None:
+        """Run network `key` through the configured backend ("auto": the fastest correct one, timed here)."""
+        from .backends import BackendError, choose_backend, make_backend
+
+        model = self._loaded[key]
+        width, height = parse_resolution(self.config.resolution)
+        try:
+            if self.config.backend == "auto":
+                backend, timings = choose_backend(model, probe=(height, width))
+                timed = ", ".join(f"{t.name} {t.ms:.0f} ms" for t in timings if t.ms is not None)
+                self.status = f"backend: {backend.name} (fastest here at {width}x{height}: {timed})"
+            else:
+                backend = make_backend(model, self.config.backend, probe=(height, width))
+                self.status = f"backend: {backend.name}"
+        except BackendError as err:
+            self.error = str(err)
+            return
+        self._backends[key] = backend
 
     def _on_transport(self, change: dict) -> None:
         self._reply_base64 = change["new"] == "base64"
@@ -473,8 +504,13 @@ class WebcamStylizer(_WidgetBase):
 
     # -- the per-frame step (every source) -------------------------------------------------------
 
+    @property
+    def backend(self) -> Backend | None:
+        """The network in use bound to its backend (`stlib.backends.Backend`), or None."""
+        return self._backends.get(self.model_key)
+
     def _process(self, frame: np.ndarray) -> tuple[bytes, dict[str, float]]:
-        model = self.model
+        model = self.backend
         if model is None:
             raise CameraError(self.error or "No style network is loaded.")
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from stlib.transformer import ResidualBlock, TransformerConfig, TransformerNet
+from stlib.transformer import InstanceNorm, ResidualBlock, TransformerConfig, TransformerNet
 
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)  # 8/16/32 channels: fast shape tests
 
@@ -158,6 +158,40 @@ def test_default_uses_affine_instance_norm_and_nearest_upsampling():
     assert _count(net, nn.ConvTranspose2d) == 0
     ups = [m for m in net.modules() if isinstance(m, nn.Upsample)]
     assert len(ups) == 2 and all(m.mode == "nearest" and m.scale_factor == 2 for m in ups)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_equals_torch_instance_norm_in_values_and_gradients(channels_last):
+    torch.manual_seed(0)
+    ours, theirs = InstanceNorm(6, affine=True), nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        for module in (ours, theirs):
+            module.weight.copy_(torch.linspace(0.5, 2.0, 6))
+            module.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    x = torch.randn(2, 6, 13, 17) * 3 + 1  # (B, C, H, W), odd sizes, not already normalised
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = ours(x1), theirs(x2)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    assert y1.mean(dim=(2, 3)).sub(ours.bias).abs().max() < 1e-5  # per image and channel: mean = shift
+    weights = torch.randn_like(y1)
+    (y1 * weights).sum().backward()
+    (y2 * weights).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-4)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()  # checkpoints stay interchangeable
+
+
+def test_forward_padded_is_forward_on_sizes_divisible_by_four():
+    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, input_skip=True)).eval()
+    nn.init.normal_(net.decoder[-1].weight, std=0.05)
+    x = torch.rand(1, 3, 24, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_padded(x), net(x))
+        odd = torch.rand(1, 3, 22, 35)
+        padded = net.forward_padded(torch.nn.functional.pad(odd, (0, 1, 0, 2), mode="reflect"))
+        torch.testing.assert_close(padded[..., :22, :35], net(odd))
 
 
 def test_residual_block_has_no_relu_after_the_addition():

@@ -1,0 +1,420 @@
+"""Inference backends: one trained style network, run by the fastest engine on the machine that stays correct.
+
+J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
+ECCV 2016: the networks are "real-time" on a GPU (Sec. 4.1, Table 3: 15 ms for a 512 x 512 image on a Titan
+X). On a laptop CPU the same network (94.5 GFLOPs per 640 x 480 frame, `TransformerNet.flops`) takes
+seconds per frame in plain fp32 PyTorch, so the webcam widget, the video command and `stylize --backend`
+run it through a `Backend`, a callable with the network's exact interface:
+(B, 3, H, W) float RGB in [0, 1] -> (B, 3, H, W) float32 in [0, 1].
+
+========================  =================================================  ===================================
+name                      engine                                             where
+========================  =================================================  ===================================
+``"eager"``               the PyTorch module, fp32, standard (NCHW) layout    everywhere (the reference)
+``"channels_last"``       fp32 in the channels_last (NHWC) layout that        everywhere
+                          oneDNN's CPU convolutions prefer
+``"bf16"``                bfloat16 autocast + channels_last                   CUDA GPUs with bf16; CPUs with
+                                                                              native bf16 (AVX512-BF16 / AMX)
+``"fp16"``                float16 autocast + channels_last                    CUDA GPUs
+``"compile"``             ``torch.compile`` of the channels_last module       where inductor works (first call
+                                                                              compiles: tens of seconds)
+``"onnx"``                onnxruntime on the network exported to ONNX         where onnxruntime is installed
+                          (`export_onnx`; cached per network)                 (CPU)
+========================  =================================================  ===================================
+
+Each backend computes the same function as ``"eager"`` within `TOLERANCE` (the largest absolute difference
+of output pixels in [0, 1]; fp32 engines only sum in another order, reduced precision engines round every
+activation). ``backend="auto"`` (`choose_backend`) times every backend that is *fast on this machine* on a
+probe frame (median of a few runs after a warm-up), drops any whose output differs from ``"eager"`` by more
+than its tolerance, and keeps the fastest. It never tries what the machine lacks: bf16 on a CPU without
+native bf16 (PyTorch emulates it there, 10-25x slower than fp32), fp16 on a CPU, onnx without onnxruntime;
+``"compile"`` only when asked for, since its first call takes long and each new frame size recompiles.
+Asked for by name, a backend the machine can run slowly (emulated bf16) still runs, for comparisons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transformer import TransformerNet, _pad_to_multiple
+
+__all__ = [
+    "BACKENDS",
+    "TOLERANCE",
+    "Backend",
+    "BackendError",
+    "BackendTiming",
+    "available_backends",
+    "choose_backend",
+    "export_onnx",
+    "make_backend",
+    "max_difference",
+    "unavailable_reason",
+]
+
+BACKENDS = ("eager", "channels_last", "bf16", "fp16", "compile", "onnx")
+"""Every backend name; ``"auto"`` chooses among them."""
+
+TOLERANCE = {
+    "eager": 0.0,
+    "channels_last": 1e-3,
+    "compile": 1e-3,
+    "onnx": 1e-3,
+    "bf16": 0.08,  # ~8 significant bits per activation through 16 layers: about 20 of 255 levels at worst
+    "fp16": 0.02,
+}
+"""Largest absolute difference from ``"eager"`` (output pixels in [0, 1]) that a backend may show."""
+
+_ONNX_OPSET = 18
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run here, or that computes something else than the network; one sentence."""
+
+
+@dataclass
+class Backend:
+    """A network bound to an engine: call it like the network on (B, 3, H, W) RGB in [0, 1] (no gradients)."""
+
+    name: str
+    model: TransformerNet  # the fp32 reference network (eval mode)
+    run: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def tolerance(self) -> float:
+        """The largest output difference from fp32 eager this backend may show (pixels in [0, 1])."""
+        return TOLERANCE[self.name]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Stylise a (B, 3, H, W) batch in [0, 1]; returns float32 (B, 3, H, W) in [0, 1] on x's device."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"Backend {self.name!r} expects a (B, 3, H, W) batch of RGB images, got {tuple(x.shape)}.")
+        with torch.inference_mode():
+            y = self.run(x.to(self.device, torch.float32))  # (B, 3, H, W)
+            return y.float().clamp(0, 1).to(x.device)
+
+
+@dataclass(frozen=True)
+class BackendTiming:
+    """One backend's result in `choose_backend`: median ms per probe frame and its difference from eager."""
+
+    name: str
+    ms: float | None  # None: not timed (unavailable, failed, or outside its tolerance)
+    difference: float | None
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the machine has
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _native_bf16_cpu() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by emulation."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def _onnxruntime_missing() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install 'stlib[fast]')"
+    return None
+
+
+def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | None:
+    """Why backend `name` cannot run on `device` here, or None when it can (possibly slowly: see `auto`)."""
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or 'auto'.")
+    device = torch.device(device)
+    if name == "fp16" and device.type != "cuda":
+        return "fp16 inference needs a CUDA GPU"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16"
+    if name == "onnx":
+        if device.type != "cpu":
+            return "the onnx backend runs on the CPU"
+        return _onnxruntime_missing()
+    return None
+
+
+def _fast_here(name: str, device: torch.device) -> bool:
+    """Whether `auto` should consider `name` on `device` (available, and not an emulated slow path)."""
+    if unavailable_reason(name, device) is not None or name == "compile":
+        return False
+    return not (name == "bf16" and device.type == "cpu" and not _native_bf16_cpu())
+
+
+def available_backends(device: torch.device | str = "cpu") -> dict[str, str]:
+    """Every backend with a short note for `device`: "ok", "slow here: ...", or "unavailable: ..."."""
+    device = torch.device(device)
+    notes = {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name, device)
+        if reason is not None:
+            notes[name] = f"unavailable: {reason}"
+        elif name == "bf16" and device.type == "cpu" and not _native_bf16_cpu():
+            notes[name] = "slow here: this CPU has no native bf16 (no AVX512-BF16/AMX), PyTorch emulates it"
+        elif name == "compile":
+            notes[name] = "ok (not tried by auto: the first call per frame size compiles)"
+        else:
+            notes[name] = "ok"
+    return notes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ONNX export
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Padded(torch.nn.Module):
+    """`TransformerNet.forward_padded` as a module: what the ONNX file computes (H, W multiples of 4)."""
+
+    def __init__(self, net: TransformerNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_padded(x)
+
+
+def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
+    """Write `model` (eval mode) as an ONNX file with symbolic height and width (multiples of 4, >= 8).
+
+    The file takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] and returns ``stylized`` of the same shape;
+    pad other sizes to a multiple of 4 first (the ``"onnx"`` backend does, by reflection, like the network).
+    Needs the ``onnx`` and ``onnxscript`` packages (``pip install 'stlib[fast]'``); written atomically.
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"Cannot export to '{path}': the file name must end in .onnx.")
+    if model.training:
+        raise ValueError("export_onnx needs a model in eval mode: call model.eval() first (load_model returns one).")
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise BackendError("ONNX export needs the onnx and onnxscript packages: pip install 'stlib[fast]'.") from None
+    module = _Padded(copy.deepcopy(model).float().cpu()).eval()
+    quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
+    quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)
+    example = torch.rand(1, 3, 64, 96)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as tmp:
+        tmp_file = Path(tmp) / path.name
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its progress prints
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp_file),
+                input_names=["image"],
+                output_names=["stylized"],
+                dynamic_shapes={"x": {2: 4 * quarter_h, 3: 4 * quarter_w}},
+                opset_version=_ONNX_OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        os.replace(tmp_file, path)
+    return path
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("STLIB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stlib"
+    )
+    return Path(root) / "onnx"
+
+
+def _fingerprint(model: TransformerNet) -> str:
+    """A hash of the architecture and weights (and the torch version that exports them)."""
+    digest = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True).encode())
+    digest.update(f"{torch.__version__}-opset{_ONNX_OPSET}".encode())
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _onnx_runner(model: TransformerNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    cached = _cache_dir() / f"transformer-{_fingerprint(model)}.onnx"
+    if not cached.is_file():
+        export_onnx(model, cached)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(str(cached), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # a damaged cache file: export again once
+        cached.unlink(missing_ok=True)
+        try:
+            session = ort.InferenceSession(str(export_onnx(model, cached)), options, providers=["CPUExecutionProvider"])
+        except Exception:
+            raise BackendError(f"onnxruntime cannot load the exported network '{cached}' ({err}).") from None
+
+    def run(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) float32 on the CPU
+        height, width = x.shape[-2:]
+        padded = _pad_to_multiple(x.float().contiguous())  # (B, 3, H', W'), multiples of 4
+        outputs = [session.run(None, {"image": item[None].numpy()})[0] for item in padded]  # B x (1, 3, H', W')
+        return torch.from_numpy(np.concatenate(outputs))[..., :height, :width]  # (B, 3, H, W)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Making backends
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _model_device(model: TransformerNet) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _channels_last_runner(model: TransformerNet, dtype: torch.dtype | None, compiled: bool):
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    device = _model_device(model)
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
+    if compiled:
+        forward = torch.compile(net, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            return forward(x)
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(x)
+
+    return run
+
+
+def make_backend(
+    model: TransformerNet,
+    name: str = "auto",
+    probe: tuple[int, int] = (240, 320),
+    check: bool = True,
+) -> Backend:
+    """Bind an eval-mode `model` to backend `name` ("auto": the fastest correct one here, see `choose_backend`).
+
+    With ``check`` (default) the backend's output on a probe frame of `probe` (H, W) is compared with fp32
+    eager, and a difference beyond `TOLERANCE` raises `BackendError`.
+    """
+    if not isinstance(model, TransformerNet):
+        raise TypeError(f"make_backend expects a TransformerNet, got {type(model).__name__}.")
+    if model.training:
+        raise ValueError("make_backend needs a model in eval mode: call model.eval() first (load_model returns one).")
+    if name == "auto":
+        return choose_backend(model, probe=probe)[0]
+    device = _model_device(model)
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise BackendError(f"Backend {name!r} cannot run on {device.type}: {reason}.")
+    if name == "eager":
+        backend = Backend(name, model, model, device)
+    elif name == "onnx":
+        backend = Backend(name, model, _onnx_runner(model), device)
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+        backend = Backend(name, model, _channels_last_runner(model, dtype, compiled=name == "compile"), device)
+    if check and name != "eager":
+        frame = _probe_frame(probe, device)
+        difference = max_difference(backend, Backend("eager", model, model, device), frame)
+        if difference > backend.tolerance:
+            raise BackendError(
+                f"Backend {name!r} differs from fp32 eager by {difference:.4f} on a probe frame "
+                f"(tolerance {backend.tolerance}); use backend='eager'."
+            )
+    return backend
+
+
+def _probe_frame(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A deterministic photo-like (1, 3, H, W) frame: smooth gradients, edges and some texture."""
+    height, width = size
+    generator = torch.Generator().manual_seed(0)
+    ys = torch.linspace(0, 1, height)[:, None]  # (H, 1)
+    xs = torch.linspace(0, 1, width)[None, :]  # (1, W)
+    base = torch.stack([ys * xs, (ys + (xs > 0.5)) / 2, 1 - ys.expand(height, width)])  # (3, H, W)
+    noise = F.avg_pool2d(torch.rand(1, 3, height, width, generator=generator), 5, 1, 2)[0]  # (3, H, W)
+    return (0.8 * base + 0.2 * noise).clamp(0, 1)[None].to(device)  # (1, 3, H, W)
+
+
+def max_difference(backend: Callable[[torch.Tensor], torch.Tensor], reference: Callable, image: torch.Tensor) -> float:
+    """Largest absolute difference between two backends' outputs on `image` (1, 3, H, W) in [0, 1]."""
+    with torch.inference_mode():
+        return float((backend(image).float() - reference(image).float().clamp(0, 1)).abs().max())
+
+
+def choose_backend(
+    model: TransformerNet,
+    candidates: Iterable[str] | None = None,
+    probe: tuple[int, int] = (240, 320),
+    repeats: int = 3,
+) -> tuple[Backend, list[BackendTiming]]:
+    """The fastest backend within tolerance on a probe frame, and every candidate's timing (for a table).
+
+    `candidates` defaults to every backend that is fast on this machine (see the module docstring);
+    names the machine lacks are reported, not tried.
+    """
+    device = _model_device(model)
+    names: Sequence[str] = (
+        [n for n in BACKENDS if _fast_here(n, device)] if candidates is None else list(dict.fromkeys(candidates))
+    )
+    frame = _probe_frame(probe, device)
+    eager = Backend("eager", model, model, device)
+    with torch.inference_mode():
+        reference = eager(frame)
+    timings: list[BackendTiming] = []
+    best: tuple[float, Backend] | None = None
+    for name in names:
+        reason = unavailable_reason(name, device)
+        if reason is not None:
+            timings.append(BackendTiming(name, None, None, f"unavailable: {reason}"))
+            continue
+        try:
+            backend = make_backend(model, name, check=False)
+            with torch.inference_mode():
+                output = backend(frame)  # warm-up (and the first compile)
+                difference = float((output - reference).abs().max())
+                times = []
+                for _ in range(max(1, repeats)):
+                    start = time.perf_counter()
+                    backend(frame)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append(1000 * (time.perf_counter() - start))
+        except Exception as err:  # an engine that fails here is skipped, with the reason in the table
+            timings.append(BackendTiming(name, None, None, f"failed: {str(err).splitlines()[0][:120]}"))
+            continue
+        ms = statistics.median(times)
+        if difference > backend.tolerance:
+            timings.append(BackendTiming(name, None, difference, f"outside tolerance {backend.tolerance}"))
+            continue
+        timings.append(BackendTiming(name, ms, difference))
+        if best is None or ms < best[0]:
+            best = (ms, backend)
+    if best is None:
+        return eager, timings
+    return best[1], timings
