@@ -61,6 +61,7 @@ __all__ = [
     "BackendError",
     "BackendTiming",
     "available_backends",
+    "cpu_has_fast_bf16",
     "choose_backend",
     "export_onnx",
     "make_backend",
@@ -126,11 +127,20 @@ class BackendTiming:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _native_bf16_cpu() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by emulation."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16) rather than emulating it."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = ""
+    if "AMX" in capability.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _onnxruntime_missing() -> str | None:
@@ -148,7 +158,7 @@ def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | N
     device = torch.device(device)
     if name == "fp16" and device.type != "cuda":
         return "fp16 inference needs a CUDA GPU"
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return "this GPU has no bf16"
     if name == "onnx":
         if device.type != "cpu":
@@ -161,7 +171,7 @@ def _fast_here(name: str, device: torch.device) -> bool:
     """Whether `auto` should consider `name` on `device` (available, and not an emulated slow path)."""
     if unavailable_reason(name, device) is not None or name == "compile":
         return False
-    return not (name == "bf16" and device.type == "cpu" and not _native_bf16_cpu())
+    return not (name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16())
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str]:
@@ -172,7 +182,7 @@ def available_backends(device: torch.device | str = "cpu") -> dict[str, str]:
         reason = unavailable_reason(name, device)
         if reason is not None:
             notes[name] = f"unavailable: {reason}"
-        elif name == "bf16" and device.type == "cpu" and not _native_bf16_cpu():
+        elif name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
             notes[name] = "slow here: this CPU has no native bf16 (no AVX512-BF16/AMX), PyTorch emulates it"
         elif name == "compile":
             notes[name] = "ok (not tried by auto: the first call per frame size compiles)"

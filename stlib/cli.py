@@ -147,6 +147,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def _layer_weight(text: str) -> tuple[str, float]:
     """'relu1_1' or 'relu1_1:0.5' -> (name, weight)."""
     name, _, weight = text.partition(":")
@@ -666,6 +673,63 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distil a slim, fast student network from a trained style network."""
+    from .distill import DistillConfig, distill
+    from .stylize import load_model
+
+    output = Path(args.output)
+    _check_output(output, suffixes=(".safetensors",), what="model file")
+    load_model(args.teacher)  # a CheckpointError naming the file, before any work
+    config = DistillConfig(
+        teacher=args.teacher,
+        data=args.data,
+        output=str(output),
+        width=args.width,
+        num_residual_blocks=args.blocks,
+        size=args.size,
+        limit=args.limit,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    result = distill(config)
+    print(
+        f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; "
+        f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels after {result.steps} steps "
+        f"({result.seconds:.0f} s)"
+    )
+    return 0
+
+
+def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distil a slim, fast network from a trained one (no VGG needed)",
+        description=(
+            "Train a slim student network (width 0.25, 3 residual blocks by default: 7%% of the FLOPs) to "
+            "reproduce a trained style network's output on a folder of photos (L1 on pixels)."
+        ),
+        epilog="example: python -m stlib distill checkpoints/wave.safetensors --data photos/ "
+        "-o checkpoints/wave_slim.safetensors",
+    )
+    p.add_argument("teacher", metavar="FILE", help="the trained network (.safetensors)")
+    p.add_argument("--data", required=True, metavar="DIR", help="a folder of photos (any tree)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the student's model file (.safetensors)")
+    p.add_argument("--width", type=_positive_float, default=0.25, help="channel multiplier (default: %(default)s)")
+    p.add_argument("--blocks", type=int, default=3, help="residual blocks (default: %(default)s)")
+    p.add_argument("--size", type=_positive_int, default=384, help="shorter photo side (default: %(default)s)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="use at most N photos")
+    p.add_argument("--steps", type=_positive_int, default=3000, help="default: %(default)s")
+    p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT's saved state (NAME.distill.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
+
+
 def cmd_download_coco(args: argparse.Namespace) -> int:
     """Download, verify and extract COCO 2017 train images (resumable)."""
     from .data import COCO_TRAIN_URL, DownloadError, download_coco
@@ -853,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_stylize_parser(sub)
     _add_export_parser(sub)
+    _add_distill_parser(sub)
     _add_download_coco_parser(sub)
     _add_video_parser(sub)
     _add_webcam_parser(sub)

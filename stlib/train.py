@@ -92,6 +92,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__
+from .backends import cpu_has_fast_bf16
 from .data import ImageFolderDataset, ShuffleSampler
 from .images import _atomic_write, load_image, load_tensor, resize, save_image, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
@@ -331,22 +332,6 @@ def lr_at(config: TrainConfig, step: int) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Hardware: device, precision, distributed
 # ----------------------------------------------------------------------------------------------------------
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16) rather than emulating it."""
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        capability = ""
-    if "AMX" in capability.upper():
-        return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

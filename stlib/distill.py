@@ -1,0 +1,231 @@
+"""Slim style networks distilled from a trained one: same style, a fraction of the computation per frame.
+
+Knowledge distillation (G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network",
+2015) applied to the image transformation network of Johnson et al. (ECCV 2016, Sec. 3.1): a small student
+`TransformerNet` (`slim_config`: width 0.25 and 3 residual blocks, 7 % of the teacher's FLOPs) learns to
+reproduce the trained teacher's output pixel by pixel,
+
+    L(student) = mean over photos x of  || student(x) - teacher(x) ||_1            (outputs in [0, 1])
+
+No loss network (VGG) is needed: the teacher already encodes the perceptual objective, and one L1 step costs
+the student's forward and backward pass only, because the teacher's outputs are computed once per photo and
+cached (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
+instance-norm statistics are those of the image the student sees). The student copies the teacher's
+normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the identity).
+The result is a normal model file: `stlib.stylize.load_model`, the ``stylize`` / ``video`` commands and the
+webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
+configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .data import IMAGE_EXTENSIONS, _list_images
+from .images import ImageError, _atomic_write, load_image, to_tensor
+from .stylize import load_model, read_metadata, save_model
+from .train import _sha256
+from .transformer import TransformerConfig, TransformerNet
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
+
+_INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
+
+
+def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_blocks: int = 3) -> TransformerConfig:
+    """The student architecture for `teacher`: its options, with `width` and `num_residual_blocks` changed."""
+    return TransformerConfig(**{**asdict(teacher), "width": width, "num_residual_blocks": num_residual_blocks})
+
+
+@dataclass
+class DistillConfig:
+    """Settings of `distill`; the defaults make the slim networks shipped in ``checkpoints/``."""
+
+    teacher: str  # a model file (.safetensors)
+    data: str  # a folder of photos (any tree)
+    output: str  # the student's model file (.safetensors)
+    width: float = 0.25  # student channels: 8/16/32 at 0.25
+    num_residual_blocks: int = 3
+    size: int = 384  # each photo is resized so that its shorter side has this many pixels
+    limit: int | None = None  # use at most this many photos
+    steps: int = 3000
+    lr: float = 2e-3  # Adam, cosine decay to lr / 20
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 50
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError (one sentence naming the setting) for settings that cannot work."""
+        for name in ("size", "steps", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DistillConfig.{name} must be a positive integer, got {value!r}.")
+        if self.size < 16:
+            raise ValueError(f"DistillConfig.size must be at least 16 pixels, got {self.size}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"DistillConfig.lr must be a positive number, got {self.lr!r}.")
+        if Path(self.output).suffix != ".safetensors":
+            raise ValueError(f"Cannot write the student to '{self.output}': the file name must end in .safetensors.")
+        if Path(self.output).resolve() == Path(self.teacher).resolve():
+            raise ValueError(f"The student would overwrite its teacher '{self.teacher}'; choose another output.")
+
+    def state_path(self) -> Path:
+        """Where the resumable training state is kept: beside the output, ``NAME.distill.pt``."""
+        out = Path(self.output)
+        return out.with_name(out.stem + ".distill.pt")
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """What `distill` did: the student file, its size and cost relative to the teacher, the final L1 loss."""
+
+    path: Path
+    steps: int
+    l1: float  # mean absolute difference from the teacher over the last `log_every` steps, in [0, 1] units
+    seconds: float
+    student: str  # TransformerNet.describe() of the student
+    flops_ratio: float  # student / teacher FLOPs at 640 x 480
+
+
+def _photos(config: DistillConfig) -> list[torch.Tensor]:
+    """The distillation photos, each (1, 3, H, W) with the shorter side `size`; unreadable files skipped."""
+    files = _list_images(Path(config.data), IMAGE_EXTENSIONS)[: config.limit]
+    photos = []
+    for path in files:
+        try:
+            image = load_image(path)
+        except ImageError:
+            continue
+        scale = config.size / min(image.size)
+        photos.append(to_tensor(image.resize((round(image.width * scale), round(image.height * scale)))))
+    if not photos:
+        raise ValueError(f"None of the image files in '{config.data}' could be read.")
+    return photos
+
+
+def _lr(config: DistillConfig, step: int) -> float:
+    """Cosine decay from `lr` to `lr / 20` over the run."""
+    floor = config.lr / 20
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+
+
+def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None = None) -> DistillResult:
+    """Train a slim student to reproduce a trained network's output (see the module docstring); resumable.
+
+    `callback(step, l1)` runs after every step (and after that step's checkpoint); returning True stops.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    teacher = load_model(config.teacher)
+    teacher_info = read_metadata(config.teacher)["info"]
+    student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
+    torch.manual_seed(config.seed)
+    student = TransformerNet(student_config)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
+    step, state_path = 0, config.state_path()
+    if config.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") != asdict(config) | {"resume": state["config"]["resume"]}:
+            raise ValueError(f"Cannot resume from '{state_path}': it was made with other distillation settings.")
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+
+    photos = _photos(config)
+    with torch.inference_mode():  # the teacher's answers, once per photo
+        targets = [teacher(photo) for photo in photos]  # each (1, 3, H, W)
+
+    student.train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="distil", unit="step")
+    while step < config.steps:
+        index = int(torch.randint(len(photos), (1,)))
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, step)
+        loss = F.l1_loss(student(photos[index]), targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        losses = (losses + [loss.item()])[-config.log_every :]
+        bar.update(1)
+        if step % config.log_every == 0:
+            bar.set_postfix(l1_levels=f"{255 * sum(losses) / len(losses):.2f}")
+        saved = step % config.checkpoint_every == 0 or step == config.steps
+        if saved:
+            _checkpoint(student, optimizer, config, teacher, teacher_info, step, losses)
+        if callback is not None and callback(step, losses[-1]):  # after the checkpoint; True stops the run
+            if not saved:
+                _checkpoint(student, optimizer, config, teacher, teacher_info, step, losses)
+            break
+    bar.close()
+    student.eval()
+    return DistillResult(
+        Path(config.output),
+        step,
+        sum(losses) / max(1, len(losses)),
+        time.perf_counter() - start,
+        student.describe(),
+        student.flops(480, 640) / teacher.flops(480, 640),
+    )
+
+
+def _checkpoint(
+    student: TransformerNet,
+    optimizer: torch.optim.Optimizer,
+    config: DistillConfig,
+    teacher: TransformerNet,
+    teacher_info: dict[str, Any],
+    step: int,
+    losses: list[float],
+) -> None:
+    """Write the student's model file and the resumable state (each atomically)."""
+    _save(student, config, teacher, teacher_info, step, losses)
+    buffer = io.BytesIO()
+    state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save({**state, "rng": torch.get_rng_state(), "config": asdict(config)}, buffer)
+    data = buffer.getvalue()
+    _atomic_write(config.state_path(), lambda file: file.write(data))
+
+
+def _save(
+    student: TransformerNet,
+    config: DistillConfig,
+    teacher: TransformerNet,
+    teacher_info: dict[str, Any],
+    step: int,
+    losses: list[float],
+) -> None:
+    """Write the student's model file (atomically) with metadata naming its teacher."""
+    was_training = student.training
+    student.eval()
+    info = {
+        "kind": "distilled",
+        "distilled_from": os.path.basename(config.teacher),
+        "teacher_sha256": _sha256(Path(config.teacher)),
+        "teacher_transformer": teacher.config_dict(),
+        "distill_config": asdict(config),
+        "step": step,
+        "l1": sum(losses) / max(1, len(losses)),
+        "stlib_version": __version__,
+        # the teacher's training settings: the objective the student is scored with (benchmarks/quality.py)
+        **{key: teacher_info[key] for key in _INHERITED if key in teacher_info},
+    }
+    save_model(student, config.output, info=info)
+    student.train(was_training)

@@ -1,0 +1,121 @@
+"""Tests for stlib.distill: a slim student learns its teacher's output, keeps its metadata, resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from stlib import cli
+from stlib.assets import content_image
+from stlib.distill import DistillConfig, _photos, distill, slim_config
+from stlib.stylize import load_model, read_metadata, save_model
+from stlib.transformer import TransformerConfig, TransformerNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    """A small 'trained' network (its last layer really changes the picture) with training metadata."""
+    torch.manual_seed(1)
+    net = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=1, input_skip=True))
+    torch.nn.init.normal_(net.decoder[-1].weight, std=0.6)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    info = {"style": "wave.jpg", "style_sha256": "ab" * 32, "train_config": {"style": "style_images/wave.jpg"}}
+    return save_model(net.eval(), path, info=info)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four small photos cut from the sample photo, in a folder tree with one unreadable file."""
+    folder = tmp_path_factory.mktemp("photos")
+    image = Image.open(content_image("tubingen")).convert("RGB").resize((160, 120))
+    for i, (left, top) in enumerate(((0, 0), (60, 20), (100, 50), (30, 60))):
+        (folder / f"set{i % 2}").mkdir(exist_ok=True)
+        image.crop((left, top, left + 60, top + 48)).save(folder / f"set{i % 2}" / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillConfig:
+    settings = dict(size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25)
+    return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
+
+
+def _l1(model: TransformerNet, teacher: TransformerNet, photo: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float((model(photo) - teacher(photo)).abs().mean())
+
+
+def test_student_learns_to_reproduce_the_teacher(teacher_file, photos, tmp_path):
+    config = _config(teacher_file, photos, tmp_path / "student.safetensors", steps=200)
+    result = distill(config)
+    teacher, student = load_model(teacher_file), load_model(result.path)
+    identity = TransformerNet(slim_config(teacher.config, 0.25, 3)).eval()  # the student before training
+    training_photos = _photos(config)  # four tiny photos: the test checks fitting, not generalisation
+    start = sum(_l1(identity, teacher, p) for p in training_photos) / len(training_photos)
+    end = sum(_l1(student, teacher, p) for p in training_photos) / len(training_photos)
+    assert start > 0.02
+    assert end < 0.75 * start
+    assert result.l1 < 0.75 * start  # the loss it reports agrees
+    assert result.flops_ratio == pytest.approx(student.flops(480, 640) / teacher.flops(480, 640))
+    assert result.steps == 200
+
+
+def test_student_file_names_its_teacher_and_carries_the_teachers_objective(teacher_file, photos, tmp_path):
+    result = distill(_config(teacher_file, photos, tmp_path / "student.safetensors", steps=20))
+    meta = read_metadata(result.path)
+    teacher_config = load_model(teacher_file).config
+    assert meta["transformer"] == {**teacher_config.__dict__, "width": 0.25, "num_residual_blocks": 3}
+    info = meta["info"]
+    assert info["kind"] == "distilled" and info["distilled_from"] == "teacher.safetensors"
+    assert info["train_config"] == {"style": "style_images/wave.jpg"} and info["style"] == "wave.jpg"
+    assert info["step"] == 20 and len(info["teacher_sha256"]) == 64
+
+
+def test_resume_continues_exactly(teacher_file, photos, tmp_path):
+    whole = distill(_config(teacher_file, photos, tmp_path / "a.safetensors", steps=40))
+    first = _config(teacher_file, photos, tmp_path / "b.safetensors", steps=40)
+    calls = []
+
+    def stop_at_20(step: int, loss: float) -> None:
+        calls.append(step)
+        if step == 20:
+            raise KeyboardInterrupt  # a run stopped right after its step-20 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(first, callback=stop_at_20)
+    assert (tmp_path / "b.distill.pt").is_file() and calls[-1] == 20
+    resumed = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=40, resume=True))
+    a, b = load_model(whole.path).state_dict(), load_model(resumed.path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(teacher_file, photos, tmp_path):
+    distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20))
+    with pytest.raises(ValueError, match="other distillation settings"):
+        distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, lr=1e-3, resume=True))
+
+
+def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
+    with pytest.raises(ValueError, match="overwrite its teacher"):
+        distill(_config(teacher_file, photos, teacher_file))
+    with pytest.raises(ValueError, match=r"must end in \.safetensors"):
+        distill(_config(teacher_file, photos, tmp_path / "s.pt"))
+    with pytest.raises(ValueError, match="size must be at least 16"):
+        distill(_config(teacher_file, photos, tmp_path / "s.safetensors", size=8))
+
+
+def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys):
+    student = tmp_path / "slim.safetensors"
+    argv = ["distill", str(teacher_file), "--data", str(photos), "-o", str(student), "--size", "32"]
+    assert cli.main([*argv, "--steps", "10", "--quiet"]) == 0
+    assert "of the teacher's FLOPs" in capsys.readouterr().out
+    out = tmp_path / "styled.png"
+    assert cli.main(["stylize", "--model", str(student), str(content_image("tubingen")), "-o", str(out)]) == 0
+    assert Image.open(out).size == Image.open(content_image("tubingen")).size
+    assert cli.main(["distill", str(tmp_path / "none.safetensors"), "--data", str(photos), "-o", str(student)]) == 2
+    assert "does not exist" in capsys.readouterr().err
