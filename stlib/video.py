@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .transformer import TransformerNet
 
 __all__ = [
@@ -290,7 +291,7 @@ class VideoResult:
 
 
 def stylize_video(
-    model: TransformerNet,
+    model: TransformerNet | Backend,
     source: str | os.PathLike | Iterable[np.ndarray],
     out: str | os.PathLike,
     size: tuple[int, int] | None = None,

@@ -174,7 +174,7 @@ class PipelineTiming:
 
 
 def measure_pipeline(
-    model: TransformerNet,
+    model: TransformerNet | Backend,
     resolutions: tuple[str, ...] = ("320x240", "640x480"),
     frames: int = 10,
     quality: int = 80,
@@ -713,7 +713,7 @@ class WebcamStylizer(_WidgetBase):
 
 
 def run_desktop(
-    model: TransformerNet,
+    model: TransformerNet | Backend,
     camera: int = 0,
     resolution: str | tuple[int, int] = "640x480",
     mirror: bool = True,

