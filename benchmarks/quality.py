@@ -13,9 +13,11 @@ iterations. For each network this script takes its own training settings from th
 - the network's objective: `PerceptualLoss(photo, network(photo))`, and the forward time;
 - the objective of `stlib.gatys.stylize` after `--iterations` L-BFGS iterations from noise, and its time.
 
-It prints a Markdown table (per network: mean objectives, the share of photos where the network is at or
-below Gatys, the speed-up) and, with ``--grid``, writes a picture grid: one row per photo, the photo then
-one column per network.
+A distilled slim network (`python -m stlib distill`; its metadata names its teacher and carries the teacher's
+training settings) is scored with its teacher's objective and compared with the teacher instead (no Gatys run;
+pass the teacher too). It prints a Markdown table (per network: mean objectives, the share of photos where
+the network is at or below Gatys, the speed-up), a second one for slim networks against their teachers, and,
+with ``--grid``, writes a picture grid: one row per photo, the photo then one column per network.
 """
 
 from __future__ import annotations
@@ -53,17 +55,26 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
         if device == "cuda":
             torch.cuda.synchronize()
         fast_s = time.perf_counter() - start
-        size = max(photo.shape[-2:])
-        settings = replace(config.gatys_config(size=size, iterations=iterations, init="noise"), progress=False)
-        slow = gatys.stylize(photo, style, settings)
         with torch.no_grad():
             net_loss = float(objective(photo, fast)["total"])
-            gatys_loss = float(objective(photo, slow.image)["total"])
-        rows.append({"net": net_loss, "gatys": gatys_loss, "net_s": fast_s, "gatys_s": slow.seconds})
+        row = {"net": net_loss, "net_s": fast_s}
+        if iterations > 0:
+            size = max(photo.shape[-2:])
+            settings = replace(config.gatys_config(size=size, iterations=iterations, init="noise"), progress=False)
+            slow = gatys.stylize(photo, style, settings)
+            with torch.no_grad():
+                row.update(gatys=float(objective(photo, slow.image)["total"]), gatys_s=slow.seconds)
+        rows.append(row)
         outputs.append(fast.cpu())
-        print(f"  {model_file.stem}: network {net_loss:.3f} ({fast_s:.2f} s), Gatys {gatys_loss:.3f} "
-              f"({slow.seconds:.0f} s)", flush=True)  # fmt: skip
-    return {"rows": rows, "outputs": outputs, "steps": info.get("step"), "data": Path(config.data or "?").name}
+        gatys_part = f", Gatys {row['gatys']:.3f} ({row['gatys_s']:.0f} s)" if "gatys" in row else ""
+        print(f"  {model_file.stem}: network {net_loss:.3f} ({fast_s:.2f} s){gatys_part}", flush=True)
+    return {
+        "rows": rows,
+        "outputs": outputs,
+        "steps": info.get("step"),
+        "data": Path(config.data or "?").name,
+        "teacher": info.get("distilled_from"),
+    }
 
 
 def main() -> None:
@@ -90,18 +101,41 @@ def main() -> None:
     print(f"{len(photos)} photos from {args.val} at {args.size}x{args.size}, Gatys: {args.iterations} L-BFGS "
           f"iterations from noise, on {device} ({torch.get_num_threads()} threads)", flush=True)  # fmt: skip
 
-    results = {m.stem: evaluate(m, photos, args.iterations, device) for m in models}
+    # Distilled students are scored against their teachers (same objective), so they need no Gatys runs.
+    students = {m.stem for m in models if read_metadata(m)["info"].get("kind") == "distilled"}
+    results = {m.stem: evaluate(m, photos, 0 if m.stem in students else args.iterations, device) for m in models}
     print()
     print("| network | trained on, steps | objective: network | objective: Gatys | network <= Gatys | "
           "network s | Gatys s | speed-up |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
+        if name in students:
+            continue
         rows = r["rows"]
         net, ref = statistics.mean(x["net"] for x in rows), statistics.mean(x["gatys"] for x in rows)
         wins = sum(x["net"] <= x["gatys"] for x in rows)
         net_s, ref_s = statistics.median(x["net_s"] for x in rows), statistics.median(x["gatys_s"] for x in rows)
         print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | {ref:.3f} | {wins}/{len(rows)} | "
               f"{net_s:.2f} | {ref_s:.0f} | {ref_s / net_s:.0f}x |")  # fmt: skip
+    if students:
+        print()
+        print("| slim network | teacher | objective: slim | objective: teacher | slim / teacher (target <= 1.10) | "
+              "slim s | teacher s |")  # fmt: skip
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for name in sorted(students):
+            r = results[name]
+            teacher = results.get(Path(r["teacher"] or "").stem)
+            slim = statistics.mean(x["net"] for x in r["rows"])
+            slim_s = statistics.median(x["net_s"] for x in r["rows"])
+            if teacher is None:
+                missing = f"{r['teacher']} (not evaluated: pass it with --models)"
+                print(f"| {name} | {missing} | {slim:.3f} | | | {slim_s:.2f} | |")
+                continue
+            ref = statistics.mean(x["net"] for x in teacher["rows"])
+            ref_s = statistics.median(x["net_s"] for x in teacher["rows"])
+            print(
+                f"| {name} | {r['teacher']} | {slim:.3f} | {ref:.3f} | {slim / ref:.3f} | {slim_s:.2f} | {ref_s:.2f} |"
+            )
     if args.grid is not None:
         rows = [[photo, *(r["outputs"][i] for r in results.values())] for i, photo in enumerate(photos)]
         titles = [title for _ in photos for title in ["photo", *results]]
