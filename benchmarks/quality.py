@@ -112,9 +112,12 @@ def main() -> None:
         if name in students:
             continue
         rows = r["rows"]
-        net, ref = statistics.mean(x["net"] for x in rows), statistics.mean(x["gatys"] for x in rows)
+        net, net_s = statistics.mean(x["net"] for x in rows), statistics.median(x["net_s"] for x in rows)
+        if "gatys" not in rows[0]:  # --iterations 0: the networks only
+            print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | - | - | {net_s:.2f} | - | - |")
+            continue
+        ref, ref_s = statistics.mean(x["gatys"] for x in rows), statistics.median(x["gatys_s"] for x in rows)
         wins = sum(x["net"] <= x["gatys"] for x in rows)
-        net_s, ref_s = statistics.median(x["net_s"] for x in rows), statistics.median(x["gatys_s"] for x in rows)
         print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | {ref:.3f} | {wins}/{len(rows)} | "
               f"{net_s:.2f} | {ref_s:.0f} | {ref_s / net_s:.0f}x |")  # fmt: skip
     if students:
