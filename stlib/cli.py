@@ -724,7 +724,7 @@ def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive_int, metavar="N", help="use at most N photos")
     p.add_argument("--steps", type=_positive_int, default=3000, help="default: %(default)s")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="student initialisation and photo order (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's saved state (NAME.distill.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill)

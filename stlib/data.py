@@ -212,20 +212,26 @@ def _list_images(root: Path, extensions: tuple[str, ...]) -> list[Path]:
 class ShuffleSampler(Sampler[int]):
     """A new random order of range(n) each epoch, reproducible from (seed, epoch), resumable mid-epoch.
 
+    With ``world`` > 1 processes (distributed training) all share the epoch's order and process ``rank`` takes
+    positions rank, rank + world, ...; every rank yields the same number of indices (the remainder of the
+    epoch that does not divide by `world` is skipped), so all ranks run the same number of steps.
     `state_dict()` records (seed, epoch, position), position being how many indices of the epoch were handed
-    out; a sampler given that state with `load_state_dict` yields exactly the remaining indices of that epoch.
+    out (by all ranks together); a sampler given that state with `load_state_dict` yields exactly the
+    remaining indices of that epoch.
     A DataLoader with worker processes asks for indices ahead of the training loop (prefetching), so there,
     pass what the loop really consumed: ``state_dict(consumed=batches_done * batch_size)``.
     Call `set_epoch` before each epoch: iterating again without it repeats the epoch's order.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"ShuffleSampler: n must be a positive integer, got {n!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"ShuffleSampler: seed must be an integer >= 0, got {seed!r}.")
+        if isinstance(world, bool) or not isinstance(world, int) or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"ShuffleSampler: need 0 <= rank < world, got rank={rank!r}, world={world!r}.")
         super().__init__()
-        self.n, self.seed = n, seed
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch = 0
         self._position = 0  # indices of this epoch handed out so far
         self._start = 0  # where the next iteration starts (set by load_state_dict)
@@ -241,13 +247,14 @@ class ShuffleSampler(Sampler[int]):
         self.epoch, self._position, self._start = epoch, 0, 0
 
     def __len__(self) -> int:
-        return self.n - self._start
+        return (self.n - self._start) // self.world
 
     def __iter__(self) -> Iterator[int]:
         order = self.order(self.epoch)
         start, self._start = self._start, 0
         self._position = start
-        for position in range(start, self.n):
+        usable = start + (self.n - start) // self.world * self.world  # the same count for every rank
+        for position in range(start + self.rank, usable, self.world):
             self._position = position + 1
             yield int(order[position])
 
@@ -284,16 +291,19 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = True,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """A DataLoader over `dataset` in `ShuffleSampler` order for `epoch`, starting `position` samples in.
 
     The sampler is ``loader.sampler``; the dataset's `set_epoch` (if any) is called too. For the next epoch
     call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` (workers are not persistent, so they
-    see the new epoch).
+    see the new epoch). `rank` and `world` split each epoch between distributed processes (`ShuffleSampler`).
+    The loader's own random generator is seeded from `seed`, so it leaves the global RNG alone.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"make_loader: batch_size must be a positive integer, got {batch_size!r}.")
-    sampler = ShuffleSampler(len(dataset), seed=seed)
+    sampler = ShuffleSampler(len(dataset), seed=seed, rank=rank, world=world)
     sampler.load_state_dict({"n": len(dataset), "seed": seed, "epoch": epoch, "position": position})
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -305,6 +315,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -89,11 +89,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import __version__
 from .backends import cpu_has_fast_bf16
-from .data import ImageFolderDataset, ShuffleSampler
+from .data import ImageFolderDataset, ShuffleSampler, make_loader
 from .images import _atomic_write, load_image, load_tensor, resize, save_image, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
 from .stylize import save_model
@@ -480,29 +479,6 @@ class PerceptualLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _RankSampler(ShuffleSampler):
-    """`ShuffleSampler` order shared by `world` processes: rank r takes positions r, r + world, ...
-
-    The position in `state_dict` counts the samples of the epoch consumed by all ranks together. Every rank
-    yields the same number of indices, so all ranks run the same number of steps per epoch.
-    """
-
-    def __init__(self, n: int, seed: int, rank: int, world: int) -> None:
-        super().__init__(n, seed)
-        self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        return (self.n - self._start) // self.world
-
-    def __iter__(self) -> Iterator[int]:
-        order = self.order(self.epoch)
-        start, self._start = self._start, 0
-        usable = start + (self.n - start) // self.world * self.world
-        for position in range(start + self.rank, usable, self.world):
-            self._position = position + 1
-            yield int(order[position])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
@@ -765,20 +741,22 @@ def _train(config: TrainConfig, callback: Callback | None, device: torch.device,
     workers = config.num_workers
     if workers is None:
         workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
-    sampler = _RankSampler(len(dataset), config.seed, rank, world)
+    sampler = ShuffleSampler(len(dataset), config.seed, rank, world)  # the current epoch's (for checkpoints)
 
     def batches(epoch: int, position: int) -> Iterator[torch.Tensor]:
-        sampler.load_state_dict({"n": len(dataset), "seed": config.seed, "epoch": epoch, "position": position})
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
+        nonlocal sampler
+        loader = make_loader(
             dataset,
-            batch_size=config.batch_size,
-            sampler=sampler,
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            position=position,
             num_workers=workers,
-            drop_last=True,
             pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed),  # leaves the global RNG alone
+            rank=rank,
+            world=world,
         )
+        sampler = loader.sampler
         return iter(loader)
 
     main = rank == 0

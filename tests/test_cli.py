@@ -219,7 +219,7 @@ def test_train_and_stylize_bad_inputs_give_one_clear_line(tmp_path, capsys, phot
 def test_every_command_has_help():
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert {"demo", "gatys", "train", "stylize", "export", "download-coco"} <= set(commands)
+    assert {"demo", "gatys", "train", "stylize", "export", "distill", "download-coco"} <= set(commands)
     for name, sub in commands.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

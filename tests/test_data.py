@@ -225,6 +225,21 @@ def test_loader_resumed_mid_epoch_gives_the_remaining_batches():
     assert [b.tolist() for b in resumed] == batches[1:]
 
 
+def test_ranks_split_each_epoch_into_disjoint_equal_shares():
+    single = list(ShuffleSampler(11, seed=3))
+    shares = [list(ShuffleSampler(11, seed=3, rank=r, world=3)) for r in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]  # 11 // 3 each: every rank runs the same number of steps
+    assert sorted(sum(shares, [])) == sorted(single[:9])  # the epoch's first 9 positions, each used once
+    assert shares[1] == single[1:9:3]
+    resumed = ShuffleSampler(11, seed=3, rank=1, world=3)
+    resumed.load_state_dict({"n": 11, "seed": 3, "epoch": 0, "position": 3})  # one global step of 3 done
+    assert list(resumed) == single[4:9:3]
+    loaders = [make_loader(torch.arange(11), batch_size=2, seed=3, rank=r, world=3) for r in range(3)]
+    assert [len(loader) for loader in loaders] == [1, 1, 1]
+    with pytest.raises(ValueError, match="0 <= rank < world"):
+        ShuffleSampler(11, rank=3, world=3)
+
+
 def test_loader_sets_the_dataset_epoch(folder):
     ds = ImageFolderDataset(folder, size=8)
     loader = make_loader(ds, batch_size=2, epoch=3)
