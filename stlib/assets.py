@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["content_image", "list_content_images", "list_styles", "outputs_dir", "repo_root", "style_image"]
+__all__ = [
+    "cache_dir",
+    "content_image",
+    "list_content_images",
+    "list_styles",
+    "outputs_dir",
+    "repo_root",
+    "style_image",
+]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -64,3 +72,11 @@ def outputs_dir() -> Path:
     out = Path(env) if env else repo_root() / "outputs"
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def cache_dir() -> Path:
+    """Where stlib caches derived files (converted VGG weights, ONNX exports): $STLIB_CACHE or ~/.cache/stlib."""
+    root = os.environ.get("STLIB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stlib"
+    )
+    return Path(root)

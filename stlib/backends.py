@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .assets import cache_dir
 from .transformer import TransformerNet, _pad_to_multiple
 
 __all__ = [
@@ -249,13 +250,6 @@ def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
     return path
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("STLIB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stlib"
-    )
-    return Path(root) / "onnx"
-
-
 def _fingerprint(model: TransformerNet) -> str:
     """A hash of the architecture and weights (and the torch version that exports them)."""
     digest = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True).encode())
@@ -269,7 +263,7 @@ def _fingerprint(model: TransformerNet) -> str:
 def _onnx_runner(model: TransformerNet) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime as ort
 
-    cached = _cache_dir() / f"transformer-{_fingerprint(model)}.onnx"
+    cached = cache_dir() / "onnx" / f"transformer-{_fingerprint(model)}.onnx"
     if not cached.is_file():
         export_onnx(model, cached)
     options = ort.SessionOptions()

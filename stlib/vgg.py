@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .assets import cache_dir
+
 __all__ = [
     "ARCHS",
     "CAFFE",
@@ -164,13 +166,6 @@ def _build_layers(arch: str, pool: str, upto: str) -> nn.Sequential:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("STLIB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stlib"
-    )
-    return Path(root)
-
-
 def _torchvision_weights(arch: str):
     from torchvision import models
 
@@ -234,7 +229,7 @@ def _offline_state() -> dict[str, torch.Tensor]:
     h5 = offline_weights_file()
     stat = h5.stat()
     key = hashlib.sha256(f"{h5.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = _cache_dir() / f"vgg16-offline-v{_CONVERSION_VERSION}-{key}.safetensors"
+    cached = cache_dir() / f"vgg16-offline-v{_CONVERSION_VERSION}-{key}.safetensors"
     if cached.is_file():
         try:
             return load_file(cached)

@@ -150,3 +150,17 @@ def test_export_onnx_checks_its_arguments(net, tmp_path):
 def test_backend_rejects_a_wrong_shape(net):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         Backend("eager", net, net)(torch.rand(3, 8, 8))
+
+
+@needs_ort
+def test_cli_export_onnx_reports_parity_and_refuses_other_suffixes(net, tmp_path, capsys):
+    from stlib import cli
+    from stlib.stylize import save_model
+
+    model_file = save_model(net, tmp_path / "net.safetensors")
+    out = tmp_path / "net.onnx"
+    assert cli.main(["export", str(model_file), "--onnx", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "max abs difference" in printed and "(ok)" in printed
+    assert cli.main(["export", str(model_file), "--onnx", "-o", str(tmp_path / "net.safetensors2")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
