@@ -243,7 +243,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(photos, tmp_path, off
 
 
 def _child(config: dict, env: dict[str, str], save_to: str | None) -> None:
-    """A forked child process: train with `config` under environment `env` (torchrun's variables)."""
+    """A child process: train with `config` under environment `env` (torchrun's variables)."""
     os.environ.update(env)
     torch.set_num_threads(1)
     result = train.train(TrainConfig.from_dict(config))
@@ -252,8 +252,9 @@ def _child(config: dict, env: dict[str, str], save_to: str | None) -> None:
 
 
 def _fork(config: TrainConfig, env: dict[str, str] | None = None, save_to: Path | None = None):
-    """Start `_child` in a forked process (no new interpreter: importing torch again would take seconds)."""
-    context = multiprocessing.get_context("fork")
+    """Start `_child` in a new interpreter ("spawn": as torchrun does; a forked copy of this test process would
+    inherit whatever threads earlier tests started, e.g. autograd's after a torch.export, and fail)."""
+    context = multiprocessing.get_context("spawn")
     process = context.Process(target=_child, args=(config.to_dict(), env or {}, save_to and str(save_to)))
     process.start()
     return process
