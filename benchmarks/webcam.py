@@ -3,6 +3,7 @@
     python benchmarks/webcam.py --model checkpoints/starry_night.safetensors
     python benchmarks/webcam.py --model a.safetensors --model b.safetensors --seconds 30 --threads 2
     python benchmarks/webcam.py --quick          # a tiny random network, 10 s per resolution (a smoke run)
+    python benchmarks/webcam.py --model a.safetensors --backend eager --backend auto   # before / after
 
 For each model and resolution (default 320x240 and 640x480): JupyterLab (127.0.0.1, random port and token)
 shows `stlib.webcam.WebcamStylizer` in headless Debian Chromium with a fake camera playing the bundled photo;
@@ -42,15 +43,16 @@ from test_webcam_e2e import (  # noqa: E402
 )
 
 from stlib import assets, images  # noqa: E402
+from stlib.backends import make_backend  # noqa: E402
 from stlib.stylize import load_model, save_model  # noqa: E402
 from stlib.transformer import TransformerConfig, TransformerNet  # noqa: E402
 from stlib.webcam import measure_pipeline  # noqa: E402
 
 
-def _notebook(model: Path, resolution: str) -> dict:
+def _notebook(model: Path, resolution: str, backend: str) -> dict:
     source = (
         "from stlib.webcam import WebcamStylizer\n"
-        f"cam = WebcamStylizer(model={str(model)!r}, resolution={resolution!r})\ncam"
+        f"cam = WebcamStylizer(model={str(model)!r}, resolution={resolution!r}, backend={backend!r})\ncam"
     )
     return {
         "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}],
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--min-frames", type=int, default=5, help="measure at least this many frames")
     parser.add_argument("--warmup", type=int, default=3, help="frames dropped before measuring")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the kernel (default: 1)")
+    parser.add_argument(
+        "--backend", action="append", help="stlib.backends name(s) to compare, e.g. eager and auto (default: auto)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny random network and 10 s per resolution")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "test-artifacts", help="where to save them")
     args = parser.parse_args()
@@ -98,6 +103,7 @@ def main() -> None:
         sys.exit(f"benchmarks/webcam.py: {problem}")
     torch.set_num_threads(args.threads)
     resolutions = args.resolution or ["320x240", "640x480"]
+    backends = args.backend or ["auto"]
     tmp = Path(tempfile.mkdtemp(prefix="stlib-webcam-bench-"))
     models = args.model or sorted((ROOT / "checkpoints").glob("*.safetensors"))
     if args.quick:
@@ -120,10 +126,9 @@ def main() -> None:
     with JupyterLab(tmp, tmp / "jupyter", env=env) as lab, sync_playwright() as pw:
         browser = launch_chromium(pw, fake_video=y4m)
         try:
-            for model_path in models:
-                model_path = Path(model_path).resolve()
-                name = f"bench_{model_path.stem}.ipynb"
-                (tmp / name).write_text(json.dumps(_notebook(model_path, resolutions[0])))
+            for model_path, backend in [(Path(m).resolve(), b) for m in models for b in backends]:
+                name = f"bench_{model_path.stem}_{backend}.ipynb"
+                (tmp / name).write_text(json.dumps(_notebook(model_path, resolutions[0], backend)))
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 errors: list[str] = []
                 page.on("pageerror", lambda err, errors=errors: errors.append(str(err)))
@@ -132,11 +137,11 @@ def main() -> None:
                 for resolution in resolutions:
                     browser_row = measure_browser(page, resolution, args.seconds, args.min_frames, args.warmup)
                     page.locator(WIDGET).screenshot(
-                        path=str(args.screenshots / f"bench_{model_path.stem}_{resolution}.png")
+                        path=str(args.screenshots / f"bench_{model_path.stem}_{backend}_{resolution}.png")
                     )
-                    measured.append((model_path, resolution, browser_row))
+                    measured.append((model_path, backend, resolution, browser_row))
                     print(
-                        f"{model_path.stem} {resolution}: browser {browser_row['fps']:.2f} fps "
+                        f"{model_path.stem} ({backend}) {resolution}: browser {browser_row['fps']:.2f} fps "
                         f"({browser_row['frames']} frames in {browser_row['seconds']:.0f} s), latency "
                         f"{browser_row['latency_ms']:.0f} ms",
                         flush=True,
@@ -150,16 +155,18 @@ def main() -> None:
 
     # The kernel-side pipeline alone, once the browser and JupyterLab are gone (they would compete for the CPU).
     rows = []
-    for model_path, resolution, browser_row in measured:
-        pipeline = measure_pipeline(load_model(model_path), (resolution,), frames=max(3, args.min_frames))[0]
-        rows.append((model_path.stem, resolution, browser_row, pipeline))
+    for model_path, backend, resolution, browser_row in measured:
+        width, height = (int(v) for v in resolution.split("x"))
+        net = make_backend(load_model(model_path), backend, probe=(height, width))
+        pipeline = measure_pipeline(net, (resolution,), frames=max(3, args.min_frames))[0]
+        rows.append((f"{model_path.stem} ({net.name})", resolution, browser_row, pipeline))
     print()
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()} "
         f"({os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}; Chromium headless, fake camera"
     )
     print()
-    print("| model | resolution | browser fps | latency (ms) | network ms/frame | pipeline fps |")
+    print("| model (backend) | resolution | browser fps | latency (ms) | network ms/frame | pipeline fps |")
     print("|---|---|---:|---:|---:|---:|")
     for name, resolution, b, p in rows:
         print(f"| {name} | {resolution} | {b['fps']:.2f} | {b['latency_ms']:.0f} | {p.network_ms:.0f} | {p.fps:.2f} |")
