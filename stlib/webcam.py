@@ -374,7 +374,9 @@ class WebcamStylizer(_WidgetBase):
 
     ``WebcamStylizer(model=...)`` takes a model file, a loaded `TransformerNet` or None (the first file in
     ``checkpoints/``), plus any `WebcamConfig` field. Display it, press Start. ``start()``, ``stop()``,
-    ``snapshot()`` and ``stats()`` do the same from Python.
+    ``snapshot()`` and ``stats()`` do the same from Python. Each network runs on the backend of
+    ``WebcamConfig.backend`` (`stlib.backends`; "auto" times the candidates once per network when it is loaded,
+    and the first use of a network includes its ONNX export, cached afterwards).
     """
 
     _esm = _ASSETS / "webcam.js"
