@@ -620,7 +620,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_onnx(args.model, output)
     _check_output(output, suffixes=(".safetensors",), what="model file")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    path = export_weights(args.model, output, dtype=dtype)
+    extra = {}
+    for item in args.info or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--info expects KEY=VALUE, got {item!r}.")
+        extra[key.strip()] = value
+    path = export_weights(args.model, output, dtype=dtype, extra_info=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")
     return 0
 
@@ -669,6 +675,12 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="weights (default: %(default)s)")
     p.add_argument(
         "--onnx", action="store_true", help="export to ONNX (dynamic H x W) and check it against PyTorch instead"
+    )
+    p.add_argument(
+        "--info",
+        action="append",
+        metavar="KEY=VALUE",
+        help="add an entry to the copy's metadata, e.g. dataset='BSDS500 train (200 photos)' (repeatable)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -171,12 +171,20 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
     return model.to(device).eval()
 
 
-def export_weights(checkpoint: str | os.PathLike, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
-    """Write a compact copy of a model file with its weights in `dtype` (float16: 3.4 MB for the default net)."""
+def export_weights(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    dtype: torch.dtype = torch.float16,
+    extra_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a compact copy of a model file with its weights in `dtype` (float16: 3.4 MB for the default net).
+
+    `extra_info` entries are added to the copy's ``info`` metadata (e.g. ``{"dataset": "BSDS500 train"}``).
+    """
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     info = read_metadata(checkpoint)["info"]
-    info = {**info, "exported_from": checkpoint.name}
+    info = {**info, "exported_from": checkpoint.name, **dict(extra_info or {})}
     return save_model(model, path, info=info, dtype=dtype)
 
 

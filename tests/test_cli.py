@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from stlib import assets, cli, gatys, images
+from stlib.stylize import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +192,13 @@ def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_i
         assert img.size == src.size
 
     small = tmp_path / "starry_fp16.safetensors"
-    code, stdout, stderr = run(capsys, "export", model, "-o", small)
+    code, stdout, stderr = run(capsys, "export", model, "-o", small, "--info", "dataset=BSDS500 train (200 photos)")
     assert code == 0, stderr
     assert small.stat().st_size < model.stat().st_size and "fp16" in stdout
+    info = read_metadata(small)["info"]
+    assert info["dataset"] == "BSDS500 train (200 photos)" and info["exported_from"] == "starry.safetensors"
+    code, _, stderr = run(capsys, "export", model, "-o", tmp_path / "x.safetensors", "--info", "no-equals-sign")
+    assert code == 2 and "KEY=VALUE" in stderr
 
 
 def test_train_and_stylize_bad_inputs_give_one_clear_line(tmp_path, capsys, photo_folder, small_images):
