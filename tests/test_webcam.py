@@ -178,6 +178,18 @@ def test_widget_lists_models_and_reports_a_missing_network(model_file, model, mo
         w_.close()
 
 
+def test_widget_runs_its_network_on_the_configured_backend(model_file, model):
+    forced = webcam.WebcamStylizer(model=model_file, resolution="64x48", backend="channels_last")
+    assert forced.backend.name == "channels_last" and forced.backend.model is forced.model
+    assert forced.status == "backend: channels_last"
+    auto = webcam.WebcamStylizer(model=model, resolution="64x48")  # "auto": timed here, the winner named
+    assert auto.backend.model is model and auto.status.startswith(f"backend: {auto.backend.name} (fastest here")
+    with pytest.raises(ValueError, match="backend must be"):
+        WebcamConfig(backend="tpu")
+    for w in (forced, auto):
+        w.close()
+
+
 def test_a_damaged_model_file_shows_an_error_in_the_widget(widget, tmp_path):
     bad = tmp_path / "damaged.safetensors"
     bad.write_bytes(b"garbage")
