@@ -617,6 +617,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     if args.onnx:
+        if args.info:
+            raise CLIError("--info applies to .safetensors copies; an ONNX file carries no stlib metadata.")
         return _export_onnx(args.model, output)
     _check_output(output, suffixes=(".safetensors",), what="model file")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
