@@ -735,7 +735,9 @@ def _add_distill_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=_positive_float, default=0.25, help="channel multiplier (default: %(default)s)")
     p.add_argument("--blocks", type=int, default=3, help="residual blocks (default: %(default)s)")
     p.add_argument("--size", type=_positive_int, default=384, help="shorter photo side (default: %(default)s)")
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="use at most N photos")
+    p.add_argument(
+        "--limit", type=_positive_int, default=1000, metavar="N", help="use at most N photos (default: %(default)s)"
+    )
     p.add_argument("--steps", type=_positive_int, default=3000, help="default: %(default)s")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="student initialisation and photo order (default: 0)")

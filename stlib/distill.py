@@ -9,9 +9,11 @@ reproduce the trained teacher's output pixel by pixel,
 
 No loss network (VGG) is needed: the teacher already encodes the perceptual objective, and one L1 step costs
 the student's forward and backward pass only, because the teacher's outputs are computed once per photo and
-cached (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
-instance-norm statistics are those of the image the student sees). The student copies the teacher's
-normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the identity).
+cached in memory as 8-bit images, like the photos (`DistillConfig.size` sets the photo size, whole photos
+rather than crops, so that the teacher's instance-norm statistics are those of the image the student sees;
+`DistillConfig.limit` caps the number of photos, 1000 by default, about 1.3 GB at 384 px). The student copies
+the teacher's normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the
+identity).
 The result is a normal model file: `stlib.stylize.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
 configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
@@ -58,7 +60,7 @@ class DistillConfig:
     width: float = 0.25  # student channels: 8/16/32 at 0.25
     num_residual_blocks: int = 3
     size: int = 384  # each photo is resized so that its shorter side has this many pixels
-    limit: int | None = None  # use at most this many photos
+    limit: int | None = 1000  # use at most this many photos (cached in memory as uint8: ~1.3 MB each at 384 px)
     steps: int = 3000
     lr: float = 2e-3  # Adam, cosine decay to lr / 20
     seed: int = 0
@@ -101,7 +103,7 @@ class DistillResult:
 
 
 def _photos(config: DistillConfig) -> list[torch.Tensor]:
-    """The distillation photos, each (1, 3, H, W) with the shorter side `size`; unreadable files skipped."""
+    """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; unreadable files skipped."""
     files = _list_images(Path(config.data), IMAGE_EXTENSIONS)[: config.limit]
     photos = []
     for path in files:
@@ -114,6 +116,15 @@ def _photos(config: DistillConfig) -> list[torch.Tensor]:
     if not photos:
         raise ValueError(f"None of the image files in '{config.data}' could be read.")
     return photos
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] -> uint8, the form photos and targets are cached in (a quarter of float32)."""
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _from_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(255)
 
 
 def _lr(config: DistillConfig, step: int) -> float:
@@ -146,9 +157,11 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         step = int(state["step"])
         torch.set_rng_state(state["rng"])
 
-    photos = _photos(config)
-    with torch.inference_mode():  # the teacher's answers, once per photo
-        targets = [teacher(photo) for photo in photos]  # each (1, 3, H, W)
+    photos, targets = [], []  # uint8 (1, 3, H, W) each: the photo and the teacher's answer, computed once
+    with torch.inference_mode():
+        for photo in tqdm(_photos(config), disable=not config.progress, desc="teacher", unit="photo"):
+            photos.append(_to_uint8(photo))
+            targets.append(_to_uint8(teacher(photo)))
 
     student.train()
     losses: list[float] = []
@@ -158,7 +171,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         index = int(torch.randint(len(photos), (1,)))
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step)
-        loss = F.l1_loss(student(photos[index]), targets[index])
+        loss = F.l1_loss(student(_from_uint8(photos[index])), _from_uint8(targets[index]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
