@@ -67,6 +67,7 @@ __all__ = [
     "export_onnx",
     "make_backend",
     "max_difference",
+    "onnx_cache_path",
     "unavailable_reason",
 ]
 
@@ -260,10 +261,15 @@ def _fingerprint(model: TransformerNet) -> str:
     return digest.hexdigest()[:20]
 
 
+def onnx_cache_path(model: TransformerNet) -> Path:
+    """Where the ``"onnx"`` backend keeps `model`'s export (it exists once the backend was made for it)."""
+    return cache_dir() / "onnx" / f"transformer-{_fingerprint(model)}.onnx"
+
+
 def _onnx_runner(model: TransformerNet) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime as ort
 
-    cached = cache_dir() / "onnx" / f"transformer-{_fingerprint(model)}.onnx"
+    cached = onnx_cache_path(model)
     if not cached.is_file():
         export_onnx(model, cached)
     options = ort.SessionOptions()

@@ -479,10 +479,13 @@ class WebcamStylizer(_WidgetBase):
 
     def _bind_backend(self, key: str) -> None:
         """Run network `key` through the configured backend ("auto": the fastest correct one, timed here)."""
-        from .backends import BackendError, choose_backend, make_backend
+        from .backends import BackendError, choose_backend, make_backend, onnx_cache_path, unavailable_reason
 
         model = self._loaded[key]
         width, height = parse_resolution(self.config.resolution)
+        exporting = self.config.backend in ("auto", "onnx") and unavailable_reason("onnx", self._device) is None
+        if exporting and not onnx_cache_path(model).is_file():
+            print("Exporting the network to ONNX to time it against PyTorch (first use only, up to half a minute)...")
         try:
             if self.config.backend == "auto":
                 backend, timings = choose_backend(model, probe=(height, width))
