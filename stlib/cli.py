@@ -10,10 +10,13 @@ Every command reports bad input as one clear line on stderr and exits with a non
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -458,17 +461,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     config.validate()
     try:
-        result = train(config)
+        with _stop_on_signal() as stop_requested:
+            result = train(config, callback=lambda step, losses: stop_requested())
     except TrainingDiverged as err:
         raise CLIError(str(err)) from None
     except ResumeError as err:
         raise CLIError(f"Cannot resume: {err}") from None
+    if result.step < config.steps:
+        print(f"stopped at step {result.step} of {config.steps} with a checkpoint; continue with --resume")
     if result.history:
         last = result.history[-1]
         print(f"step {result.step}: {_losses_line(last)}")
     print(f"time: {result.seconds:.0f} s, {result.images_per_s:.2f} images/s ({result.precision} on {result.device})")
     print(f"wrote {result.checkpoint} (training state and logs in {result.run_dir})")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C or SIGTERM asks a single-process training run to stop after the current step, with a checkpoint.
+
+    Yields a function telling whether a stop was asked for; a second signal stops at once (KeyboardInterrupt).
+    Under torchrun (several processes) the signals keep their default meaning: ranks stopping at different
+    steps would wait on each other forever.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signal.Signals(signum).name)
+        print(f"\n{asked[0]}: stopping after this step with a checkpoint (again to stop at once)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, old_handler in previous.items():
+            signal.signal(sig, old_handler)
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -482,7 +515,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train one image transformation network for one style with the perceptual loss (Johnson et al., "
             "ECCV 2016). Checkpoints (safetensors + JSON metadata) and the full training state are written every "
-            "--checkpoint-every steps; --resume continues exactly where a run stopped. Multi-GPU: "
+            "--checkpoint-every steps and when Ctrl-C or SIGTERM stops the run (after the current step); --resume "
+            "continues exactly where a run stopped. Multi-GPU: "
             "torchrun --nproc_per_node=N -m stlib train ..."
         ),
         epilog=(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,31 @@ def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_i
     assert info["dataset"] == "BSDS500 train (200 photos)" and info["exported_from"] == "starry.safetensors"
     code, _, stderr = run(capsys, "export", model, "-o", tmp_path / "x.safetensors", "--info", "no-equals-sign")
     assert code == 2 and "KEY=VALUE" in stderr
+
+
+def test_sigterm_stops_training_after_the_current_step_with_a_checkpoint(tmp_path, photo_folder, small_images):
+    _, starry, _ = small_images
+    model = tmp_path / "m.safetensors"
+    argv = [
+        sys.executable, "-m", "stlib", "train", "--style", starry, "--data", photo_folder, "-o", model,
+        "--size", "32", "--style-size", "32", "--batch-size", "1", "--steps", "100000", "--checkpoint-every",
+        "100000", "--val-every", "0", "--log-every", "1", "--width", "0.25", "--blocks", "1", "--weights",
+        "offline", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path / "m.run" / "train.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 4):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "SIGTERM: stopping after this step" in stderr and "continue with --resume" in stdout
+    step = torch.load(tmp_path / "m.run" / "state.pt", weights_only=True)["step"]
+    assert step >= 3 and f"stopped at step {step} of 100000" in stdout  # nothing lost: no checkpoint was due
+    assert read_metadata(model)["info"]["step"] == step
 
 
 def test_train_and_stylize_bad_inputs_give_one_clear_line(tmp_path, capsys, photo_folder, small_images):
