@@ -133,6 +133,27 @@ def _lr(config: DistillConfig, step: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
 
 
+_NOT_SHAPING = ("resume", "progress", "checkpoint_every", "log_every")  # may change when a run is resumed
+
+
+def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape the student (all but `_NOT_SHAPING`)."""
+    return {k: v for k, v in settings.items() if k not in _NOT_SHAPING}
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    """The saved distillation state at `path`; a ValueError naming the file when it is missing or unreadable."""
+    if not path.is_file():
+        raise ValueError(f"Cannot resume: there is no distillation state '{path}' (start without --resume).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many kinds of errors for a damaged or foreign file
+        raise ValueError(f"Cannot resume from '{path}': it is not a readable distillation state.") from None
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "step", "rng"} <= set(state):
+        raise ValueError(f"Cannot resume from '{path}': it is not a distillation state of stlib.")
+    return state
+
+
 def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None = None) -> DistillResult:
     """Train a slim student to reproduce a trained network's output (see the module docstring); resumable.
 
@@ -148,9 +169,9 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     student = TransformerNet(student_config)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     step, state_path = 0, config.state_path()
-    if config.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("config") != asdict(config) | {"resume": state["config"]["resume"]}:
+    if config.resume:
+        state = _load_state(state_path)
+        if _shaping(state["config"]) != _shaping(asdict(config)):
             raise ValueError(f"Cannot resume from '{state_path}': it was made with other distillation settings.")
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -98,6 +98,18 @@ def test_resume_with_other_settings_is_refused(teacher_file, photos, tmp_path):
     distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20))
     with pytest.raises(ValueError, match="other distillation settings"):
         distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, lr=1e-3, resume=True))
+    # settings that do not shape the student may change: progress display, log and checkpoint intervals
+    distill(_config(teacher_file, photos, tmp_path / "t.safetensors", steps=40), callback=lambda step, l1: step == 20)
+    resumed = distill(_config(teacher_file, photos, tmp_path / "t.safetensors", steps=40, log_every=5, resume=True))
+    assert resumed.steps == 40
+
+
+def test_resume_without_a_usable_state_is_one_clear_sentence(teacher_file, photos, tmp_path):
+    with pytest.raises(ValueError, match="there is no distillation state .*start without --resume"):
+        distill(_config(teacher_file, photos, tmp_path / "new.safetensors", resume=True))
+    (tmp_path / "bad.distill.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="bad.distill.pt.*not a readable distillation state"):
+        distill(_config(teacher_file, photos, tmp_path / "bad.safetensors", resume=True))
 
 
 def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
