@@ -21,7 +21,6 @@ configuration, so `benchmarks/quality.py` can score it with the teacher's own pe
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -35,9 +34,9 @@ import torch.nn.functional as F
 
 from . import __version__
 from .data import IMAGE_EXTENSIONS, _list_images
-from .images import ImageError, _atomic_write, load_image, to_tensor
+from .images import ImageError, load_image, to_tensor
 from .stylize import load_model, read_metadata, save_model
-from .train import _sha256
+from .train import _sha256, _write_state
 from .transformer import TransformerConfig, TransformerNet
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
@@ -229,24 +228,7 @@ def _checkpoint(
     step: int,
     losses: list[float],
 ) -> None:
-    """Write the student's model file and the resumable state (each atomically)."""
-    _save(student, config, teacher, teacher_info, step, losses)
-    buffer = io.BytesIO()
-    state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-    torch.save({**state, "rng": torch.get_rng_state(), "config": asdict(config)}, buffer)
-    data = buffer.getvalue()
-    _atomic_write(config.state_path(), lambda file: file.write(data))
-
-
-def _save(
-    student: TransformerNet,
-    config: DistillConfig,
-    teacher: TransformerNet,
-    teacher_info: dict[str, Any],
-    step: int,
-    losses: list[float],
-) -> None:
-    """Write the student's model file (atomically) with metadata naming its teacher."""
+    """Write the student's model file (metadata naming its teacher) and the resumable state, each atomically."""
     was_training = student.training
     student.eval()
     info = {
@@ -263,3 +245,5 @@ def _save(
     }
     save_model(student, config.output, info=info)
     student.train(was_training)
+    state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    _write_state(config.state_path(), {**state, "rng": torch.get_rng_state(), "config": asdict(config)})
