@@ -456,6 +456,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         compile=args.compile,
         device=args.device,
+        num_workers=args.num_workers,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -555,6 +556,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster on GPUs)")
     opt.add_argument("--compile", action="store_true", help="torch.compile the network (GPUs)")
     opt.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    opt.add_argument(
+        "--num-workers", type=int, help="data-loading processes (default: 0 on CPU, min(8, cores / 2) with CUDA)"
+    )
     opt.add_argument("--quiet", action="store_true", help="no progress bar")
 
     log = p.add_argument_group("logging")

@@ -22,6 +22,7 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import tempfile
 import urllib.error
 import urllib.parse
@@ -307,7 +308,7 @@ def make_loader(
     sampler.load_state_dict({"n": len(dataset), "seed": seed, "epoch": epoch, "position": position})
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -316,7 +317,37 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_leave_stop_signals_to_main if num_workers > 0 else None,
     )
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers leave Ctrl-C and SIGTERM to the main process.
+
+    Those signals often go to the whole process group (a terminal, `timeout`, `kill -- -PGID`). The main
+    process decides how to stop (train's CLI: after the current step, with a checkpoint) and then shuts its
+    workers down; a worker killed by the signal would instead make the DataLoader raise at once. The signals
+    are blocked while the workers start, so none arrives between a worker's fork and its `worker_init_fn`.
+    """
+
+    def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator type is private)
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):  # Windows has no signal masks
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is delivered now
+
+
+def _leave_stop_signals_to_main(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _Loader while the workers started
 
 
 # ----------------------------------------------------------------------------------------------------------

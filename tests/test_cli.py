@@ -203,23 +203,28 @@ def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_i
     assert code == 2 and "KEY=VALUE" in stderr
 
 
-def test_sigterm_stops_training_after_the_current_step_with_a_checkpoint(tmp_path, photo_folder, small_images):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_stops_training_after_the_current_step_with_a_checkpoint(tmp_path, photo_folder, small_images, workers):
+    """With data workers the signal goes to the whole process group, as `timeout` and a terminal send it."""
     _, starry, _ = small_images
     model = tmp_path / "m.safetensors"
     argv = [
         sys.executable, "-m", "stlib", "train", "--style", starry, "--data", photo_folder, "-o", model,
         "--size", "32", "--style-size", "32", "--batch-size", "1", "--steps", "100000", "--checkpoint-every",
         "100000", "--val-every", "0", "--log-every", "1", "--width", "0.25", "--blocks", "1", "--weights",
-        "offline", "--quiet",
+        "offline", "--quiet", "--num-workers", workers,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
     log = tmp_path / "m.run" / "train.csv"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 4):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "SIGTERM: stopping after this step" in stderr and "continue with --resume" in stdout
