@@ -458,6 +458,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.num_workers,
         resume=args.resume,
+        init=args.init,
         progress=not args.quiet,
     )
     config.validate()
@@ -535,6 +536,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     io_.add_argument("--val", metavar="DIR", help="validation photos (default: the first 4 training photos)")
     io_.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N training photos")
     io_.add_argument("--resume", action="store_true", help="continue from the run folder's training state")
+    io_.add_argument(
+        "--init", metavar="MODEL", help="start from a model file's weights, e.g. a shipped style (fresh optimiser)"
+    )
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=_positive_int, default=d.steps, help="optimiser steps (default: %(default)s)")

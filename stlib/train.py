@@ -137,7 +137,7 @@ _CSV_FIELDS = ("step", "epoch", "total", "content", "style", "tv", "lr", "images
 _RESUMABLE_CHANGES = frozenset(
     {"steps", "log_every", "val_every", "checkpoint_every", "val", "val_count", "val_size", "progress",
      "num_workers", "compile", "channels_last", "resume", "out", "run_dir", "device", "style", "precision",
-     "vgg_weights"}
+     "vgg_weights", "init"}
 )  # fmt: skip
 
 Callback = Callable[[int, dict[str, float]], "bool | None"]
@@ -196,6 +196,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1" ...
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, min(8, cores / 2) with CUDA
     resume: bool = False  # continue from run_dir/state.pt
+    init: str | None = None  # start from this model file's weights (fine-tuning, fresh optimiser); not on resume
     progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
@@ -204,7 +205,7 @@ class TrainConfig:
         if isinstance(self.style_layers, str):
             self.style_layers = (self.style_layers,)
         self.style_layers = tuple(self.style_layers)
-        for name in ("style", "data", "out", "run_dir", "val"):
+        for name in ("style", "data", "out", "run_dir", "val", "init"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
@@ -683,6 +684,20 @@ def train(config: TrainConfig, callback: Callback | None = None) -> TrainResult:
             dist.destroy_process_group()
 
 
+def _load_initial_weights(model: TransformerNet, path: Path) -> None:
+    from .stylize import load_model  # a CheckpointError names the file when it is not a model file
+
+    source = load_model(path)
+    if source.config != model.config:
+        raise ValueError(
+            f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
+            f"{model.describe().split(':')[0]}: set the network options to match it."
+        )
+    with torch.no_grad():
+        for name, tensor in source.state_dict().items():
+            model.state_dict()[name].copy_(tensor)
+
+
 def _train(config: TrainConfig, callback: Callback | None, device: torch.device, rank: int, world: int) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -707,6 +722,8 @@ def _train(config: TrainConfig, callback: Callback | None, device: torch.device,
     model = TransformerNet(config.transformer).to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if config.init and not config.resume:
+        _load_initial_weights(model, Path(config.init))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)

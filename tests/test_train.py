@@ -212,6 +212,17 @@ def test_resume_refuses_other_settings_or_a_missing_state(photos, tmp_path, offl
         train.train(replace(cfg, steps=2, batch_size=3, resume=True))
 
 
+def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight, photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0, lr=1e-12, init=str(straight.checkpoint))
+    tuned = train.train(cfg)  # one step at a negligible rate
+    for name, value in straight.model.state_dict().items():
+        assert torch.allclose(tuned.model.state_dict()[name], value, atol=1e-6), name
+    assert read_metadata(tuned.checkpoint)["info"]["train_config"]["init"] == str(straight.checkpoint)
+    wider = replace(cfg, transformer=replace(SLIM, width=SLIM.width * 2), out=str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="model.safetensors.*set the network options to match"):
+        train.train(wider)
+
+
 def test_style_warmup_ramps_the_style_weight(photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=2, style_warmup=4, val_every=0)
     first, second = train.train(cfg).history
