@@ -112,7 +112,7 @@ def main() -> None:
     results = {m.stem: evaluate(m, photos, 0 if m.stem in students else args.iterations, device) for m in models}
     print()
     print(f"| network | trained on, steps | objective: network | objective: Gatys-{args.iterations} | "
-          "network <= Gatys | Gatys iterations to match (median) | network s | Gatys s | speed-up |")  # fmt: skip
+          "network <= Gatys | Gatys iterations to match (median) | network ms | Gatys s | speed-up |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         if name in students:
@@ -120,7 +120,7 @@ def main() -> None:
         rows = r["rows"]
         net, net_s = statistics.mean(x["net"] for x in rows), statistics.median(x["net_s"] for x in rows)
         if "gatys" not in rows[0]:  # --iterations 0: the networks only
-            print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | - | - | - | {net_s:.2f} | - | - |")
+            print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | - | - | - | {net_s * 1e3:.0f} | - | - |")
             continue
         ref, ref_s = statistics.mean(x["gatys"] for x in rows), statistics.median(x["gatys_s"] for x in rows)
         wins = sum(x["net"] <= x["gatys"] for x in rows)
@@ -129,11 +129,11 @@ def main() -> None:
         match = statistics.median_low(matches)
         match_text = f"> {args.iterations}" if match > args.iterations else str(match)
         print(f"| {name} | {r['data']}, {r['steps']} | {net:.3f} | {ref:.3f} | {wins}/{len(rows)} | {match_text} | "
-              f"{net_s:.2f} | {ref_s:.0f} | {ref_s / net_s:.0f}x |")  # fmt: skip
+              f"{net_s * 1e3:.0f} | {ref_s:.0f} | {ref_s / net_s:.0f}x |")  # fmt: skip
     if students:
         print()
         print("| slim network | teacher | objective: slim | objective: teacher | slim / teacher (target <= 1.10) | "
-              "slim s | teacher s |")  # fmt: skip
+              "slim ms | teacher ms |")  # fmt: skip
         print("|---|---|---:|---:|---:|---:|---:|")
         for name in sorted(students):
             r = results[name]
@@ -142,13 +142,12 @@ def main() -> None:
             slim_s = statistics.median(x["net_s"] for x in r["rows"])
             if teacher is None:
                 missing = f"{r['teacher']} (not evaluated: pass it with --models)"
-                print(f"| {name} | {missing} | {slim:.3f} | | | {slim_s:.2f} | |")
+                print(f"| {name} | {missing} | {slim:.3f} | | | {slim_s * 1e3:.0f} | |")
                 continue
             ref = statistics.mean(x["net"] for x in teacher["rows"])
             ref_s = statistics.median(x["net_s"] for x in teacher["rows"])
-            print(
-                f"| {name} | {r['teacher']} | {slim:.3f} | {ref:.3f} | {slim / ref:.3f} | {slim_s:.2f} | {ref_s:.2f} |"
-            )
+            times = f"{slim_s * 1e3:.0f} | {ref_s * 1e3:.0f}"
+            print(f"| {name} | {r['teacher']} | {slim:.3f} | {ref:.3f} | {slim / ref:.3f} | {times} |")
     if args.grid is not None:
         rows = [[photo, *(r["outputs"][i] for r in results.values())] for i, photo in enumerate(photos)]
         titles = [title for _ in photos for title in ["photo", *results]]
