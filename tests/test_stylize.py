@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +195,41 @@ def test_stylize_files_and_folders(tmp_path, photo, model_file):
     (folder / "broken.png").write_bytes(b"no image")
     with pytest.raises(ImageError, match="broken.png"):
         stylize_files(model, [folder], tmp_path / "out2")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The networks shipped in checkpoints/
+# --------------------------------------------------------------------------------------------------------
+
+SHIPPED = sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
+SHIPPED_FULL = [p for p in SHIPPED if read_metadata(p)["info"].get("kind") != "distilled"]
+
+
+def test_at_least_four_small_fp16_styles_are_shipped_and_say_what_they_were_trained_on():
+    assert len(SHIPPED_FULL) >= 4, [p.name for p in SHIPPED]
+    for path in SHIPPED:
+        assert path.stat().st_size <= 4_000_000, path.name
+        assert {t.dtype for t in load_file(path).values()} == {torch.float16}, path.name
+        info = read_metadata(path)["info"]
+        if path in SHIPPED_FULL:
+            assert "BSDS500" in info["dataset"] and info["step"] > 0, path.name
+            painting = assets.style_image(path.stem).read_bytes()  # the bundled painting is the one trained on
+            assert info["style_sha256"] == hashlib.sha256(painting).hexdigest(), path.name
+        else:
+            assert Path(info["distilled_from"]).stem == path.stem.removesuffix("_slim"), path.name
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_networks_carry_the_photo_towards_their_painting(path, offline_weights):
+    """The output's style term (the training objective's) is a fraction of the photo's own, content kept."""
+    from stlib.train import PerceptualLoss, TrainConfig
+
+    config = TrainConfig.from_dict(read_metadata(path)["info"]["train_config"])
+    style = images.load_tensor(assets.style_image(Path(config.style).stem), size=config.style_size)
+    objective = PerceptualLoss.from_config(style, config)
+    photo = images.load_tensor(assets.content_image("tubingen"), size=256)
+    with torch.no_grad():
+        out = stylize_image(load_model(path), photo)
+        before, after = objective(photo, photo), objective(photo, out)
+    assert float(after["style"]) < 0.1 * float(before["style"]), (before, after)
+    assert float(after["total"]) < 0.25 * float(before["total"])

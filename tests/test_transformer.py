@@ -351,7 +351,7 @@ def test_one_adam_step_moves_the_linear_output_by_under_two_percent():
 
 
 # --------------------------------------------------------------------------------------------------------
-# Global input skip (not in the paper; used by the CPU-trained shipped models)
+# Global input skip (not in the paper; helps short CPU training runs start from the identity)
 # --------------------------------------------------------------------------------------------------------
 
 
