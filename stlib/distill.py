@@ -163,6 +163,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     config.validate()
     teacher = load_model(config.teacher)
     teacher_info = read_metadata(config.teacher)["info"]
+    teacher_sha256 = _sha256(Path(config.teacher))  # once: the file the photos' targets come from
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
@@ -202,10 +203,10 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
             bar.set_postfix(l1_levels=f"{255 * sum(losses) / len(losses):.2f}")
         saved = step % config.checkpoint_every == 0 or step == config.steps
         if saved:
-            _checkpoint(student, optimizer, config, teacher, teacher_info, step, losses)
+            _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, losses)
         if callback is not None and callback(step, losses[-1]):  # after the checkpoint; True stops the run
             if not saved:
-                _checkpoint(student, optimizer, config, teacher, teacher_info, step, losses)
+                _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, losses)
             break
     bar.close()
     student.eval()
@@ -225,6 +226,7 @@ def _checkpoint(
     config: DistillConfig,
     teacher: TransformerNet,
     teacher_info: dict[str, Any],
+    teacher_sha256: str,
     step: int,
     losses: list[float],
 ) -> None:
@@ -234,7 +236,7 @@ def _checkpoint(
     info = {
         "kind": "distilled",
         "distilled_from": os.path.basename(config.teacher),
-        "teacher_sha256": _sha256(Path(config.teacher)),
+        "teacher_sha256": teacher_sha256,
         "teacher_transformer": teacher.config_dict(),
         "distill_config": asdict(config),
         "step": step,
