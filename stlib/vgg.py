@@ -227,8 +227,12 @@ def _offline_state() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file, save_file
 
     h5 = offline_weights_file()
-    stat = h5.stat()
-    key = hashlib.sha256(f"{h5.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # keyed by content (~0.3 s to hash), so every virtual environment and clone shares one converted file
+    with open(h5, "rb") as f:
+        key = hashlib.file_digest(f, "sha256").hexdigest()[:16] if hasattr(hashlib, "file_digest") else None
+        if key is None:  # Python < 3.11
+            f.seek(0)
+            key = hashlib.sha256(f.read()).hexdigest()[:16]
     cached = cache_dir() / f"vgg16-offline-v{_CONVERSION_VERSION}-{key}.safetensors"
     if cached.is_file():
         try:

