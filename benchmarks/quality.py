@@ -111,7 +111,8 @@ def main() -> None:
     students = {m.stem for m in models if read_metadata(m)["info"].get("kind") == "distilled"}
     results = {m.stem: evaluate(m, photos, 0 if m.stem in students else args.iterations, device) for m in models}
     print()
-    print(f"| network | trained on, steps | objective: network | objective: Gatys-{args.iterations} | "
+    gatys_name = f"Gatys-{args.iterations}" if args.iterations else "Gatys"
+    print(f"| network | trained on, steps | objective: network | objective: {gatys_name} | "
           "network <= Gatys | Gatys iterations to match (median) | network ms | Gatys s | speed-up |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
