@@ -228,11 +228,9 @@ def _offline_state() -> dict[str, torch.Tensor]:
 
     h5 = offline_weights_file()
     # keyed by content (~0.3 s to hash), so every virtual environment and clone shares one converted file
-    with open(h5, "rb") as f:
-        key = hashlib.file_digest(f, "sha256").hexdigest()[:16] if hasattr(hashlib, "file_digest") else None
-        if key is None:  # Python < 3.11
-            f.seek(0)
-            key = hashlib.sha256(f.read()).hexdigest()[:16]
+    with open(h5, "rb") as f:  # hashlib.file_digest is Python >= 3.11
+        digest = hashlib.file_digest(f, "sha256") if hasattr(hashlib, "file_digest") else hashlib.sha256(f.read())
+    key = digest.hexdigest()[:16]
     cached = cache_dir() / f"vgg16-offline-v{_CONVERSION_VERSION}-{key}.safetensors"
     if cached.is_file():
         try:
