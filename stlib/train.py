@@ -693,9 +693,7 @@ def _load_initial_weights(model: TransformerNet, path: Path) -> None:
             f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
             f"{model.describe().split(':')[0]}: set the network options to match it."
         )
-    with torch.no_grad():
-        for name, tensor in source.state_dict().items():
-            model.state_dict()[name].copy_(tensor)
+    model.load_state_dict(source.state_dict())  # copies into the existing tensors: device and layout kept
 
 
 def _train(config: TrainConfig, callback: Callback | None, device: torch.device, rank: int, world: int) -> TrainResult:
