@@ -375,8 +375,8 @@ class WebcamStylizer(_WidgetBase):
     ``WebcamStylizer(model=...)`` takes a model file, a loaded `TransformerNet` or None (the first file in
     ``checkpoints/``), plus any `WebcamConfig` field. Display it, press Start. ``start()``, ``stop()``,
     ``snapshot()`` and ``stats()`` do the same from Python. Each network runs on the backend of
-    ``WebcamConfig.backend`` (`stlib.backends`; "auto" times the candidates when a network is loaded and again
-    when the resolution changes, and the first use of a network includes its ONNX export, cached afterwards).
+    ``WebcamConfig.backend`` (`stlib.backends`; "auto" times the candidates once per network when it is loaded,
+    and the first use of a network includes its ONNX export, cached afterwards).
     """
 
     _esm = _ASSETS / "webcam.js"
@@ -427,7 +427,6 @@ class WebcamStylizer(_WidgetBase):
         self.observe(self._on_model_key, names="model_key")
         self.observe(self._on_transport, names="transport")
         self.observe(self._on_running_or_source, names=["running", "source", "resolution"])
-        self.observe(self._on_resolution, names="resolution")
         self.on_msg(self._on_message)
         self._on_model_key({"new": self.model_key})
 
@@ -467,32 +466,23 @@ class WebcamStylizer(_WidgetBase):
 
     def _on_model_key(self, change: dict) -> None:
         key = change["new"]
-        if not key or key in self._backends:
+        if not key or key in self._loaded:
             return
-        if key not in self._loaded:
-            from .stylize import load_model
+        from .stylize import load_model
 
-            try:
-                self._loaded[key] = load_model(key, device=self._device)
-            except (OSError, ValueError) as err:
-                self.error = str(err)
-                return
+        try:
+            self._loaded[key] = load_model(key, device=self._device)
+        except (OSError, ValueError) as err:
+            self.error = str(err)
+            return
         self._bind_backend(key)
-
-    def _on_resolution(self, change: dict) -> None:
-        """Choose the "auto" backend again for the new frame size (it was timed on frames of the old one)."""
-        if self.config.backend != "auto":
-            return
-        self._backends.clear()  # other networks are bound again when they are picked
-        if self.model_key in self._loaded:
-            self._bind_backend(self.model_key)
 
     def _bind_backend(self, key: str) -> None:
         """Run network `key` through the configured backend ("auto": the fastest correct one, timed here)."""
         from .backends import BackendError, choose_backend, make_backend, onnx_cache_path, unavailable_reason
 
         model = self._loaded[key]
-        width, height = parse_resolution(self.resolution)
+        width, height = parse_resolution(self.config.resolution)
         exporting = self.config.backend in ("auto", "onnx") and unavailable_reason("onnx", self._device) is None
         if exporting and not onnx_cache_path(model).is_file():
             print("Exporting the network to ONNX to time it against PyTorch (first use only, up to half a minute)...")

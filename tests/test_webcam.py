@@ -184,8 +184,6 @@ def test_widget_runs_its_network_on_the_configured_backend(model_file, model):
     assert forced.status == "backend: channels_last"
     auto = webcam.WebcamStylizer(model=model, resolution="64x48")  # "auto": timed here, the winner named
     assert auto.backend.model is model and auto.status.startswith(f"backend: {auto.backend.name} (fastest here")
-    auto.resolution = "160x120"  # timed at 64x48: "auto" chooses again for the new frame size
-    assert auto.backend.model is model and "fastest here at 160x120" in auto.status
     with pytest.raises(ValueError, match="backend must be"):
         WebcamConfig(backend="tpu")
     for w in (forced, auto):
