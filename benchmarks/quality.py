@@ -45,7 +45,7 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
     style_file = assets.style_image(Path(config.style).stem)
     style = images.load_tensor(style_file, size=config.style_size, device=device)
     model = load_model(model_file, device=device)
-    objective = PerceptualLoss.from_config(style, config)
+    objective = PerceptualLoss.from_config(style, config, precision="fp32")  # the score: fp32 on any CPU
     rows, outputs = [], []
     for photo in photos:
         photo = photo.to(device)

@@ -29,8 +29,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stlib.hardware import cpu_has_fast_bf16, resolve_precision
 from stlib.losses import gram_matrix
-from stlib.train import CONTENT_LAYER, STYLE_LAYERS, PerceptualLoss, cpu_has_fast_bf16, resolve_precision
+from stlib.train import CONTENT_LAYER, STYLE_LAYERS, PerceptualLoss
 from stlib.transformer import TransformerNet
 from stlib.vgg import VGGFeatures
 

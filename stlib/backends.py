@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .assets import cache_dir
+from .hardware import cpu_has_fast_bf16
 from .transformer import TransformerNet, _pad_to_multiple
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "BackendError",
     "BackendTiming",
     "available_backends",
-    "cpu_has_fast_bf16",
     "choose_backend",
     "export_onnx",
     "make_backend",
@@ -127,22 +127,6 @@ class BackendTiming:
 # ----------------------------------------------------------------------------------------------------------
 # What the machine has
 # ----------------------------------------------------------------------------------------------------------
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16) rather than emulating it."""
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        capability = ""
-    if "AMX" in capability.upper():
-        return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _onnxruntime_missing() -> str | None:

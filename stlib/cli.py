@@ -190,6 +190,7 @@ def cmd_gatys(args: argparse.Namespace) -> int:
     import torch
 
     from .gatys import GatysConfig, OptimizationDiverged, stylize
+    from .hardware import default_device
     from .images import load_tensor, save_image
 
     output = Path(args.output)
@@ -230,7 +231,7 @@ def cmd_gatys(args: argparse.Namespace) -> int:
         autocast=args.autocast,
     )
     config.validate()  # bad settings fail before the images are loaded
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
@@ -507,7 +508,8 @@ def _stop_on_signal() -> Iterator[Callable[[], bool]]:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from .train import PRECISIONS, SCHEDULES, TrainConfig
+    from .hardware import PRECISIONS
+    from .train import SCHEDULES, TrainConfig
     from .transformer import NORMS, OUTPUTS, UPSAMPLINGS, TransformerConfig
 
     d, t = TrainConfig(), TransformerConfig()
@@ -616,11 +618,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Stylise images or folders with a trained network; one output per input."""
-    import torch
-
+    from .hardware import default_device
     from .stylize import load_model, stylize_files
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     model = load_model(args.model, device=device)
     start = time.perf_counter()
     written = stylize_files(model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap)
@@ -843,8 +844,7 @@ def _strength(text: str) -> float:
 
 def cmd_video(args: argparse.Namespace) -> int:
     """Stylise every frame of a video file with a trained network; the output is silent (audio is dropped)."""
-    import torch
-
+    from .hardware import default_device
     from .stylize import load_model
     from .video import VIDEO_SUFFIXES, probe, stylize_video
 
@@ -853,7 +853,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     info = probe(source)  # a VideoError naming the file when it cannot be read
     if source.resolve() == output.resolve():
         raise CLIError(f"Refusing to overwrite the input video '{source}' with its stylised version.")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     width, height = args.size or (info.width, info.height)
     model = _backend(load_model(args.model, device=device), args.backend, (height, width))
     print(
@@ -902,12 +902,11 @@ def _add_video_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_webcam(args: argparse.Namespace) -> int:
     """Stylise a local camera live in an OpenCV window (the desktop app)."""
-    import torch
-
+    from .hardware import default_device
     from .stylize import load_model
     from .webcam import CameraError, run_desktop
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     model = _backend(load_model(args.model, device=device), args.backend, (args.size[1], args.size[0]))
     print(f"{model.name} backend on {device}")
     try:

@@ -79,7 +79,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,8 +90,8 @@ import torch.distributed as dist
 from torch import nn
 
 from . import __version__
-from .backends import cpu_has_fast_bf16
 from .data import ImageFolderDataset, ShuffleSampler, make_loader
+from .hardware import PRECISIONS, autocast, resolve_precision
 from .images import _atomic_write, load_image, load_tensor, resize, save_image, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
 from .stylize import save_model
@@ -104,7 +103,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_LAYER",
-    "PRECISIONS",
     "SCHEDULES",
     "STYLE_LAYERS",
     "PerceptualLoss",
@@ -112,9 +110,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
-    "cpu_has_fast_bf16",
     "lr_at",
-    "resolve_precision",
     "square_photo",
     "train",
 ]
@@ -126,9 +122,7 @@ STYLE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 """Johnson et al. Sec. 4.1: style reconstruction loss at relu1_2, relu2_2, relu3_3 and relu4_3."""
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 VGG_PASSES = ("split", "fused")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _STATE_FORMAT = "stlib.train-state"
 _CSV_FIELDS = ("step", "epoch", "total", "content", "style", "tv", "lr", "images_per_s", "seconds")
 
@@ -334,22 +328,6 @@ def lr_at(config: TrainConfig, step: int) -> float:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """The precision actually used, "fp32", "bf16" or "fp16", for a requested one on `device`."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        if device.type == "cpu" and cpu_has_fast_bf16():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA GPU (it trains with a GradScaler); use 'fp32' or 'bf16'.")
-    return precision
-
-
 def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -371,12 +349,6 @@ def _init_distributed(device_type: str) -> tuple[int, int, bool]:
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
     return dist.get_rank(), dist.get_world_size(), True
-
-
-def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -429,8 +401,12 @@ class PerceptualLoss(nn.Module):
         self.layer_weights = {name: 1.0 / (n * (float(g.pow(2).sum()) or 1.0)) for name, g in grams.items()}
 
     @classmethod
-    def from_config(cls, style: torch.Tensor, config: TrainConfig) -> PerceptualLoss:
-        """The objective a `TrainConfig` trains with, for a style image (1, 3, H, W) sized as in training."""
+    def from_config(cls, style: torch.Tensor, config: TrainConfig, precision: str | None = None) -> PerceptualLoss:
+        """The objective a `TrainConfig` trains with, for a style image (1, 3, H, W) sized as in training.
+
+        `precision` overrides ``config.precision``: pass ``"fp32"`` to *score* outputs, so that the number does
+        not depend on the CPU (``"auto"`` is bf16 on CPUs with native bf16, see `stlib.hardware`).
+        """
         return cls(
             style,
             config.content_layer,
@@ -440,7 +416,7 @@ class PerceptualLoss(nn.Module):
             config.tv_weight,
             vgg_weights=config.vgg_weights,
             vgg_pass=config.vgg_pass,
-            precision=resolve_precision(config.precision, style.device),
+            precision=resolve_precision(precision or config.precision, style.device),
             channels_last=config.channels_last,
         )
 
@@ -452,7 +428,7 @@ class PerceptualLoss(nn.Module):
     def _features(self, vgg: VGGFeatures, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(x.device, self.precision):
+        with autocast(x.device, self.precision):
             return vgg(x)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -841,7 +817,7 @@ def _train(config: TrainConfig, callback: Callback | None, device: torch.device,
             x = x.to(device, non_blocking=True)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 y = train_model(x)  # (B, 3, S, S), raw output
             terms = loss_fn(x, y)
             values = torch.stack([terms[k].detach().float() for k in ("total", "content", "style", "tv")])

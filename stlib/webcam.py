@@ -243,9 +243,9 @@ def list_models(folder: str | os.PathLike | None = None) -> list[Path]:
 def _default_device(device: str | None) -> str:
     if device is not None:
         return device
-    import torch
+    from .hardware import default_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stlib import assets, images, vgg
+from stlib import assets, hardware, images, vgg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -53,3 +53,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def fast_bf16(request, monkeypatch) -> bool:
+    """Runs a test under both answers of `hardware.cpu_has_fast_bf16`, forced through STLIB_FAST_BF16 on any CPU.
+
+    On a CPU without native bf16 the "yes" branch computes in emulated bf16: correct, only slower, so tests that
+    use this fixture stay at tiny sizes (32-64 px).
+    """
+    monkeypatch.setenv(hardware.FAST_BF16_ENV, "1" if request.param else "0")
+    return request.param

@@ -1,0 +1,100 @@
+"""The machine: the default device, the training precision, and whether this CPU computes bfloat16 in hardware.
+
+Mixed precision pays only where the hardware has it (Micikevicius et al., "Mixed Precision Training", ICLR
+2018; bfloat16: Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). CUDA GPUs of the
+Ampere generation and later, and x86 CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4
+and later), multiply bfloat16 in hardware: there bf16 convolutions run several times faster than float32. On
+AVX2-only CPUs PyTorch *emulates* bfloat16, 6-25x slower than float32. So ``precision="auto"``
+(`resolve_precision`) and the inference backends' ``auto`` (`stlib.backends`) ask `cpu_has_fast_bf16`.
+
+Every branch that depends on that answer must be testable on any CPU: the environment variable
+``STLIB_FAST_BF16`` forces it (``1``: behave as a CPU with native bf16, ``0``: as one without; unset: detect).
+Forced to ``1`` on an AVX2 CPU, the bf16 paths still compute correctly, only slowly, which is what the test
+suite needs (``make test STLIB_FAST_BF16=1`` runs the whole suite as a bf16 CPU would).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+__all__ = [
+    "FAST_BF16_ENV",
+    "PRECISIONS",
+    "autocast",
+    "cpu_has_fast_bf16",
+    "default_device",
+    "detect_fast_bf16",
+    "resolve_precision",
+]
+
+FAST_BF16_ENV = "STLIB_FAST_BF16"
+"""Environment variable that forces `cpu_has_fast_bf16`: "1" (yes), "0" (no), unset or empty (detect)."""
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Training and loss precisions: "auto" resolves to one of the others (`resolve_precision`)."""
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@functools.cache
+def detect_fast_bf16() -> bool:
+    """Whether this CPU really has bfloat16 arithmetic (AMX or AVX512-BF16), ignoring `FAST_BF16_ENV`."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = ""
+    if "AMX" in capability.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no /proc/cpuinfo
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware; ``STLIB_FAST_BF16=1``/``0`` forces the answer."""
+    forced = os.environ.get(FAST_BF16_ENV, "").strip().lower()
+    if forced in _YES:
+        return True
+    if forced in _NO:
+        return False
+    if forced:
+        raise ValueError(f"{FAST_BF16_ENV} must be 1 or 0 (or unset to detect the CPU), got {forced!r}.")
+    return detect_fast_bf16()
+
+
+def default_device() -> str:
+    """ "cuda" when a CUDA GPU is available, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The precision actually used, "fp32", "bf16" or "fp16", for a requested one on `device`."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA GPU (it trains with a GradScaler); use 'fp32' or 'bf16'.")
+    return precision
+
+
+def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
+    """Autocast to a resolved precision ("fp32": no autocast) on `device`'s type."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision not in _DTYPES:
+        raise ValueError(f"autocast needs a resolved precision (fp32, bf16 or fp16), got {precision!r}.")
+    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])

@@ -1,0 +1,60 @@
+"""Tests for stlib.hardware: the STLIB_FAST_BF16 switch, precision resolution and autocast under both answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stlib import hardware
+from stlib.hardware import FAST_BF16_ENV, autocast, cpu_has_fast_bf16, detect_fast_bf16, resolve_precision
+
+
+@pytest.mark.parametrize(
+    ("value", "answer"), [("1", True), ("yes", True), ("On", True), ("0", False), ("false", False)]
+)
+def test_the_switch_forces_the_answer_on_any_cpu(monkeypatch, value, answer):
+    monkeypatch.setenv(FAST_BF16_ENV, value)
+    assert cpu_has_fast_bf16() is answer
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_without_the_switch_the_cpu_is_detected(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(FAST_BF16_ENV, raising=False)
+    else:
+        monkeypatch.setenv(FAST_BF16_ENV, value)
+    assert cpu_has_fast_bf16() is detect_fast_bf16()
+    assert isinstance(detect_fast_bf16(), bool)
+
+
+def test_a_bad_switch_value_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv(FAST_BF16_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"STLIB_FAST_BF16 must be 1 or 0 .*'maybe'"):
+        cpu_has_fast_bf16()
+
+
+def test_auto_precision_follows_the_answer_and_explicit_ones_do_not(fast_bf16):
+    assert resolve_precision("auto", "cpu") == ("bf16" if fast_bf16 else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"  # asked for by name: runs, emulated or not
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_autocast_computes_convolutions_in_the_resolved_precision(fast_bf16):
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad(), autocast("cpu", resolve_precision("auto", "cpu")):
+        y = conv(x)
+    assert y.dtype == (torch.bfloat16 if fast_bf16 else torch.float32)
+    torch.testing.assert_close(y.float(), conv(x), rtol=0, atol=2e-2 if fast_bf16 else 0)  # bf16: ~3 digits
+    with pytest.raises(ValueError, match="resolved precision"):
+        autocast("cpu", "auto")
+
+
+def test_default_device_is_a_device_this_machine_has():
+    device = hardware.default_device()
+    assert device in ("cpu", "cuda")
+    torch.empty(1, device=device)  # usable, not just named
