@@ -38,6 +38,8 @@ __all__ = [
     "load_image",
     "load_tensor",
     "resize",
+    "QUICK_MARK",
+    "mark_quick",
     "save_figure",
     "save_image",
     "show_images",
@@ -301,12 +303,31 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, quali
     return _atomic_write(path, lambda file: pil.save(file, format=image_format, **options))
 
 
+QUICK_MARK = "QUICK mode (STLIB_QUICK=1): tiny sizes, few steps - not representative"
+"""The label that `save_figure` puts on figures made in the course's QUICK mode."""
+
+
+def mark_quick(fig: matplotlib.figure.Figure) -> bool:
+    """Label `fig` as made in QUICK mode when ``STLIB_QUICK=1`` (once); returns whether it carries the label."""
+    if os.environ.get("STLIB_QUICK") != "1":
+        return False
+    if not any(text.get_text() == QUICK_MARK for text in fig.texts):
+        fig.text(0.01, 0.99, QUICK_MARK, ha="left", va="top", fontsize=7, color="white",
+                 bbox={"facecolor": "crimson", "alpha": 0.85, "pad": 2, "edgecolor": "none"})  # fmt: skip
+    return True
+
+
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Atomically save a matplotlib figure; the format comes from the file suffix (.png, .pdf, .svg, ...)."""
+    """Atomically save a matplotlib figure; the format comes from the file suffix (.png, .pdf, .svg, ...).
+
+    In the course's QUICK mode (``STLIB_QUICK=1``: tiny sizes, a few steps) the figure is labelled as such first
+    (`mark_quick`), so that nobody takes a 64 px test run for a result.
+    """
     path = Path(path)
     figure_format = path.suffix.lower().lstrip(".")
     if figure_format not in fig.canvas.get_supported_filetypes():
         raise ImageError(f"Cannot save figure '{path}': unknown or unsupported file suffix '{path.suffix}'.")
+    mark_quick(fig)
     return _atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
 
 

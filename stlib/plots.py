@@ -121,14 +121,20 @@ def loss_curves(
     title: str | None = None,
     size: tuple[float, float] = (6.0, 3.5),
 ) -> matplotlib.figure.Figure:
-    """Loss against iteration, one line per key (e.g. ``{layer: result.losses("content")}``), log scale by default."""
+    """Loss against iteration, one line per key (e.g. ``{layer: result.losses("content")}``).
+
+    The y axis is logarithmic (``log=True``) when the values are positive and span a decade or more.
+    """
     if not curves:
         raise ValueError("loss_curves needs at least one curve.")
     fig, ax = plt.subplots(figsize=size)
     for label, values in curves.items():
         ys = np.asarray(values, dtype=np.float64)
         ax.plot(np.arange(1, len(ys) + 1), ys, label=label)
-    if log and all(np.all(np.asarray(v, dtype=np.float64) > 0) for v in curves.values()):
+    values = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in curves.values()])
+    # Log scale only where it helps: positive values spanning at least a decade (within one decade matplotlib
+    # labels only crowded minor ticks, and a linear axis reads better).
+    if log and values.size and np.all(values > 0) and values.max() >= 10 * values.min():
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_xlabel(xlabel)

@@ -29,9 +29,10 @@ the addition. Differences from the paper, each selectable in `TransformerConfig`
 - ``input_skip`` (off by default; not in the paper): a global residual connection, output = input + f(input),
   with the last convolution initialised to zero so that the untrained network is the identity. The paper's
   network must first learn to reproduce the photo from instance-normalised features, which takes thousands of
-  steps; from the identity, a few hundred steps on a CPU already give a recognisable stylised photo. The
-  models shipped in ``checkpoints/`` (trained on a CPU) use it; the style strength is unchanged in principle
-  (f can move the pixels anywhere) but short runs keep more of the photo.
+  steps; from the identity, a few hundred steps on a CPU already give a recognisable stylised photo (the CPU
+  recipe of notebook 03). The style strength is unchanged in principle (f can move the pixels anywhere) but
+  short runs keep more of the photo. The networks shipped in ``checkpoints/`` were trained on a GPU *without*
+  it (their metadata says so).
 
 Output units: with ``"linear+clamp"`` the last convolution works in pixel units, 0-255, as in the paper (and
 in pytorch/examples), and the network divides by 255. This matters for training: Adam moves every weight by

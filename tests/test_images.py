@@ -444,6 +444,18 @@ def test_save_figure_writes_a_readable_image(tmp_path):
     assert save_figure(fig, tmp_path / "grid.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_quick_mode_figures_are_labelled_once_and_others_not(tmp_path, monkeypatch):
+    monkeypatch.delenv("STLIB_QUICK", raising=False)
+    fig = image_grid([torch.rand(3, 8, 8)])
+    save_figure(fig, tmp_path / "full.png")
+    assert not any(t.get_text() == images.QUICK_MARK for t in fig.texts)
+    monkeypatch.setenv("STLIB_QUICK", "1")
+    save_figure(fig, tmp_path / "quick.png")
+    save_figure(fig, tmp_path / "quick_again.png")
+    assert [t.get_text() for t in fig.texts].count(images.QUICK_MARK) == 1
+    assert (tmp_path / "quick.png").read_bytes() != (tmp_path / "full.png").read_bytes()  # the label is drawn
+
+
 def test_save_figure_unknown_suffix_raises(tmp_path):
     fig = image_grid([torch.rand(3, 8, 8)])
     with pytest.raises(ImageError, match="grid.xyz"):

@@ -87,6 +87,8 @@ def test_loss_curves_plot_every_series_on_a_log_scale():
     assert [line.get_label() for line in ax.get_lines()] == ["conv1_2", "conv5_2"]
     assert ax.get_yscale() == "log"
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [1, 2, 3])
+    narrow = plots.loss_curves({"x": [0.6, 0.5, 0.45]})  # within a decade: a linear axis with readable ticks
+    assert narrow.axes[0].get_yscale() == "linear"
     linear = plots.loss_curves({"x": [1.0, 0.0, -1.0]})  # non-positive values cannot go on a log axis
     assert linear.axes[0].get_yscale() == "linear"
     with pytest.raises(ValueError, match="at least one"):
