@@ -312,7 +312,7 @@ def mark_quick(fig: matplotlib.figure.Figure) -> bool:
     if os.environ.get("STLIB_QUICK") != "1":
         return False
     if not any(text.get_text() == QUICK_MARK for text in fig.texts):
-        fig.text(0.01, 0.99, QUICK_MARK, ha="left", va="top", fontsize=7, color="white",
+        fig.text(0.01, 0.005, QUICK_MARK, ha="left", va="bottom", fontsize=7, color="white",
                  bbox={"facecolor": "crimson", "alpha": 0.85, "pad": 2, "edgecolor": "none"})  # fmt: skip
     return True
 
