@@ -355,7 +355,10 @@ def test_webcam_widget_in_jupyterlab(browser_ready, tmp_path):
             wait_for_frames(page, FRAMES_WANTED, timeout_s=240)
             loop_seconds = time.perf_counter() - loop_start
             data = widget_data(page)
-            assert data.get("fallbacks") == "1", "the stalled kernel should have made the browser try base64"
+            # At least once: on a loaded machine a slow reply after the stall can expire too and count again; what
+            # matters is that the browser tried base64 and then went back to binary buffers (asserted below).
+            fallbacks = int(data.get("fallbacks") or 0)
+            assert fallbacks >= 1, "the stalled kernel should have made the browser try base64"
             page.locator(WIDGET).screenshot(path=str(ARTIFACTS / "webcam_e2e.png"))
             page.screenshot(path=str(ARTIFACTS / "webcam_e2e_page.png"), full_page=False)
             assert data["transport"] == "binary", "JupyterLab delivers binary buffers; base64 is only a fallback"
