@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "autocast",
     "cpu_has_fast_bf16",
     "default_device",
+    "describe_machine",
     "detect_fast_bf16",
     "resolve_precision",
 ]
@@ -98,3 +100,25 @@ def autocast(device: torch.device | str, precision: str) -> AbstractContextManag
     if precision not in _DTYPES:
         raise ValueError(f"autocast needs a resolved precision (fp32, bf16 or fp16), got {precision!r}.")
     return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])
+
+
+def describe_machine() -> str:
+    """One line for benchmark tables: the CPU model, its bf16 answer, threads, GPU if any, torch version."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    forced = " (forced by STLIB_FAST_BF16)" if os.environ.get(FAST_BF16_ENV, "").strip() else ""
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    bf16 = "yes" if cpu_has_fast_bf16() else "no"
+    threads = torch.get_num_threads()
+    return (
+        f"{model}, {os.cpu_count()} cores, {capability}, hardware bf16: {bf16}{forced}, {threads} threads{gpu}, "
+        f"torch {torch.__version__}"
+    )

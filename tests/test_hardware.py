@@ -58,3 +58,9 @@ def test_default_device_is_a_device_this_machine_has():
     device = hardware.default_device()
     assert device in ("cpu", "cuda")
     torch.empty(1, device=device)  # usable, not just named
+
+
+def test_the_machine_line_names_the_cpu_and_the_bf16_answer(fast_bf16):
+    line = hardware.describe_machine()
+    assert f"hardware bf16: {'yes' if fast_bf16 else 'no'} (forced by STLIB_FAST_BF16)" in line
+    assert f"torch {torch.__version__}" in line and "threads" in line
