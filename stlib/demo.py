@@ -194,15 +194,22 @@ class _Progress:
     def __init__(self, name: str, expected: list[float], enabled: bool) -> None:
         from tqdm.auto import tqdm
 
+        class Bar(tqdm):
+            status = ""
+
+            @property
+            def format_dict(self):
+                return {**super().format_dict, "status": self.status}
+
         self.name, self.expected = name, expected
         self.start = time.perf_counter()
         self.cell_start = self.start
         self.done_expected = 0.0  # expected seconds of the finished cells
         self.k, self.section = 0, ""
-        self.bar = tqdm(
+        self.bar = Bar(
             total=max(sum(expected), 1e-9),
             disable=not enabled,
-            bar_format="{desc} |{bar:20}| {postfix}",
+            bar_format="{desc} |{bar:20}| {status}",
             desc=name.removesuffix(".ipynb"),
             file=sys.stderr,
             dynamic_ncols=True,
@@ -211,6 +218,10 @@ class _Progress:
         self._ticker = threading.Thread(target=self._tick, daemon=True, name="demo-progress")
         if enabled:
             self._ticker.start()
+
+    def _show(self, status: str) -> None:
+        self.bar.status = status
+        self.bar.refresh()
 
     def left(self) -> float:
         """Estimated seconds left: the expected time of the cells still to run, scaled by this run's pace."""
@@ -227,24 +238,23 @@ class _Progress:
     def _tick(self) -> None:
         interval = 1.0 if sys.stderr.isatty() else 30.0
         while not self._stop.wait(interval):
-            self.bar.set_postfix_str(self.status(), refresh=True)
+            self._show(self.status())
 
     def cell_started(self, k: int, section: str) -> None:
         if self.k:
             self.done_expected += self.expected[self.k - 1]
             self.bar.update(self.expected[self.k - 1])
         self.k, self.section, self.cell_start = k, section, time.perf_counter()
-        self.bar.set_postfix_str(self.status(), refresh=True)
+        self._show(self.status())
 
     def close(self, ok: bool) -> None:
         self._stop.set()
         if ok:
             self.bar.update(self.bar.total - self.bar.n)
             elapsed = time.perf_counter() - self.start
-            self.bar.set_postfix_str(
+            self.bar.status = (
                 f"{len(self.expected)} cells in {_format_seconds(elapsed)} "
-                f"(expected ~{_format_seconds(sum(self.expected))})",
-                refresh=False,
+                f"(expected ~{_format_seconds(sum(self.expected))})"
             )
         self.bar.close()
 
@@ -272,9 +282,11 @@ def run_notebook(
     name = path.name
     nb = nbformat.read(path, as_version=4)
     expected = EXPECTED_SECONDS.get(mode, {}).get(name, {}) if expected is None else expected
-    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    position = {nb.cells[i].get("id", str(i)): k for k, i in enumerate(code, start=1)}  # cell id -> k of n
-    expect = [float(expected.get(nb.cells[i].get("id", str(i)), DEFAULT_CELL_SECONDS[mode])) for i in code]
+    ids = [cell.get("id") or str(i) for i, cell in enumerate(nb.cells)]
+    code = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    position = {i: k for k, i in enumerate(code, start=1)}  # cell index -> k of the n code cells
+    expect = {i: float(expected.get(ids[i], DEFAULT_CELL_SECONDS[mode])) for i in code}
+    index_of = {id(cell): i for i, cell in enumerate(nb.cells)}
     if timeout is None:
         timeout = lambda cell_id, seconds: cell_timeout(seconds)  # noqa: E731
     limit = timeout if callable(timeout) else (lambda cell_id, seconds: float(timeout))
@@ -286,23 +298,22 @@ def run_notebook(
     env.update(STLIB_QUICK="1" if mode == "quick" else "0", STLIB_DEMO="1" if mode == "demo" else "0")
     env["STLIB_OUTPUTS"] = str(out_dir.resolve())
 
-    bar = _Progress(name, expect, progress)
-    started: dict[str, float] = {}
+    bar = _Progress(name, [expect[i] for i in code], progress)
+    state = {"index": None, "start": 0.0}
     cell_seconds: dict[str, float] = {}
 
-    def cell_id(cell) -> str:
-        return cell.get("id", "")
-
     def on_start(cell, cell_index):
-        started[cell_id(cell)] = time.perf_counter()
-        bar.cell_started(position.get(cell_id(cell), 0), _section_of(nb.cells, cell_index))
+        if cell_index in position:  # nbclient calls this for markdown cells too
+            state.update(index=cell_index, start=time.perf_counter())
+            bar.cell_started(position[cell_index], _section_of(nb.cells, cell_index))
 
     def on_executed(cell, cell_index, execute_reply):
-        cell_seconds[cell_id(cell)] = round(time.perf_counter() - started[cell_id(cell)], 2)
+        if cell_index == state["index"]:
+            cell_seconds[ids[cell_index]] = round(time.perf_counter() - state["start"], 2)
 
     def timeout_for(cell) -> int:
-        k = position.get(cell_id(cell), 0)
-        return max(1, round(limit(cell_id(cell), expect[k - 1] if k else DEFAULT_CELL_SECONDS[mode])))
+        i = index_of[id(cell)]
+        return max(1, round(limit(ids[i], expect.get(i, DEFAULT_CELL_SECONDS[mode]))))
 
     client = NotebookClient(
         nb,
@@ -313,17 +324,12 @@ def run_notebook(
     )
     client.widget_registry["@jupyter-widgets/output"]["OutputModel"] = _headless_output_widget()
 
-    def where(cell_index: int | None) -> str:
-        if cell_index is None:
+    def where() -> str:
+        i = state["index"]
+        if i is None:
             return f"Notebook {name}"
-        cell = nb.cells[cell_index]
-        section = _section_of(nb.cells, cell_index)
-        return f"Notebook {name}, cell {position.get(cell_id(cell), '?')}/{len(code)}" + (
-            f" ({section})" if section else ""
-        )
-
-    def current() -> int | None:
-        return next((i for i in reversed(code) if cell_id(nb.cells[i]) in started), None)
+        section = _section_of(nb.cells, i)
+        return f"Notebook {name}, cell {position[i]}/{len(code)}" + (f" ({section})" if section else "")
 
     start = time.perf_counter()
     ok = False
@@ -332,18 +338,17 @@ def run_notebook(
             client.execute(env=env, stderr=log)
         ok = True
     except CellTimeoutError:
-        i = current()
-        k = position.get(cell_id(nb.cells[i]), 0) if i is not None else 0
-        allowed = timeout_for(nb.cells[i]) if i is not None else 0
+        i = state["index"]
+        allowed, usual = (timeout_for(nb.cells[i]), expect[i]) if i is not None else (0, 0.0)
         raise DemoError(
-            f"{where(i)} gave no result within {allowed} s (expected about {expect[k - 1]:.0f} s); "
+            f"{where()} gave no result within {allowed} s (expected about {usual:.0f} s); "
             f"stopped it (kernel log: {kernel_log})."
         ) from None
     except CellExecutionError as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        raise DemoError(f"{where(current())} failed: {lines[-1] if lines else err}") from None
+        lines = [line for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+        raise DemoError(f"{where()} failed: {lines[-1] if lines else err}") from None
     except DeadKernelError:
-        raise DemoError(f"{where(current())}: the kernel died (kernel log: {kernel_log}).") from None
+        raise DemoError(f"{where()}: the kernel died (kernel log: {kernel_log}).") from None
     finally:
         bar.close(ok)
     executed = logs / name
@@ -614,6 +619,7 @@ def _new_figures(out: Path, since: float, prefix: str) -> list[Path]:
     )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours in kernel tracebacks
 _FIGURE_NAME = re.compile(r"""OUT\s*/\s*f?["']([0-9]{2}_[A-Za-z0-9_]+\.(?:png|jpg|jpeg|gif))["']""")
 
 
