@@ -95,7 +95,7 @@ CAPTIONS = {
     "02_evolution.gif": "The optimisation from noise, one frame every few iterations.",
     "02_evolution.png": "Snapshots of the optimisation from noise.",
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
-    GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night, coarse to fine.",
+    GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",
     CLIP_OUTPUT: "A short moving scene, original and stylised frame by frame with the_scream network.",
 }
 
@@ -539,6 +539,8 @@ def _step(label: str, progress: bool) -> Callable[[str], None]:
 
 def run_demo(config: DemoConfig | None = None) -> DemoResult:
     """Run the notebooks and the extra steps of `config` and write the gallery; return what was done."""
+    import nbformat
+
     from .assets import outputs_dir, repo_root
 
     config = config or DemoConfig()
@@ -563,10 +565,9 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
         run = run_notebook(notebooks_dir / name, out, config.mode, timeout=timeout, progress=config.progress)
         runs.append(run)
         prefix = name.split("_", 1)[0] + "_"
-        figures = _new_figures(out, before, prefix)
+        order = {figure: k for k, figure in enumerate(saved_figure_names(notebooks_dir / name))}
+        figures = sorted(_new_figures(out, before, prefix), key=lambda p: (order.get(p.name, len(order)), p.name))
         print(f"{name}: {len(figures)} figures in {run.seconds:.0f} s", flush=True)
-        import nbformat
-
         title = _notebook_title(nbformat.read(run.path, as_version=4), name)
         groups.append((title, Path(os.path.relpath(run.path, out)).as_posix(), figures))
 
@@ -595,10 +596,11 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
         groups.append(("The demo's own results: a Gatys transfer, the shipped networks and a clip", None, extras))
 
     seconds = time.time() - start
+    minutes, secs = divmod(round(seconds), 60)
     summary = (
         f"{config.mode} mode: notebooks {', '.join(n.split('_', 1)[0] for n in config.notebooks) or 'none'}"
-        f"{' and the extra steps' if config.extras else ''}, {_format_seconds(seconds)} min:s on "
-        f"{os.cpu_count()} CPU cores, finished {time.strftime('%Y-%m-%d %H:%M')}."
+        f"{' and the extra steps' if config.extras else ''} in {minutes} min {secs} s on {os.cpu_count()} CPU "
+        f"cores, finished {time.strftime('%Y-%m-%d %H:%M')}."
     )
     gallery = write_gallery(out, groups, summary, mode=config.mode)
     times = {run.name: run.cell_seconds for run in runs}
@@ -624,8 +626,9 @@ _FIGURE_NAME = re.compile(r"""OUT\s*/\s*f?["']([0-9]{2}_[A-Za-z0-9_]+\.(?:png|jp
 
 
 def saved_figure_names(notebook: str | os.PathLike) -> list[str]:
-    """The figure file names a notebook saves as ``OUT / "NN_name.png"`` (for the captions' completeness)."""
+    """The figure file names a notebook saves as ``OUT / "NN_name.png"``, in the order the notebook saves them."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    return sorted({m for c in nb.cells if c.cell_type == "code" for m in _FIGURE_NAME.findall(c.source)})
+    names = [m for c in nb.cells if c.cell_type == "code" for m in _FIGURE_NAME.findall(c.source)]
+    return list(dict.fromkeys(names))
