@@ -393,7 +393,7 @@ def gatys_transfer(out_dir: str | os.PathLike, mode: str = "demo") -> Path:
     if mode == "quick":
         config = GatysConfig(size=128, iterations=30, progress=False)
     elif mode == "demo":
-        config = GatysConfig(scales=(192, 384), iterations=(60, 20), progress=False)
+        config = GatysConfig(scales=(160, 320), iterations=(50, 20), progress=False)
     else:  # coarse to fine: most iterations at 256 px, a few at 512 px for the detail
         config = GatysConfig(scales=(256, 512), iterations=(150, 50), progress=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -573,7 +573,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
         prefix = name.split("_", 1)[0] + "_"
         order = {figure: k for k, figure in enumerate(saved_figure_names(notebooks_dir / name))}
         figures = sorted(_new_figures(out, before, prefix), key=lambda p: (order.get(p.name, len(order)), p.name))
-        print(f"{name}: {len(figures)} figures in {run.seconds:.0f} s", flush=True)
+        print(f"{name}: {len(figures)} figure{'s' * (len(figures) != 1)} in {run.seconds:.0f} s", flush=True)
         title = _notebook_title(nbformat.read(run.path, as_version=4), name)
         groups.append((title, Path(os.path.relpath(run.path, out)).as_posix(), figures))
 
@@ -593,7 +593,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
             done(f"wrote {', '.join(p.name for p in written)}")
             clip_net = next((p for p in networks if p.stem == "the_scream"), networks[0])
             done = _step(f"A short clip stylised with {clip_net.stem}", config.progress)
-            frames = {"quick": 6, "demo": 24, "full": 48}[config.mode]
+            frames = {"quick": 6, "demo": 20, "full": 48}[config.mode]
             size = (160, 120) if config.mode == "quick" else (320, 240)
             extras.append(stylised_clip(out, clip_net, frames=frames, size=size))
             done(f"wrote {extras[-1]}")
