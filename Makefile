@@ -43,7 +43,8 @@ lint: $(STAMP)
 
 # Tests never download: the loss network is the offline VGG16, and notebooks run in QUICK mode.
 test: lint
-	STLIB_QUICK=1 STLIB_VGG_WEIGHTS=offline MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax
+	STLIB_QUICK=1 STLIB_VGG_WEIGHTS=offline MPLBACKEND=Agg OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
+		$(BIN)/python -m pytest tests notebooks --nbval-lax
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
