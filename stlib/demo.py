@@ -52,6 +52,7 @@ __all__ = [
     "gatys_transfer",
     "run_demo",
     "run_notebook",
+    "saved_figure_names",
     "shipped_networks",
     "stylised_clip",
     "write_gallery",
