@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from stlib import assets, cli, gatys, images
-from stlib.stylize import read_metadata
+from stlib.checkpoint import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,33 @@ def test_gatys_help_documents_every_option():
     assert "Gatys" in proc.stdout and "example:" in proc.stdout
 
 
+def test_top_level_help_is_fast_and_imports_no_torch():
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stlib", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "gatys" in proc.stdout and "download-coco" in proc.stdout, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "stlib" in imported and not imported & {"torch", "matplotlib", "numpy", "PIL"}, sorted(imported)
+
+
+def test_every_config_field_is_on_the_command_line_unless_internal():
+    from dataclasses import fields
+
+    from stlib.distill import DistillConfig
+    from stlib.options import is_option
+    from stlib.train import TrainConfig
+    from stlib.transformer import TransformerConfig
+
+    internal = {
+        gatys.GatysConfig: {"snapshot_every", "channels_last", "truncate"},  # --gif sets the first; speed options
+        TrainConfig: {"transformer"},  # its own fields are options (the "network" group)
+        TransformerConfig: set(),
+        DistillConfig: set(),
+    }
+    for cls, hidden in internal.items():
+        assert {f.name for f in fields(cls) if not is_option(f)} == hidden, cls.__name__
+
+
 def test_demo_writes_the_gatys_transfer(tmp_path, monkeypatch, capsys):
     calls = {}
 
@@ -266,7 +293,7 @@ def test_every_command_has_help():
 def test_demo_stylises_the_sample_photo_with_every_network_in_checkpoints(tmp_path, monkeypatch, capsys):
     import shutil
 
-    from stlib.stylize import save_model
+    from stlib.checkpoint import save_model
     from stlib.transformer import TransformerConfig, TransformerNet
 
     home = tmp_path / "home"
