@@ -8,7 +8,8 @@ sha256, training configuration, stlib version). `export_weights` writes the same
 (3.4 MB for the default network); `load_model` casts every file back to float32.
 
 Resumable training states (`stlib.train`, `stlib.distill`) are ``torch.save`` files holding only tensors and
-plain types: `write_state` writes them atomically and `read_state` loads them with ``weights_only=True``.
+plain types: `write_state` writes them atomically and `read_state` loads them with ``weights_only=True``;
+`rng_state` and `set_rng_state` put every random generator into that form and back (exact resume).
 Every file here is written to a temporary file beside the target and moved into place (`stlib.images.atomic_write`),
 so a killed process never leaves a half-written one.
 """
@@ -18,10 +19,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stlib import __version__
@@ -36,7 +39,9 @@ __all__ = [
     "load_model",
     "read_metadata",
     "read_state",
+    "rng_state",
     "save_model",
+    "set_rng_state",
     "write_state",
 ]
 
@@ -193,3 +198,33 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' holds a {type(state).__name__}, not a state dict.")
     return state
+
+
+def rng_state(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Every RNG state (torch, CUDA on a GPU `device`, Python, NumPy) as tensors and plain types, for a state file."""
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global legacy RNG is what we save)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),  # (version, tuple of ints, gauss_next)
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+    }
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+    """Restore the RNG states `rng_state` saved (CUDA's only on a GPU `device`): a resumed run draws the same."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    key = np_state["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["gauss"]))  # noqa: NPY002
+    if torch.device(device).type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

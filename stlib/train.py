@@ -89,7 +89,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -97,7 +96,7 @@ from torch import nn
 from stlib import __version__
 
 from .assets import file_sha256
-from .checkpoint import CheckpointError, load_model, read_state, save_model, write_state
+from .checkpoint import CheckpointError, load_model, read_state, rng_state, save_model, set_rng_state, write_state
 from .data import ImageFolderDataset, ShuffleSampler, make_loader
 from .hardware import PRECISIONS, autocast, init_distributed, resolve_device, resolve_precision
 from .images import atomic_write, load_image, load_tensor, resize, save_image, to_tensor
@@ -510,7 +509,7 @@ def _restore(run: _Run) -> None:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     run.scaler.load_state_dict(saved["scaler"])
-    _set_rng_state(saved["rng"], run.device)
+    set_rng_state(saved["rng"], run.device)
     run.step, run.epoch = int(saved["step"]), int(saved["epoch"])
     run.batches_in_epoch = int(saved["sampler"]["position"]) // run.global_batch
     run.saved_step = run.step
@@ -682,7 +681,7 @@ def _records(run: _Run, losses: Mapping[str, float]) -> tuple[dict[str, Any], di
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": _rng_state(run.device),
+        "rng": rng_state(run.device),
         "config": config,
         "vgg_source": source,
     }
@@ -698,35 +697,6 @@ def _checkpoint(run: _Run, losses: Mapping[str, float]) -> None:
     if run.world > 1:
         dist.barrier()
     run.saved_step = run.step
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG state as tensors and plain types (loadable with weights_only=True)."""
-    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global legacy RNG is what we save)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),  # (version, tuple of ints, gauss_next)
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    key = np_state["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["gauss"]))  # noqa: NPY002
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _load_state(path: Path) -> dict[str, Any]:
