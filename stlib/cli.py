@@ -17,7 +17,7 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from stlib import __version__
@@ -132,20 +132,6 @@ def _check_writable(path: Path, suffixes: Sequence[str] | None = None, what: str
     check_writable(path, suffixes, what)
 
 
-def _device(name: str | None) -> str:
-    """A usable torch device name (default: CUDA when available); a CLIError when it cannot be used."""
-    import torch
-
-    from .hardware import default_device
-
-    device = name or default_device()
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        raise CLIError(f"Cannot use --device {device}: {str(err).splitlines()[0]}") from None
-    return device
-
-
 def _add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
@@ -175,13 +161,11 @@ def _add_live_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bound_network(args: argparse.Namespace, probe: tuple[int, int]):
     """--model loaded on --device and bound to --backend, timed at the (height, width) the command will use."""
-    from .backends import BackendError, make_backend
+    from .backends import make_backend
     from .checkpoint import load_model
+    from .hardware import usable_device
 
-    try:
-        return make_backend(load_model(args.model, device=_device(args.device)), args.backend, probe=probe)
-    except BackendError as err:
-        raise CLIError(str(err)) from None
+    return make_backend(load_model(args.model, device=usable_device(args.device)), args.backend, probe=probe)
 
 
 def cmd_gatys(args: argparse.Namespace) -> int:
@@ -190,12 +174,12 @@ def cmd_gatys(args: argparse.Namespace) -> int:
     The pixels change until their VGG features match a photo's content and the paintings' Gram matrices (Gatys et
     al., CVPR 2016); the losses are normalised (stlib.perceptual), so the weights work at every size and VGG.
 
-    example: python -m stlib gatys --content data/samples/tubingen.jpg --style style_images/starry_night.jpg
-    --size 512 --iterations 300 -o out.jpg
+    example: python -m stlib gatys --content photo.jpg --style style_images/starry_night.jpg --size 512 -o out.jpg
     """
     import torch
 
     from .gatys import GatysConfig, OptimizationDiverged, stylize
+    from .hardware import usable_device
     from .images import load_tensor, save_image
 
     output = Path(args.output)
@@ -210,7 +194,7 @@ def cmd_gatys(args: argparse.Namespace) -> int:
     config.validate()  # bad settings fail before the images are loaded
     if args.gif:
         config.snapshot_every = args.gif_every or max(1, sum(config.iterations_per_scale()) // 40)
-    device = _device(args.device)
+    device = usable_device(args.device)
     size = config.scales[-1] if config.scales else config.size
     content = load_tensor(args.content, size=size, device=device)
     style_size = max(16, round(config.style_scale * size))
@@ -259,10 +243,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     Checkpoints and the training state are written every --checkpoint-every steps and when Ctrl-C or SIGTERM stops
     the run (after the current step); --resume continues exactly. GPUs: torchrun --nproc_per_node=N -m stlib train.
 
-    example: python -m stlib train --style style_images/starry_night.jpg --data data/coco/train2017
-    --steps 40000 -o checkpoints/starry_night.safetensors
+    example: python -m stlib train --style style_images/wave.jpg --data data/coco/train2017 -o wave.safetensors
     """
-    from .train import ResumeError, TrainConfig, TrainingDiverged, stop_on_signal, train
+    from .train import TrainConfig, stop_on_signal, train
 
     style, data = Path(args.style), Path(args.data)
     if not style.is_file():
@@ -276,11 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_writable(Path(args.out), suffixes=(".safetensors",), what="model file")
     config = config_from(TrainConfig, args, style=str(style), data=str(data))
     config.validate()
-    try:
-        with stop_on_signal() as stop_requested:
-            result = train(config, callback=lambda step, losses: stop_requested())
-    except (TrainingDiverged, ResumeError) as err:
-        raise CLIError(str(err)) from None
+    with stop_on_signal() as stop_requested:
+        result = train(config, callback=lambda step, losses: stop_requested())
     if result.step < config.steps:
         print(f"stopped at step {result.step} of {config.steps} with a checkpoint; continue with --resume")
     if result.history:
@@ -333,9 +313,10 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     example: python -m stlib stylize --model checkpoints/starry_night.safetensors photo.jpg -o out.jpg
     """
     from .checkpoint import load_model
+    from .hardware import usable_device
     from .stylize import stylize_files
 
-    device = _device(args.device)
+    device = usable_device(args.device)
     model = load_model(args.model, device=device)
     start = time.perf_counter()
     written = stylize_files(model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap)
@@ -373,12 +354,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CLIError("--info applies to .safetensors copies; an ONNX file carries no stlib metadata.")
         return _export_onnx(args.model, output)
     _check_writable(output, suffixes=(".safetensors",), what="model file")
-    extra = {}
-    for item in args.info or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--info expects KEY=VALUE, got {item!r}.")
-        extra[key.strip()] = value
+    pairs = {item: item.partition("=") for item in args.info or []}
+    bad = [item for item, (key, sep, _) in pairs.items() if not sep or not key.strip()]
+    if bad:
+        raise CLIError(f"--info expects KEY=VALUE, got {bad[0]!r}.")
+    extra = {key.strip(): value for key, _, value in pairs.values()}
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     path = export_weights(args.model, output, dtype=dtype, extra_info=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")
@@ -388,21 +368,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_onnx(model_file: str, output: Path) -> int:
     """Export a model file to ONNX (symbolic H x W) and report its parity with PyTorch on the sample photo."""
     from .assets import content_image
-    from .backends import TOLERANCE, BackendError, check_onnx_export
+    from .backends import TOLERANCE, check_onnx_export
     from .checkpoint import load_model
     from .images import load_tensor
 
     _check_writable(output, suffixes=(".onnx",), what="ONNX file")
     photo = load_tensor(content_image("tubingen"), size=(344, 256))  # (1, 3, 256, 344): multiples of 4
-    try:
-        path, difference = check_onnx_export(load_model(model_file), output, photo)
-    except BackendError as err:
-        raise CLIError(str(err)) from None
-    tolerance = TOLERANCE["onnx"]
-    verdict = "ok" if difference <= tolerance else "TOO LARGE"
+    path, difference = check_onnx_export(load_model(model_file), output, photo)
+    verdict = "ok" if difference <= TOLERANCE["onnx"] else "TOO LARGE"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); input 'image' (1, 3, H, W), H and W multiples of 4")
     print(f"parity with PyTorch on a 344x256 photo: max abs difference {difference:.2e} ({verdict})")
-    if difference > tolerance:
+    if verdict != "ok":
         raise CLIError(f"The ONNX export '{path}' differs from the PyTorch network by {difference:.2e}.")
     return 0
 
@@ -423,14 +399,11 @@ def cmd_download_coco(args: argparse.Namespace) -> int:
 
     A partial download resumes (HTTP Range); the zip is verified (size, md5, CRCs) and extracted to DEST/train2017.
     """
-    from .data import COCO_TRAIN_URL, DownloadError, download_coco
+    from .data import COCO_TRAIN_URL, download_coco
 
-    try:
-        folder = download_coco(
-            args.dest, url=args.url or COCO_TRAIN_URL, keep=args.keep, progress=not args.quiet, md5=args.md5
-        )
-    except DownloadError as err:
-        raise CLIError(str(err)) from None
+    folder = download_coco(
+        args.dest, url=args.url or COCO_TRAIN_URL, keep=args.keep, progress=not args.quiet, md5=args.md5
+    )
     print(f"{sum(1 for _ in folder.iterdir())} images in {folder}")
     return 0
 
@@ -493,16 +466,12 @@ def cmd_webcam(args: argparse.Namespace) -> int:
     example: python -m stlib webcam --model checkpoints/starry_night.safetensors --size 320x240
     """
     from .desktop import run_desktop
-    from .video import CameraError
 
     model = _bound_network(args, (args.size[1], args.size[0]))
     print(f"{model.name} backend on {model.device}")
-    try:
-        stats = run_desktop(
-            model, camera=args.camera, resolution=args.size, mirror=not args.no_mirror, strength=args.strength
-        )
-    except CameraError as err:
-        raise CLIError(str(err)) from None
+    stats = run_desktop(
+        model, camera=args.camera, resolution=args.size, mirror=not args.no_mirror, strength=args.strength
+    )
     print(f"{stats['frames']} frames in {stats['seconds']:.1f} s ({stats['fps']:.2f} fps)")
     return 0
 
@@ -515,17 +484,8 @@ def _add_webcam_arguments(p: argparse.ArgumentParser) -> None:
     _add_live_arguments(p)
 
 
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "gatys": (_add_gatys_arguments, cmd_gatys),
-    "train": (_add_train_arguments, cmd_train),
-    "stylize": (_add_stylize_arguments, cmd_stylize),
-    "export": (_add_export_arguments, cmd_export),
-    "distill": (_add_distill_arguments, cmd_distill),
-    "download-coco": (_add_download_coco_arguments, cmd_download_coco),
-    "video": (_add_video_arguments, cmd_video),
-    "webcam": (_add_webcam_arguments, cmd_webcam),
-}
-"""Every command but demo: (what adds its arguments, what runs it); the runner's docstring is its help."""
+_COMMANDS = ("gatys", "train", "stylize", "export", "distill", "download-coco", "video", "webcam")
+"""Every command but demo: NAME runs `cmd_NAME` (whose docstring is its help) with `_add_NAME_arguments`' options."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -538,7 +498,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="small sizes and few iterations (as in CI)")
     demo.add_argument("--timeout", type=int, default=3600, help="seconds allowed per notebook cell")
     demo.set_defaults(func=cmd_demo)
-    for name, (add_arguments, run) in _COMMANDS.items():
+    for name in _COMMANDS:
+        key = name.replace("-", "_")
+        run, add_arguments = globals()[f"cmd_{key}"], globals()[f"_add_{key}_arguments"]
         summary, _, rest = inspect.cleandoc(run.__doc__).partition("\n\n")
         description, _, example = rest.partition("\n\nexample")
         brief = summary[0].lower() + summary[1:].removesuffix(".")  # as argparse's own help lines
@@ -551,11 +513,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_ONE_SENTENCE_ERRORS = {"vgg": "WeightsUnavailableError", "backends": "BackendError", "video": "CameraError"}
+_ONE_SENTENCE_ERRORS |= {"data": "DownloadError", "train": "TrainingDiverged"}
+"""stlib's errors that are not ValueErrors but also say in one sentence what went wrong and what to do."""
+
+
 def _is_user_error(err: BaseException) -> bool:
-    """Errors that are bad input, reported as one line: ours, and the one-sentence errors of stlib's modules."""
-    vgg = sys.modules.get(f"{__package__}.vgg")  # imported only when a command used the loss network
-    known = (CLIError, FileNotFoundError, KeyError, ValueError)
-    return isinstance(err, known) or (vgg is not None and isinstance(err, vgg.WeightsUnavailableError))
+    """Errors reported as one line: bad input (ValueError, missing files ...) and stlib's one-sentence errors."""
+    if isinstance(err, (CLIError, FileNotFoundError, KeyError, ValueError)):
+        return True
+    modules = {name: sys.modules.get(f"{__package__}.{name}") for name in _ONE_SENTENCE_ERRORS}  # those imported
+    return any(m is not None and isinstance(err, getattr(m, _ONE_SENTENCE_ERRORS[n])) for n, m in modules.items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

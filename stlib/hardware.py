@@ -36,6 +36,7 @@ __all__ = [
     "init_distributed",
     "resolve_device",
     "resolve_precision",
+    "usable_device",
 ]
 
 FAST_BF16_ENV = "STLIB_FAST_BF16"
@@ -80,6 +81,16 @@ def cpu_has_fast_bf16() -> bool:
 def default_device() -> str:
     """ "cuda" when a CUDA GPU is available, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def usable_device(name: str | None = None) -> str:
+    """`name`, or `default_device` when None, after checking that torch can use it here (ValueError otherwise)."""
+    device = name or default_device()
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"Cannot use the device {device!r}: {str(err).strip().splitlines()[0]}") from None
+    return device
 
 
 def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:

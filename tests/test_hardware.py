@@ -58,3 +58,12 @@ def test_default_device_is_a_device_this_machine_has():
     device = hardware.default_device()
     assert device in ("cpu", "cuda")
     torch.empty(1, device=device)  # usable, not just named
+
+
+def test_usable_device_checks_the_device_and_names_it():
+    assert hardware.usable_device("cpu") == "cpu" and hardware.usable_device() == hardware.default_device()
+    with pytest.raises(ValueError, match="Cannot use the device 'nowhere'"):
+        hardware.usable_device("nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="Cannot use the device 'cuda'"):
+            hardware.usable_device("cuda")
