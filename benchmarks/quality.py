@@ -25,15 +25,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from stlib import assets, gatys, images
+from stlib.checkpoint import load_model, read_metadata
 from stlib.data import ImageFolderDataset
-from stlib.stylize import load_model, read_metadata, stylize_image
-from stlib.train import PerceptualLoss, TrainConfig, square_photo
+from stlib.hardware import default_device
+from stlib.perceptual import PerceptualLoss
+from stlib.stylize import stylize_image
+from stlib.train import TrainConfig, square_photo
 
 SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
 
@@ -60,7 +62,15 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
         row = {"net": net_loss, "net_s": fast_s}
         if iterations > 0:
             size = max(photo.shape[-2:])
-            settings = replace(config.gatys_config(size=size, iterations=iterations, init="noise"), progress=False)
+            style_scale = (config.style_size or size) / size  # the style image at its training size
+            settings = gatys.GatysConfig.from_objective(
+                config.objective(),
+                size=size,
+                style_scale=style_scale,
+                iterations=iterations,
+                init="noise",
+                progress=False,
+            )
             slow = gatys.stylize(photo, style, settings)
             with torch.no_grad():
                 row.update(gatys=float(objective(photo, slow.image)["total"]), gatys_s=slow.seconds)
@@ -101,7 +111,7 @@ def main() -> None:
         raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
     if not args.val.is_dir():
         raise SystemExit(f"Held-out photo folder '{args.val}' does not exist; pass --val.")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     files = ImageFolderDataset(args.val, size=args.size).files[: args.photos]
     photos = [square_photo(f, args.size) for f in files]
     print(f"{len(photos)} photos from {args.val} at {args.size}x{args.size}, Gatys: {args.iterations} L-BFGS "

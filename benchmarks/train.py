@@ -29,9 +29,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from stlib.hardware import cpu_has_fast_bf16, resolve_precision
+from stlib.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
 from stlib.losses import gram_matrix
-from stlib.train import CONTENT_LAYER, STYLE_LAYERS, PerceptualLoss
+from stlib.perceptual import JOHNSON_CONTENT_LAYER as CONTENT_LAYER
+from stlib.perceptual import JOHNSON_STYLE_LAYERS as STYLE_LAYERS
+from stlib.perceptual import PerceptualLoss
+from stlib.train import TrainConfig
 from stlib.transformer import TransformerNet
 from stlib.vgg import VGGFeatures
 
@@ -79,9 +82,8 @@ def ours_step(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = PerceptualLoss(
-        style, vgg_weights=weights, vgg_pass=vgg_pass, precision=precision, channels_last=channels_last
-    )
+    objective = TrainConfig(vgg_weights=weights).objective()  # the training defaults: Johnson's layers
+    loss_fn = PerceptualLoss(style, objective, vgg_pass=vgg_pass, precision=precision, channels_last=channels_last)
     forward = torch.compile(model) if compile else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -135,7 +137,7 @@ def main() -> None:
         args.size, args.steps = 128, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 3, args.size, args.size, device=device)
     style = torch.rand(1, 3, args.size, args.size, device=device)

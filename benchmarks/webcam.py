@@ -1,17 +1,18 @@
 """End-to-end frame rate of the webcam widget in a real browser, and of its kernel-side pipeline alone.
 
-    python benchmarks/webcam.py --model checkpoints/starry_night.safetensors
-    python benchmarks/webcam.py --model a.safetensors --model b.safetensors --seconds 30 --threads 2
-    python benchmarks/webcam.py --quick          # a tiny random network, 10 s per resolution (a smoke run)
-    python benchmarks/webcam.py --model a.safetensors --backend eager --backend auto   # before / after
+    python -m benchmarks.webcam --model checkpoints/starry_night.safetensors
+    python -m benchmarks.webcam --model a.safetensors --model b.safetensors --seconds 30 --threads 2
+    python -m benchmarks.webcam --quick          # a tiny random network, 10 s per resolution (a smoke run)
+    python -m benchmarks.webcam --model a.safetensors --backend eager --backend auto   # before / after
 
 For each model and resolution (default 320x240 and 640x480): JupyterLab (127.0.0.1, random port and token)
 shows `stlib.webcam.WebcamStylizer` in headless Debian Chromium with a fake camera playing the bundled photo;
 after a warm-up the script counts the stylised frames the browser draws for ``--seconds`` (at least
 ``--min-frames``) and reads the widget's latency (capture -> display). ``pipeline fps`` is
 `stlib.webcam.measure_pipeline` in this process: the kernel's work without the browser and the transport, an
-upper bound. Needs Chromium at /usr/bin/chromium and Playwright (the dev extra); the helpers are shared with
-tests/test_webcam_e2e.py. Prints a Markdown table.
+upper bound. Needs Chromium at /usr/bin/chromium and Playwright (the dev extra); the browser harness is
+`tests.browser`, shared with tests/test_webcam_e2e.py (hence ``python -m`` from the repository root). Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers live beside the end-to-end test
-
-from test_webcam_e2e import (  # noqa: E402
+from stlib import assets, images
+from stlib.backends import make_backend
+from stlib.checkpoint import load_model, save_model
+from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.webcam import measure_pipeline
+from tests.browser import (
     WIDGET,
     JupyterLab,
     chromium_problem,
@@ -42,11 +45,7 @@ from test_webcam_e2e import (  # noqa: E402
     write_y4m,
 )
 
-from stlib import assets, images  # noqa: E402
-from stlib.backends import make_backend  # noqa: E402
-from stlib.stylize import load_model, save_model  # noqa: E402
-from stlib.transformer import TransformerConfig, TransformerNet  # noqa: E402
-from stlib.webcam import measure_pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _notebook(model: Path, resolution: str, backend: str) -> dict:

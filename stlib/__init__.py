@@ -1,11 +1,19 @@
 """stlib: the library behind the neural style transfer course.
 
-Modules (one concept each): `images` (load, convert, show, save), `vgg` (feature extraction with forward
-hooks), `losses` (content, style, total variation), `gatys` (optimisation-based style transfer and
-feature inversion), `color` (colour preservation), `plots` (feature maps, Gram matrices, loss curves),
-`transformer` (Johnson et al.'s feed-forward network), `data` (photo folders, COCO download), `train`
-(perceptual-loss training), `stylize` (model files, images, tiles, frames), `video` (video files),
-`webcam` (the live Jupyter widget), `assets` (the bundled photos and paintings), `cli` (``python -m stlib``).
+Modules (one concept each), lowest layer first; a module imports only from the layers below it:
+
+- `assets` (the course's files, caches, digests), `hardware` (device, precision, bf16 detection, several
+  processes), `images` (load, convert, show, save, list, atomic writes), `losses` (content, style, total
+  variation), `color` (colour preservation), `options` (config fields that are command-line options);
+- `vgg` (the loss network: features by forward hooks), `transformer` (Johnson et al.'s feed-forward network),
+  `data` (photo folders, a resumable sampler, COCO download), `plots` (feature maps, Gram matrices, loss curves);
+- `perceptual` (the objective: layers, weights and the normalised loss terms), `checkpoint` (model files and
+  training states), `backends` (fast inference engines);
+- `gatys` (image optimisation: style transfer and feature inversion), `train` (training a network on an
+  objective), `stylize` (images and frames through a trained network), `distill` (slim students);
+- `video` (video files, the synthetic scene, live camera and file sources), `desktop` (the OpenCV window app),
+  `webcam` (the live Jupyter widget);
+- `cli` (``python -m stlib``).
 """
 
 __version__ = "0.1.0"

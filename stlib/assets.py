@@ -1,4 +1,4 @@
-"""Where the course's bundled files live: sample photos, style paintings, checkpoints and outputs.
+"""Where the course's files live (sample photos, style paintings, checkpoints, outputs, caches) and their digests.
 
 The repository root is found from the installed package (an editable install or a clone on Colab); set
 ``STLIB_HOME`` to point elsewhere. Outputs go to ``<root>/outputs`` unless ``STLIB_OUTPUTS`` is set.
@@ -6,12 +6,14 @@ The repository root is found from the installed package (an editable install or 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 __all__ = [
     "cache_dir",
     "content_image",
+    "file_sha256",
     "list_content_images",
     "list_styles",
     "outputs_dir",
@@ -80,3 +82,12 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stlib"
     )
     return Path(root)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, as 64 hex digits (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

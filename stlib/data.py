@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .images import MAX_PIXELS, ImageError, load_image, resize, to_tensor
+from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, list_images, load_image, resize, to_tensor
 
 __all__ = [
     "COCO_TRAIN_BYTES",
@@ -61,8 +61,6 @@ _KNOWN_ARCHIVES: dict[str, tuple[int, str]] = {
     COCO_TRAIN_URL: (COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
     COCO_TRAIN_URL.replace("http://", "https://"): (COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
 }
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _CHUNK = 1 << 20  # 1 MiB per read while downloading and hashing
 
@@ -120,7 +118,10 @@ class ImageFolderDataset(Dataset):
         self.size, self.crop, self.seed, self.max_pixels = size, crop, seed, max_pixels
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
         self.epoch = 0
-        self.files = _list_images(self.root, self.extensions)[:limit]
+        try:
+            self.files = list_images(self.root, self.extensions)[:limit]
+        except ImageError as err:
+            raise DatasetError(str(err)) from None
         self._bad: set[int] = set()
         self._warned = False
 
@@ -191,18 +192,6 @@ class ImageFolderDataset(Dataset):
             f"ImageFolderDataset('{self.root}', {len(self)} images, size={self.size}, crop={self.crop!r}, "
             f"seed={self.seed}, epoch={self.epoch}, skipped={self.skipped})"
         )
-
-
-def _list_images(root: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Image files under `root`, recursively, sorted by relative path; errors name the folder."""
-    if not root.exists():
-        raise DatasetError(f"Image folder '{root}' does not exist.")
-    if not root.is_dir():
-        raise DatasetError(f"'{root}' is not a folder of images.")
-    files = [p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
-    if not files:
-        raise DatasetError(f"Image folder '{root}' contains no files ending in {', '.join(extensions)}.")
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -365,18 +364,10 @@ def run_notebook(
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `text` (UTF-8) to `path` in one step (`images.atomic_write`)."""
+    from .images import atomic_write
+
+    return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -409,8 +400,9 @@ def gatys_transfer(out_dir: str | os.PathLike, mode: str = "demo") -> Path:
 def shipped_networks(out_dir: str | os.PathLike, size: int = 512) -> list[Path]:
     """The sample photo through every network in checkpoints/ (one forward pass each); the JPEGs' paths."""
     from .assets import content_image, repo_root
+    from .checkpoint import load_model
     from .images import load_tensor, save_image
-    from .stylize import load_model, stylize_image
+    from .stylize import stylize_image
 
     photo = load_tensor(content_image("tubingen"), size=size)
     written = []
@@ -427,15 +419,16 @@ def stylised_clip(
     import numpy as np
     from PIL import Image
 
-    from .images import _atomic_write
-    from .stylize import load_model, stylize_frame
+    from .checkpoint import load_model
+    from .images import atomic_write
+    from .stylize import stylize_frame
     from .video import SyntheticScene
 
     model = load_model(network)
     scene = SyntheticScene(*size, fps=12)
     pairs = [Image.fromarray(np.concatenate([f, stylize_frame(model, f)], axis=1)) for f in scene.frames(frames)]
     path = Path(out_dir) / f"clip_{Path(network).stem}.gif"
-    return _atomic_write(
+    return atomic_write(
         path,
         lambda file: pairs[0].save(
             file, format="GIF", save_all=True, append_images=pairs[1:], duration=round(1000 / scene.fps), loop=0

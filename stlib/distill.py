@@ -14,7 +14,7 @@ rather than crops, so that the teacher's instance-norm statistics are those of t
 `DistillConfig.limit` caps the number of photos, 1000 by default, about 1.3 GB at 384 px). The student copies
 the teacher's normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the
 identity).
-The result is a normal model file: `stlib.stylize.load_model`, the ``stylize`` / ``video`` commands and the
+The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
 configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
 """
@@ -32,11 +32,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .data import IMAGE_EXTENSIONS, _list_images
-from .images import ImageError, load_image, to_tensor
-from .stylize import load_model, read_metadata, save_model
-from .train import _sha256, _write_state
+from stlib import __version__
+
+from .assets import file_sha256
+from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
+from .images import ImageError, list_images, load_image, to_tensor
+from .options import option
 from .transformer import TransformerConfig, TransformerNet
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
@@ -53,20 +54,22 @@ def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_bl
 class DistillConfig:
     """Settings of `distill`; the defaults make the slim networks shipped in ``checkpoints/``."""
 
-    teacher: str  # a model file (.safetensors)
-    data: str  # a folder of photos (any tree)
-    output: str  # the student's model file (.safetensors)
-    width: float = 0.25  # student channels: 8/16/32 at 0.25
-    num_residual_blocks: int = 3
-    size: int = 384  # each photo is resized so that its shorter side has this many pixels
-    limit: int | None = 1000  # use at most this many photos (cached in memory as uint8: ~1.3 MB each at 384 px)
-    steps: int = 3000
-    lr: float = 2e-3  # Adam, cosine decay to lr / 20
-    seed: int = 0
-    checkpoint_every: int = 250
-    log_every: int = 50
-    resume: bool = False
-    progress: bool = True
+    teacher: str = option(help="the trained network (.safetensors)", positional=True, metavar="FILE")
+    data: str = option(help="a folder of photos (any tree)", metavar="DIR")
+    output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
+    width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
+    num_residual_blocks: int = option(3, "student residual blocks", flag="--blocks")
+    size: int = option(384, "shorter photo side", check="positive")
+    limit: int | None = option(
+        1000, "use at most N photos (cached in memory as uint8: ~1.3 MB each at 384 px)", check="positive", metavar="N"
+    )
+    steps: int = option(3000, "optimiser steps", check="positive")
+    lr: float = option(2e-3, "Adam learning rate (cosine decay to lr / 20)", check="positive")
+    seed: int = option(0, "student initialisation and photo order")
+    checkpoint_every: int = option(250, "model file + state every N steps", check="positive")
+    log_every: int = option(50, "progress-bar update every N steps", check="positive")
+    resume: bool = option(False, "continue from OUT's saved state (NAME.distill.pt)")
+    progress: bool = option(True, "no progress bar", flag="--quiet")
 
     def validate(self) -> None:
         """Raise ValueError (one sentence naming the setting) for settings that cannot work."""
@@ -103,7 +106,7 @@ class DistillResult:
 
 def _photos(config: DistillConfig) -> list[torch.Tensor]:
     """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; unreadable files skipped."""
-    files = _list_images(Path(config.data), IMAGE_EXTENSIONS)[: config.limit]
+    files = list_images(config.data)[: config.limit]
     photos = []
     for path in files:
         try:
@@ -142,13 +145,13 @@ def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
 
 def _load_state(path: Path) -> dict[str, Any]:
     """The saved distillation state at `path`; a ValueError naming the file when it is missing or unreadable."""
-    if not path.is_file():
-        raise ValueError(f"Cannot resume: there is no distillation state '{path}' (start without --resume).")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many kinds of errors for a damaged or foreign file
+        state = read_state(path)
+    except FileNotFoundError:
+        raise ValueError(f"Cannot resume: there is no distillation state '{path}' (start without --resume).") from None
+    except CheckpointError:
         raise ValueError(f"Cannot resume from '{path}': it is not a readable distillation state.") from None
-    if not isinstance(state, dict) or not {"config", "model", "optimizer", "step", "rng"} <= set(state):
+    if not {"config", "model", "optimizer", "step", "rng"} <= set(state):
         raise ValueError(f"Cannot resume from '{path}': it is not a distillation state of stlib.")
     return state
 
@@ -163,7 +166,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     config.validate()
     teacher = load_model(config.teacher)
     teacher_info = read_metadata(config.teacher)["info"]
-    teacher_sha256 = _sha256(Path(config.teacher))  # once: the file the photos' targets come from
+    teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
@@ -248,4 +251,4 @@ def _checkpoint(
     save_model(student, config.output, info=info)
     student.train(was_training)
     state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-    _write_state(config.state_path(), {**state, "rng": torch.get_rng_state(), "config": asdict(config)})
+    write_state(config.state_path(), {**state, "rng": torch.get_rng_state(), "config": asdict(config)})

@@ -14,18 +14,10 @@ Factors in Neural Style Transfer" (CVPR 2017): colour preservation (Sec. 5, see 
 styles mixed by blending their Gram matrices (Sec. 4), and coarse-to-fine optimisation (Sec. 6.1: optimise
 at a small size, upsample the result and use it as the start at the next size).
 
-Normalised loss terms (`GatysLoss`), so that one set of weights works for every weight source and size:
-
-- content: ``mean_l ||F_l - P_l||^2 / ||P_l||^2`` over the content layers (both norms are means over C*H*W,
-  so the term is the *relative* squared feature error; 0 for the photo itself, ~1-2 for noise);
-- style: ``sum_l w_l ||G_l - A_l||_F^2 / ||A_l||_F^2`` with the layer weights w_l scaled to sum to 1 (Eq. 5
-  with each layer's error measured relative to its target Gram; ~1 for a photo vs a painting);
-- TV: `stlib.losses.total_variation`, the *mean* squared difference of neighbouring pixels.
-
-Dividing by the target's own magnitude removes the scale of the activations, which differs by ~60x
-between torchvision's ImageNet VGG and the Caffe-style offline VGG16. Gram matrices are normalised by
-C*H*W and every term is a mean over positions, so no term grows with the number of pixels: the same
-weights give a similar balance at 256 and at 1024 px (the notebook and `benchmarks/gatys.py` check it).
+The objective is `stlib.perceptual`'s normalised one (`GatysLoss` wraps a `stlib.perceptual.PerceptualLoss`
+with the photo's features as fixed content targets), so one set of weights works for every VGG weight source
+and image size: the same weights give a similar balance at 256 and at 1024 px (the notebook and
+`benchmarks/gatys.py` check it).
 
 Optimisation: L-BFGS (the paper's choice) with one forward and backward pass per iteration, or Adam for
 comparison. The image is a float32 tensor kept in [0, 1] by clamping after every step; with
@@ -36,21 +28,26 @@ float32), the pixels and their gradients stay float32. A NaN or infinite loss ra
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
-from .losses import content_loss, gram_matrix, style_loss, total_variation
-from .vgg import VGGFeatures, layer_names
+from .images import atomic_write
+from .options import option
+from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
+
+if TYPE_CHECKING:
+    from .vgg import VGGFeatures
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -70,15 +67,11 @@ __all__ = [
 LossFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Callback = Callable[[int, torch.Tensor, dict[str, float]], "bool | None"]
 
-CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
-"""Gatys et al.'s content layer 'conv4_2', read after its ReLU as in their Caffe code (in-place ReLUs)."""
-
-STYLE_LAYERS: dict[str, float] = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
-"""Gatys et al.'s style layers 'conv1_1' ... 'conv5_1' (after their ReLUs), equally weighted."""
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST = ("bf16", "fp16")
+_OPT, _LOSS = "optimisation", "loss"
 _INITS = ("content", "noise", "blurred-noise")
 _COLOR_METHODS = ("luminance", "histogram")
+_UNSET: Any = object()
 
 
 class OptimizationDiverged(FloatingPointError):
@@ -116,56 +109,49 @@ class Result:
         durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
         buffer = io.BytesIO()
         frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(delete=False, dir=path.parent, prefix=f".{path.stem}-", suffix=".gif") as f:
-            f.write(buffer.getvalue())
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, path)  # atomic: a reader never sees a half-written GIF
-        return path
+        return atomic_write(path, lambda file: file.write(buffer.getvalue()))  # never a half-written GIF
 
 
 @dataclass
-class GatysConfig:
-    """Every setting of `stylize`; the defaults give a good Starry Night transfer of a photo at 256-512 px.
+class GatysConfig(ObjectiveConfig):
+    """Every setting of `stylize`: the objective (`stlib.perceptual.ObjectiveConfig`'s fields) and the optimisation.
 
-    Weights refer to the normalised loss terms described in the module docstring, so they mean the same for
-    ImageNet and offline VGG weights and at every image size.
+    The defaults give a good Starry Night transfer of a photo at 256-512 px. Weights refer to the normalised loss
+    terms of `stlib.perceptual`, so they mean the same for ImageNet and offline VGG weights and at every size.
+    ``weights=`` is accepted as the former name of ``vgg_weights``.
     """
 
-    arch: str = "vgg16"  # "vgg16" or "vgg19" (the paper's); the offline weights exist only for vgg16
-    weights: str | None = "auto"  # VGG weight source, see stlib.vgg ("auto", "imagenet", "offline", a path)
-    pool: str = "max"  # "avg" is the paper's suggestion for smoother results
-    content_layers: tuple[str, ...] = CONTENT_LAYERS
-    style_layers: dict[str, float] = field(default_factory=lambda: dict(STYLE_LAYERS))  # {layer: w_l} or names
-    content_weight: float = 1.0  # alpha
-    style_weight: float = 10.0  # beta: alpha/beta = 0.1
-    tv_weight: float = 10.0
-    optimizer: str = "lbfgs"  # or "adam"
-    lr: float | None = None  # None: 1.0 for L-BFGS, 0.02 (pixel units) for Adam
-    iterations: int | tuple[int, ...] = 300  # per scale; a tuple gives one count per scale
-    size: int | None = 512  # longest side of the result in pixels; None keeps the content's size
-    style_scale: float = 1.0  # longest side of the style image relative to the content's
-    init: str = "content"  # "content", "noise" or "blurred-noise"
-    seed: int = 0
-    style_blend: tuple[float, ...] | None = None  # one weight per style image; None: equal weights
-    preserve_colors: bool = False  # keep the content's colours (Gatys et al. 2017, Sec. 5)
-    color_method: str = "luminance"  # "luminance" (transfer on Y only) or "histogram" (recolour the style)
-    scales: tuple[int, ...] | None = None  # coarse to fine, e.g. (256, 512, 1024); overrides `size`
+    optimizer: str = option("lbfgs", "L-BFGS (the paper's) or Adam", choices=("lbfgs", "adam"), group=_OPT)
+    lr: float | None = option(None, "step size (default 1.0 for lbfgs, 0.02 for adam)", check="positive", group=_OPT)
+    iterations: int | tuple[int, ...] = option(
+        300, "L-BFGS/Adam iterations: one count, or one per scale", check="positive", metavar="N", group=_OPT
+    )
+    size: int | None = option(512, "longest side of the result in pixels", check="positive", metavar="PX", group=_OPT)
+    style_scale: float = option(1.0, "size of the style image relative to the content", check="positive", group=_LOSS)
+    init: str = option("content", "starting image", choices=_INITS, group=_OPT)
+    seed: int = option(0, "seed of the noise inits", group=_OPT)
+    style_blend: tuple[float, ...] | None = option(
+        None, "one blend weight per --style (default: equal)", flag="--blend", check="non_negative", metavar="W",
+        group="images",
+    )  # fmt: skip
+    preserve_colors: bool = option(False, "keep the photo's colours (Gatys et al. 2017, Sec. 5)", group=_LOSS)
+    color_method: str = option(
+        "luminance", "with --preserve-colors: transfer luminance only, or recolour the style to the photo's colours",
+        choices=_COLOR_METHODS, group=_LOSS,
+    )  # fmt: skip
+    scales: tuple[int, ...] | None = option(
+        None, "coarse-to-fine sizes, e.g. 256 512 (overrides --size)", check="positive", metavar="PX", group=_OPT
+    )
     snapshot_every: int = 0  # keep a copy of the image every N iterations (for a GIF); 0: none
-    progress: bool = True  # tqdm progress bar
+    progress: bool = option(True, "no progress bar", flag="--quiet", group=_OPT)
     channels_last: bool = True  # NHWC memory layout for the VGG (faster convolutions)
     truncate: bool = True  # run the VGG only up to the deepest layer used
-    autocast: str | None = None  # "bf16" or "fp16" for the VGG's activations; None: float32
+    autocast: str | None = option(
+        None, "low-precision VGG activations (fast on GPUs only)", choices=_AUTOCAST, group=_OPT
+    )
 
     def __post_init__(self) -> None:
-        # Conveniences with one obvious meaning: a single layer name, or style layers listed without weights.
-        if isinstance(self.content_layers, str):
-            self.content_layers = (self.content_layers,)
-        self.content_layers = tuple(self.content_layers)
-        if isinstance(self.style_layers, str):
-            self.style_layers = {self.style_layers: 1.0}
-        elif not isinstance(self.style_layers, Mapping):
-            self.style_layers = dict.fromkeys(self.style_layers, 1.0)
+        super().__post_init__()
         if isinstance(self.iterations, list):
             self.iterations = tuple(self.iterations)
         if self.scales is not None:
@@ -173,11 +159,14 @@ class GatysConfig:
         if self.style_blend is not None:
             self.style_blend = tuple(self.style_blend)
 
+    @classmethod
+    def from_objective(cls, objective: ObjectiveConfig, **settings: Any) -> GatysConfig:
+        """Optimisation `settings` for `objective` (e.g. `TrainConfig.objective()`: a network's own objective)."""
+        return cls(**vars(objective.objective()), **settings)
+
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
-        known = layer_names(self.arch) if self.arch in ("vgg16", "vgg19") else None
-        if known is None:
-            raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
+        super().validate()
         if self.optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose 'lbfgs' or 'adam'.")
         if self.init not in _INITS:
@@ -186,18 +175,6 @@ class GatysConfig:
             raise ValueError(f"Unknown color_method {self.color_method!r}; choose 'luminance' or 'histogram'.")
         if self.autocast is not None and self.autocast not in _AUTOCAST:
             raise ValueError(f"Unknown autocast {self.autocast!r}; choose None, 'bf16' or 'fp16'.")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
-        if not self.content_layers and self.content_weight > 0:
-            raise ValueError("content_layers is empty but content_weight > 0; name a layer such as 'relu4_2'.")
-        if self.style_weight > 0:
-            if not self.style_layers:
-                raise ValueError("style_layers is empty but style_weight > 0; name layers such as 'relu1_1'.")
-            bad = {k: v for k, v in self.style_layers.items() if not (math.isfinite(v) and v >= 0)}
-            if bad or sum(self.style_layers.values()) <= 0:
-                raise ValueError(f"style_layers weights must be >= 0 with a positive sum, got {self.style_layers}.")
         iterations = self.iterations if isinstance(self.iterations, tuple) else (self.iterations,)
         if any(not isinstance(n, int) or n < 1 for n in iterations):
             raise ValueError(f"iterations must be positive integers, got {self.iterations}.")
@@ -217,14 +194,33 @@ class GatysConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}.")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}.")
-        unknown = [n for n in (*self.content_layers, *self.style_layers) if n not in known]
-        if unknown:
-            raise ValueError(f"Unknown {self.arch} layer(s) {', '.join(unknown)} (see stlib.vgg.layer_names).")
 
     def iterations_per_scale(self) -> tuple[int, ...]:
         """The number of iterations at each scale (one entry for a single-scale run)."""
         n_scales = len(self.scales) if self.scales else 1
         return self.iterations if isinstance(self.iterations, tuple) else (self.iterations,) * n_scales
+
+    @property
+    def weights(self) -> str | None:
+        """The former name of `vgg_weights` (read-only)."""
+        return self.vgg_weights
+
+
+def _accept_former_name(init: Callable[..., None]) -> Callable[..., None]:
+    """GatysConfig(weights=...) as before the loss network's weights were named `vgg_weights` everywhere."""
+
+    def __init__(self: GatysConfig, *args: Any, weights: Any = _UNSET, **kwargs: Any) -> None:
+        if weights is not _UNSET:
+            if "vgg_weights" in kwargs:
+                raise TypeError("GatysConfig takes vgg_weights or its former name weights, not both.")
+            kwargs["vgg_weights"] = weights
+        init(self, *args, **kwargs)
+
+    __init__.__doc__, __init__.__signature__ = init.__doc__, inspect.signature(init)
+    return __init__
+
+
+GatysConfig.__init__ = _accept_former_name(GatysConfig.__init__)
 
 
 def init_image(
@@ -349,31 +345,26 @@ def reconstruct_content(
     image: torch.Tensor,
     layer: str,
     iterations: int = 300,
-    weights: str | None = "auto",
+    *,
+    vgg_weights: str | None = "auto",
     arch: str = "vgg16",
-    init: str = "noise",
     tv_weight: float = 0.05,
+    init: str = "noise",
     seed: int = 0,
     optimizer: str = "lbfgs",
     callback: Callback | None = None,
 ) -> Result:
     """Invert one layer: find an image whose `layer` features match those of `image` (1, 3, H, W).
 
-    The content loss is divided by the target's mean square, so it starts near 1 at every layer and
-    `tv_weight` means the same everywhere. A small total-variation term (Mahendran & Vedaldi, CVPR 2015)
-    removes the high-frequency part of the noise that the network cannot see and so cannot correct.
+    The objective is `stlib.perceptual`'s content term alone (divided by the target's mean square, so it starts
+    near 1 at every layer and `tv_weight` means the same everywhere) plus a small total-variation term (Mahendran
+    & Vedaldi, CVPR 2015) that removes the high-frequency part of the noise the network cannot see.
     """
-    with VGGFeatures([layer], arch=arch, weights=weights).to(image.device) as vgg:
-        target = vgg(image)[layer].detach()
-        scale = float(target.pow(2).mean()) or 1.0
-
-        def loss_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            content = content_loss(vgg(x)[layer], target) / scale
-            tv = total_variation(x)
-            return {"content": content, "tv": tv, "total": content + tv_weight * tv}
-
+    objective = ObjectiveConfig(arch, vgg_weights, "max", (layer,), {}, 1.0, 0.0, tv_weight)
+    with PerceptualLoss((), objective).to(image.device) as loss:
+        targets = loss.content_targets(image)
         start = init_image(init, like=image, seed=seed)
-        return optimize_image(loss_fn, start, iterations, optimizer=optimizer, callback=callback)
+        return optimize_image(lambda x: loss.judge(x, targets), start, iterations, optimizer, callback=callback)
 
 
 def reconstruct_style(
@@ -381,7 +372,8 @@ def reconstruct_style(
     layers: Sequence[str],
     size: tuple[int, int] | None = None,
     iterations: int = 200,
-    weights: str | None = "auto",
+    *,
+    vgg_weights: str | None = "auto",
     arch: str = "vgg16",
     pool: str = "max",
     seed: int = 0,
@@ -390,19 +382,13 @@ def reconstruct_style(
 ) -> Result:
     """Texture synthesis: an image of `size` (H, W) whose Gram matrices at `layers` match the style's.
 
-    Every layer's loss is divided by the squared norm of its target Gram matrix, so each layer counts
-    equally whatever the scale of its activations (Gatys et al. weight layers equally, w_l = 1/|layers|).
+    The objective is `stlib.perceptual`'s style term alone: every layer's error relative to its target Gram
+    matrix, so each layer counts equally whatever the scale of its activations (w_l = 1/|layers|, as Gatys et al.).
     """
-    with VGGFeatures(layers, arch=arch, weights=weights, pool=pool).to(style.device) as vgg:
-        targets = {name: gram_matrix(f).detach() for name, f in vgg(style).items()}  # {layer: (1, C, C)}
-        layer_weights = {name: 1.0 / (len(targets) * float(g.pow(2).sum())) for name, g in targets.items()}
-
-        def loss_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            loss = style_loss(vgg(x), targets, layer_weights)
-            return {"style": loss, "total": loss}
-
+    objective = ObjectiveConfig(arch, vgg_weights, pool, (), dict.fromkeys(layers, 1.0), 0.0, 1.0, 0.0)
+    with PerceptualLoss(style, objective) as loss:
         start = init_image("noise", like=style, size=size, seed=seed)
-        return optimize_image(loss_fn, start, iterations, optimizer=optimizer, callback=callback)
+        return optimize_image(lambda x: loss.judge(x, {}), start, iterations, optimizer, callback=callback)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -421,25 +407,14 @@ def _check_image(image: torch.Tensor, name: str) -> None:
         raise ValueError(f"The {name} image contains NaN or infinite values.")
 
 
-def _blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:
-    """Blend weights scaled to sum to 1 (equal weights when `blend` is None)."""
-    if blend is None:
-        return [1.0 / n_styles] * n_styles
-    if len(blend) != n_styles:
-        raise ValueError(f"Got {n_styles} style image(s) but {len(blend)} blend weight(s); give one weight per style.")
-    if any(not (math.isfinite(b) and b >= 0) for b in blend) or sum(blend) <= 0:
-        raise ValueError(f"Blend weights must be >= 0 with a positive sum, got {tuple(blend)}.")
-    return [b / sum(blend) for b in blend]
-
-
 class GatysLoss:
-    """The normalised style transfer objective (module docstring), targets computed once; call it on images.
+    """The normalised style transfer objective of `stlib.perceptual`, targets computed once; call it on images.
 
     ``loss(x)`` for a (1, C, H, W) image in [0, 1] (C = 3, or 1 for a luminance image, which is repeated to
     RGB) returns ``{"content", "style", "tv", "total"}`` scalar tensors. Several styles are blended by
     mixing their Gram matrices, A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1 (for a squared
-    error this has the same gradient as blending the per-style losses). Use it in a ``with`` block (or call
-    `close`) to remove the VGG's hooks.
+    error this has the same gradient as blending the per-style losses). Only the layers of terms with a
+    positive weight run. Use it in a ``with`` block (or call `close`) to remove the VGG's hooks.
     """
 
     def __init__(
@@ -454,63 +429,38 @@ class GatysLoss:
         styles = [styles] if isinstance(styles, torch.Tensor) else list(styles)
         if not styles:
             raise ValueError("Give at least one style image.")
-        blend = _blend_weights(blend if blend is not None else config.style_blend, len(styles))
-        self.content_layers = list(config.content_layers) if config.content_weight > 0 else []
-        self.style_layers = {k: v for k, v in config.style_layers.items() if v > 0} if config.style_weight > 0 else {}
-        layers = list(dict.fromkeys([*self.content_layers, *self.style_layers]))
-        if not config.truncate:
-            layers.append(layer_names(config.arch)[-1])  # run the whole network (the plain, slower path)
-        if not layers:
-            layers = [layer_names(config.arch)[0]]  # a TV-only objective still needs a network to hold
-        self.vgg = VGGFeatures(layers, arch=config.arch, weights=config.weights, pool=config.pool)
-        self.vgg.to(content.device)
-        if config.channels_last:
-            self.vgg.to(memory_format=torch.channels_last)
-        self.dtype = _AUTOCAST.get(config.autocast) if config.autocast else None
+        self.objective = PerceptualLoss(
+            styles,
+            config.objective().active(),
+            blend=blend if blend is not None else config.style_blend,
+            precision=config.autocast or "fp32",
+            channels_last=config.channels_last,
+            vgg_pass="shared",
+            truncate=config.truncate,
+        ).to(content.device)
+        self.content_targets = self.objective.content_targets(content)  # {layer: ((1, C, H, W), scale)}
 
-        with torch.no_grad():
-            feats = self.features(content)
-            self.content_targets = {name: feats[name].detach() for name in self.content_layers}  # (1, C, H, W)
-            self.content_scales = {
-                name: float(t.float().pow(2).mean()) or 1.0 for name, t in self.content_targets.items()
-            }
-            grams: dict[str, torch.Tensor] = {}  # {layer: (1, C, C)}
-            for weight, style in zip(blend, styles, strict=True):
-                style_feats = self.features(style)
-                for name in self.style_layers:
-                    g = weight * gram_matrix(style_feats[name]).detach()
-                    grams[name] = g if name not in grams else grams[name] + g
-        self.style_targets = grams
-        layer_sum = sum(self.style_layers.values())
-        self.style_weights = {  # w_l / (sum_l w_l * ||A_l||_F^2)
-            name: w / (layer_sum * (float(grams[name].pow(2).sum()) or 1.0)) for name, w in self.style_layers.items()
-        }
+    @property
+    def vgg(self) -> VGGFeatures:
+        """The loss network (`stlib.vgg.VGGFeatures`)."""
+        return self.objective.vgg
+
+    @property
+    def style_targets(self) -> dict[str, torch.Tensor]:
+        """The (blended) style Gram matrices {layer: (1, C, C)}."""
+        return self.objective.style_grams
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """VGG activations {layer: (1, C, H, W)} of an RGB or luminance image, in the configured precision."""
-        x = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image  # (1, 3, H, W)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            return self.vgg(x)
+        return self.objective.features(image)
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms and their weighted sum for one image (1, C, H, W) in [0, 1]."""
-        cfg = self.config
-        feats = self.features(image)
-        zero = torch.zeros((), device=image.device)
-        content = zero
-        for name in self.content_layers:
-            content = content + content_loss(feats[name], self.content_targets[name]) / self.content_scales[name]
-        content = content / max(1, len(self.content_layers))
-        style = style_loss(feats, self.style_targets, self.style_weights) if self.style_layers else zero
-        tv = total_variation(image)
-        total = cfg.content_weight * content + cfg.style_weight * style + cfg.tv_weight * tv
-        return {"content": content, "style": style, "tv": tv, "total": total}
+        return self.objective.judge(image, self.content_targets)
 
     def close(self) -> None:
         """Remove the VGG's forward hooks."""
-        self.vgg.close()
+        self.objective.close()
 
     def __enter__(self) -> GatysLoss:
         return self
@@ -523,6 +473,31 @@ def _start_image(kind: str, content: torch.Tensor, seed: int) -> torch.Tensor:
     """The first scale's starting image, with as many channels as `content` (3, or 1 for luminance)."""
     start = init_image(kind, like=content if content.shape[1] == 3 else content.expand(-1, 3, -1, -1), seed=seed)
     return start if content.shape[1] == 3 else luminance(start)
+
+
+def _check_inputs(content: torch.Tensor, style: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The style images as a list, after checking them and the content image (one sentence per problem)."""
+    styles = [style] if isinstance(style, torch.Tensor) else list(style)
+    if not styles:
+        raise ValueError("Give at least one style image.")
+    _check_image(content, "content")
+    for i, s in enumerate(styles):
+        _check_image(s, "style" if len(styles) == 1 else f"style {i + 1}")
+    return styles
+
+
+def _scale_inputs(
+    content: torch.Tensor, styles: list[torch.Tensor], size: int, config: GatysConfig
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """At one scale: the content to optimise (RGB, or its luminance), the styles, and the content's colours."""
+    c = resize_tensor(content.float(), size)  # (1, 3, h, w)
+    style_size = max(16, round(config.style_scale * size))
+    ss = [resize_tensor(s.float(), style_size) for s in styles]
+    if config.preserve_colors and config.color_method == "luminance":
+        return luminance(c), [match_luminance(s, c) for s in ss], c  # (1, 1, h, w), [(1, 1, h', w')], RGB
+    if config.preserve_colors:
+        ss = [color_histogram_match(s, c) for s in ss]
+    return c, ss, c
 
 
 def stylize(
@@ -540,13 +515,8 @@ def stylize(
     """
     config = config or GatysConfig()
     config.validate()
-    styles = [style] if isinstance(style, torch.Tensor) else list(style)
-    if not styles:
-        raise ValueError("Give at least one style image.")
-    _check_image(content, "content")
-    for i, s in enumerate(styles):
-        _check_image(s, "style" if len(styles) == 1 else f"style {i + 1}")
-    blend = _blend_weights(config.style_blend, len(styles))
+    styles = _check_inputs(content, style)
+    blend = blend_weights(config.style_blend, len(styles))
     luma_only = config.preserve_colors and config.color_method == "luminance"
     sizes = config.scales or ((config.size or max(content.shape[-2:])),)
     iterations = config.iterations_per_scale()
@@ -556,18 +526,9 @@ def stylize(
     snapshots: list[torch.Tensor] = []
     state: dict[str, float] = {"step": 0, "stop": False, "offset": 0.0}
     image: torch.Tensor | None = None
-    colors = content
 
     for k, (size, n_iter) in enumerate(zip(sizes, iterations, strict=True)):
-        c = resize_tensor(content.float(), size)  # (1, 3, h, w)
-        style_size = max(16, round(config.style_scale * size))
-        ss = [resize_tensor(s.float(), style_size) for s in styles]
-        if luma_only:
-            colors = c
-            ss = [match_luminance(s, c) for s in ss]  # (1, 1, h', w') each
-            c = luminance(c)  # (1, 1, h, w)
-        elif config.preserve_colors:
-            ss = [color_histogram_match(s, c) for s in ss]
+        c, ss, colors = _scale_inputs(content, styles, size, config)
 
         def to_rgb(x: torch.Tensor, colors: torch.Tensor = colors) -> torch.Tensor:
             return combine_luminance(x, colors) if luma_only else x
@@ -602,7 +563,7 @@ def stylize(
             break
 
     assert image is not None
-    final = combine_luminance(image, colors) if luma_only else image
+    final = to_rgb(image)
     if not bool(torch.isfinite(final).all()):
         raise OptimizationDiverged("The result contains NaN or infinite pixels; lower the loss weights.")
     return Result(final.detach(), history, time.perf_counter() - start, snapshots)

@@ -1,4 +1,4 @@
-"""The machine: the default device, the training precision, and whether this CPU computes bfloat16 in hardware.
+"""The machine: the device, the training precision, whether this CPU computes bfloat16 in hardware, several processes.
 
 Mixed precision pays only where the hardware has it (Micikevicius et al., "Mixed Precision Training", ICLR
 2018; bfloat16: Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). CUDA GPUs of the
@@ -11,6 +11,10 @@ Every branch that depends on that answer must be testable on any CPU: the enviro
 ``STLIB_FAST_BF16`` forces it (``1``: behave as a CPU with native bf16, ``0``: as one without; unset: detect).
 Forced to ``1`` on an AVX2 CPU, the bf16 paths still compute correctly, only slowly, which is what the test
 suite needs (``make test STLIB_FAST_BF16=1`` runs the whole suite as a bf16 CPU would).
+
+Several processes (``torchrun --nproc_per_node=N``; Li et al., "PyTorch Distributed: Experiences on Accelerating
+Data Parallel Training", VLDB 2020): `init_distributed` joins the process group that torchrun's environment
+describes (NCCL on GPUs, Gloo on CPUs) and `resolve_device` gives each process its own GPU (``LOCAL_RANK``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import platform
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.distributed as dist
 
 __all__ = [
     "FAST_BF16_ENV",
@@ -30,7 +35,10 @@ __all__ = [
     "default_device",
     "describe_machine",
     "detect_fast_bf16",
+    "init_distributed",
+    "resolve_device",
     "resolve_precision",
+    "usable_device",
 ]
 
 FAST_BF16_ENV = "STLIB_FAST_BF16"
@@ -75,6 +83,39 @@ def cpu_has_fast_bf16() -> bool:
 def default_device() -> str:
     """ "cuda" when a CUDA GPU is available, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def usable_device(name: str | None = None) -> str:
+    """`name`, or `default_device` when None, after checking that torch can use it here (ValueError otherwise)."""
+    device = name or default_device()
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"Cannot use the device {device!r}: {str(err).strip().splitlines()[0]}") from None
+    return device
+
+
+def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
+    """The device for a name: "auto" (or None) is `default_device`; a bare "cuda" is this process's GPU."""
+    if name in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"The device {name!r} was asked for but no CUDA GPU is available.")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device_type: str) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) from torchrun's environment variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://")
+    return dist.get_rank(), dist.get_world_size(), True
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

@@ -32,9 +32,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "ImageError",
+    "atomic_write",
+    "check_writable",
     "image_grid",
+    "list_images",
     "load_image",
     "load_tensor",
     "resize",
@@ -46,6 +50,9 @@ __all__ = [
     "to_pil",
     "to_tensor",
 ]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""The file suffixes taken for images when a folder is listed (`list_images`)."""
 
 MAX_PIXELS: int = 89_478_485
 """Default limit on width * height (PIL's own default), a guard against decompression bombs."""
@@ -123,6 +130,20 @@ def load_tensor(
 ) -> torch.Tensor:
     """Load an image file as a (1, 3, H, W) float tensor in [0, 1] (`load_image` then `to_tensor`)."""
     return to_tensor(load_image(path, size=size, max_pixels=max_pixels), device=device)
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under `folder`, recursively, sorted by relative path; an `ImageError` names a bad folder."""
+    root = Path(folder)
+    if not root.exists():
+        raise ImageError(f"Image folder '{root}' does not exist.")
+    if not root.is_dir():
+        raise ImageError(f"'{root}' is not a folder of images.")
+    suffixes = tuple(e.lower() for e in extensions)
+    files = [p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()]
+    if not files:
+        raise ImageError(f"Image folder '{root}' contains no files ending in {', '.join(suffixes)}.")
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _check_is_nonempty_file(path: Path) -> None:
@@ -300,7 +321,7 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, quali
         raise ValueError(f"quality must be between 1 and 100, got {quality}")
     pil = to_pil(image) if isinstance(image, torch.Tensor) else image
     options = {"quality": quality} if image_format in ("JPEG", "WEBP") else {}
-    return _atomic_write(path, lambda file: pil.save(file, format=image_format, **options))
+    return atomic_write(path, lambda file: pil.save(file, format=image_format, **options))
 
 
 QUICK_MARK = "QUICK mode (STLIB_QUICK=1): tiny sizes, few steps - not representative"
@@ -328,14 +349,39 @@ def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int
     if figure_format not in fig.canvas.get_supported_filetypes():
         raise ImageError(f"Cannot save figure '{path}': unknown or unsupported file suffix '{path.suffix}'.")
     mark_quick(fig)
-    return _atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
+    return atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
 
 
-def _atomic_write(path: Path, write_fn: Callable[[IO[bytes]], None]) -> Path:
+def check_writable(path: str | os.PathLike, suffixes: Sequence[str] | None = None, what: str = "output image") -> None:
+    """A ValueError (one sentence) unless `path` can be written as an image, or as a file with one of `suffixes`.
+
+    Commands call it before any work, so a long run never ends in an unwritable output.
+    """
+    path = Path(path)
+    if suffixes is not None:
+        if path.suffix.lower() not in suffixes:
+            raise ValueError(f"Cannot write {what} '{path}': its name must end in {' or '.join(suffixes)}.")
+    else:
+        image_format = Image.registered_extensions().get(path.suffix.lower())
+        if image_format is None or image_format not in Image.SAVE:
+            raise ValueError(
+                f"Cannot write {what} '{path}': unknown image file suffix '{path.suffix}' (use .jpg or .png)."
+            )
+    if path.is_dir():
+        raise ValueError(f"Cannot write {what} '{path}': it is a directory.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"Cannot write {what} '{path}': the folder {parent} is not writable.")
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], None]) -> Path:
     """Write `path` via `write_fn(file)` into a temp file beside it, then move it into place in one step.
 
     If anything fails the temp file is removed and an existing file at `path` is left untouched.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path: Path | None = None
     try:

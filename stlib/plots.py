@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .images import save_figure
 
-__all__ = ["feature_maps", "gram_heatmaps", "loss_curves", "show", "strongest_channels"]
+__all__ = ["LiveLosses", "feature_maps", "gram_heatmaps", "loss_curves", "show", "strongest_channels"]
 
 
 def _first_image(features: torch.Tensor, name: str) -> torch.Tensor:
@@ -145,6 +145,47 @@ def loss_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+class LiveLosses:
+    """A training callback (``train(config, callback=LiveLosses(...))``) that redraws the loss curves as it goes.
+
+    It keeps the values of `keys` for every step and redraws every `every` steps and at step `last`, in place,
+    in a notebook output (outside a notebook it only keeps the values). It never asks training to stop.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("content", "style", "total"),
+        every: int = 50,
+        last: int | None = None,
+        title: str = "training",
+        size: tuple[float, float] = (7.0, 3.2),
+    ) -> None:
+        from IPython.display import display
+
+        self.values: dict[str, list[float]] = {key: [] for key in keys}
+        self.every, self.last, self.title = max(1, every), last, title
+        self.fig, self.ax = plt.subplots(figsize=size)
+        self.handle = display(self.fig, display_id=True)  # None outside IPython
+        plt.close(self.fig)
+
+    def __call__(self, step: int, losses: Mapping[str, float]) -> None:
+        """Record one step's losses; redraw every `every` steps and at the last one."""
+        for key, values in self.values.items():
+            values.append(losses[key])
+        if step % self.every == 0 or step == self.last:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw every curve so far (log scale) and update the notebook output."""
+        self.ax.clear()
+        for key, values in self.values.items():
+            self.ax.plot(values, label=key)
+        self.ax.set(xlabel="step (this session)", ylabel="loss", yscale="log", title=self.title)
+        self.ax.legend()
+        if self.handle is not None:
+            self.handle.update(self.fig)
 
 
 def show(fig: matplotlib.figure.Figure, save: str | os.PathLike | None = None) -> None:

@@ -1,15 +1,10 @@
-"""Using trained feed-forward style networks: model files, stylising images (in tiles when large) and frames.
+"""Using trained feed-forward style networks: stylising images (in tiles when large), files and video frames.
 
 J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
 ECCV 2016, Sec. 3.1: the image transformation network is fully convolutional, so a network trained on
 256 x 256 crops stylises an image of any size in one forward pass (Sec. 4.1, "Qualitative Results", shows
-512 and 1024 px results of 256 px-trained networks).
-
-Model files (``.safetensors``, read without executing any pickle code): the weights, and in the header's
-metadata the ``format`` (``"stlib.transformer"``), the `TransformerConfig` as JSON (so `load_model` rebuilds
-the architecture) and an ``info`` JSON (training step, loss terms, style image and its sha256, training
-configuration, stlib version). `export_weights` writes the same file with float16 weights (3.4 MB for the
-default network); `load_model` casts every file back to float32.
+512 and 1024 px results of 256 px-trained networks). Model files are `stlib.checkpoint`'s; `load_model` and
+`read_metadata` are re-exported here, beside what uses them.
 
 Large images (`stylize_image` with ``tile=N``): the network sees at most N x N pixels at a time, so peak
 memory depends on N, not on the image. Tiles start on the network's stride-4 grid (so they subsample like
@@ -25,172 +20,28 @@ network's receptive field (about 50 px each side for the default network), so la
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import __version__
 from .backends import Backend
-from .data import IMAGE_EXTENSIONS
-from .images import _atomic_write, load_tensor, save_image
+from .checkpoint import load_model, read_metadata
+from .images import list_images, load_tensor, save_image
 from .transformer import TransformerNet
 
 __all__ = [
-    "MODEL_FORMAT",
-    "CheckpointError",
-    "export_weights",
     "load_model",
     "read_metadata",
-    "save_model",
     "stylize_files",
     "stylize_frame",
     "stylize_image",
     "tile_count",
 ]
-
-MODEL_FORMAT = "stlib.transformer"
-"""The ``format`` entry of a model file's metadata."""
-
-_FORMAT_VERSION = "1"
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used; the message is one sentence naming the file."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Model files
-# ----------------------------------------------------------------------------------------------------
-
-
-def save_model(
-    model: TransformerNet,
-    path: str | os.PathLike,
-    info: Mapping[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Atomically write a network's weights (optionally cast to `dtype`) and metadata as safetensors."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"Cannot save a model as '{path}': the file name must end in .safetensors.")
-    if not isinstance(model, TransformerNet):
-        raise TypeError(f"save_model expects a TransformerNet, got {type(model).__name__}")
-    tensors = {}
-    for name, value in model.state_dict().items():
-        value = value.detach().to("cpu")
-        if dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        tensors[name] = value.contiguous()  # channels_last weights become standard contiguous tensors
-    bad = [name for name, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
-    if bad:
-        raise ValueError(
-            f"Cannot save '{path}': weight {bad[0]} holds NaN or infinite values"
-            + (f" after the cast to {dtype}" if dtype is not None else "")
-            + "."
-        )
-    float_dtypes = {str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()}
-    metadata = {
-        "format": MODEL_FORMAT,
-        "format_version": _FORMAT_VERSION,
-        "stlib_version": __version__,
-        "transformer": json.dumps(model.config_dict()),
-        "dtype": ",".join(sorted(float_dtypes)),
-        "info": json.dumps(dict(info or {}), default=str),
-    }
-    data = save(tensors, metadata=metadata)
-    return _atomic_write(path, lambda file: file.write(data))
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and raw metadata of a safetensors file; any failure is a CheckpointError naming the file."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise CheckpointError(f"Model file '{path}' does not exist.")
-    if path.is_dir():
-        raise CheckpointError(f"'{path}' is a directory, not a model file.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception:  # safetensors raises its own error types for every kind of damage
-        raise CheckpointError(
-            f"'{path}' is not a style network checkpoint (it cannot be read as a safetensors file)."
-        ) from None
-    if metadata.get("format") != MODEL_FORMAT:
-        raise CheckpointError(
-            f"'{path}' is a safetensors file but not a stlib style network (its metadata lacks "
-            f"format={MODEL_FORMAT!r}); train one with `python -m stlib train`."
-        )
-    return tensors, metadata
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a model file: format, versions, ``transformer`` config and ``info`` as parsed JSON."""
-    path = Path(path)
-    _, metadata = _read(path)
-    out: dict[str, Any] = dict(metadata)
-    for key in ("transformer", "info"):
-        try:
-            out[key] = json.loads(metadata.get(key, "{}"))
-        except json.JSONDecodeError:
-            raise CheckpointError(f"Model file '{path}' has a damaged '{key}' entry in its metadata.") from None
-    return out
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> TransformerNet:
-    """Rebuild a `TransformerNet` from a model file (float32, eval mode), optionally on `device`."""
-    path = Path(path)
-    tensors, _ = _read(path)
-    meta = read_metadata(path)
-    try:
-        model = TransformerNet.from_config(meta["transformer"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"Model file '{path}' describes an unknown architecture ({err}).") from None
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    if any(v.is_floating_point() and not bool(v.isfinite().all()) for v in tensors.values()):
-        raise CheckpointError(f"Model file '{path}' holds NaN or infinite weights (a diverged training run?).")
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise CheckpointError(
-            f"Model file '{path}' holds weights of another architecture than {model.describe().split(':')[0]} "
-            f"({detail.rstrip('.')})."
-        ) from None
-    model.requires_grad_(False)
-    return model.to(device).eval()
-
-
-def export_weights(
-    checkpoint: str | os.PathLike,
-    path: str | os.PathLike,
-    dtype: torch.dtype = torch.float16,
-    extra_info: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a compact copy of a model file with its weights in `dtype` (float16: 3.4 MB for the default net).
-
-    `extra_info` entries are added to the copy's ``info`` metadata (e.g. ``{"dataset": "BSDS500 train"}``).
-    """
-    checkpoint = Path(checkpoint)
-    model = load_model(checkpoint)
-    info = read_metadata(checkpoint)["info"]
-    info = {**info, "exported_from": checkpoint.name, **dict(extra_info or {})}
-    return save_model(model, path, info=info, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Stylising
-# ----------------------------------------------------------------------------------------------------
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -377,13 +228,7 @@ def _expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
-            if not found:
-                raise ValueError(f"Folder '{path}' contains no images ({', '.join(IMAGE_EXTENSIONS)}).")
-            files += found
+            files += list_images(path)  # recursively, sorted; an ImageError when the folder holds none
         elif path.exists():
             files.append(path)
         else:

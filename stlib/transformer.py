@@ -64,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import option
+
 __all__ = [
     "NORMS",
     "OUTPUTS",
@@ -72,6 +74,7 @@ __all__ = [
     "ResidualBlock",
     "TransformerConfig",
     "TransformerNet",
+    "pad_to_multiple",
 ]
 
 NORMS = ("instance", "batch")
@@ -88,12 +91,19 @@ _MIN_SIDE = 8  # smallest padded side: 9x9 reflection needs > 4 pixels, the resi
 class TransformerConfig:
     """Architecture options of `TransformerNet`; the defaults are the improved (not the paper's) variant."""
 
-    norm: str = "instance"  # "instance" (Ulyanov et al.) or "batch" (paper)
-    upsample: str = "nearest+conv"  # "nearest+conv" (Odena et al.) or "transposed" (paper)
-    output: str = "linear+clamp"  # "linear+clamp" or "tanh" (paper's scaled tanh, to [0, 1])
-    width: float = 1.0  # multiplies all channel counts (32, 64, 128), rounded, at least 1
-    num_residual_blocks: int = 5
-    input_skip: bool = False  # output = input + f(input), f starting at 0 (not in the paper; fast convergence)
+    norm: str = option("instance", "normalisation: instance (Ulyanov et al.) or batch (paper)", choices=NORMS)
+    upsample: str = option(
+        "nearest+conv", "upsampling: nearest+conv (Odena et al.) or transposed (paper)", choices=UPSAMPLINGS
+    )
+    output: str = option(
+        "linear+clamp", "output layer: linear+clamp or tanh (paper's scaled tanh)", choices=OUTPUTS,
+        flag="--output-activation",
+    )  # fmt: skip
+    width: float = option(1.0, "multiplies all channel counts (32, 64, 128), rounded, at least 1", check="positive")
+    num_residual_blocks: int = option(5, "residual blocks", flag="--blocks", check="positive")
+    input_skip: bool = option(
+        False, "output = input + f(input), starting from the identity (not in the paper; converges fast on CPUs)"
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in (("norm", NORMS), ("upsample", UPSAMPLINGS), ("output", OUTPUTS)):
@@ -224,7 +234,7 @@ class TransformerNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"TransformerNet expects a (B, 3, H, W) batch of RGB images, got shape {tuple(x.shape)}.")
         height, width = x.shape[-2:]
-        y = self.forward_padded(_pad_to_multiple(x))  # (B, 3, H', W'), H' and W' multiples of 4
+        y = self.forward_padded(pad_to_multiple(x))  # (B, 3, H', W'), H' and W' multiples of 4
         return y[..., :height, :width]  # (B, 3, H, W)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,8 +327,11 @@ def _padded_side(side: int) -> int:
     return max(_MIN_SIDE, -(-side // _MULTIPLE) * _MULTIPLE)
 
 
-def _pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
-    """Pad (B, C, H, W) on the bottom and right to `_padded_side` by reflection (replication if too small)."""
+def pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom and right to what `TransformerNet.forward_padded` takes (H, W multiples of 4).
+
+    Reflection, or replication for inputs too small to reflect; `forward` pads so and crops the output back.
+    """
     height, width = x.shape[-2:]
     pad_h, pad_w = _padded_side(height) - height, _padded_side(width) - width
     if pad_h == 0 and pad_w == 0:

@@ -23,7 +23,6 @@ Weight sources (each carries its own input normalisation, so callers always pass
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import os
 import urllib.error
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .assets import cache_dir
+from .assets import cache_dir, file_sha256
 
 __all__ = [
     "ARCHS",
@@ -228,9 +227,7 @@ def _offline_state() -> dict[str, torch.Tensor]:
 
     h5 = offline_weights_file()
     # keyed by content (~0.3 s to hash), so every virtual environment and clone shares one converted file
-    with open(h5, "rb") as f:  # hashlib.file_digest is Python >= 3.11
-        digest = hashlib.file_digest(f, "sha256") if hasattr(hashlib, "file_digest") else hashlib.sha256(f.read())
-    key = digest.hexdigest()[:16]
+    key = file_sha256(h5)[:16]
     cached = cache_dir() / f"vgg16-offline-v{_CONVERSION_VERSION}-{key}.safetensors"
     if cached.is_file():
         try:

@@ -12,6 +12,10 @@ temporary file beside the target and moved into place when complete (an interrup
 
 `SyntheticScene` is a moving test scene (a slow pan and zoom over the bundled Tübingen photo with a bouncing
 ball) for machines without a camera or a video file: the webcam widget's ``file`` source and the tests use it.
+Live sources for the webcam widget (`stlib.webcam`) and the desktop app (`stlib.desktop`): `CameraReader` (an
+OpenCV camera read by a thread that keeps only the newest frame, so buffered frames never add lag) and
+`FileReader` (a video file, looped, or the scene, paced to play in real time); `process_frame` is what every
+live source does to a frame (mirror, stylise, blend).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,13 +39,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VIDEO_SUFFIXES",
+    "CameraError",
+    "CameraReader",
+    "FileReader",
     "SyntheticScene",
     "VideoError",
     "VideoInfo",
     "VideoResult",
     "blend",
     "fit_frame",
+    "parse_resolution",
     "probe",
+    "process_frame",
     "read_frames",
     "stylize_video",
     "write_video",
@@ -52,6 +62,10 @@ VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"
 
 class VideoError(ValueError):
     """A video file that cannot be read or written; the message is one sentence naming the file."""
+
+
+class CameraError(RuntimeError):
+    """A camera or window that cannot be used; the message is one sentence saying why and what to do."""
 
 
 def _cv2():
@@ -90,6 +104,33 @@ def blend(original: np.ndarray, stylised: np.ndarray, strength: float) -> np.nda
         return original
     mixed = original.astype(np.float32) * (1.0 - strength) + stylised.astype(np.float32) * strength
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def process_frame(
+    model: TransformerNet | Backend, frame: np.ndarray, strength: float = 1.0, mirror: bool = False
+) -> np.ndarray:
+    """The per-frame function of every live source: mirror, stylise (`stylize_frame`), blend; uint8 RGB in and out."""
+    from .stylize import stylize_frame
+
+    if mirror:
+        frame = np.ascontiguousarray(frame[:, ::-1])
+    if strength <= 0.0:
+        return frame
+    return blend(frame, stylize_frame(model, frame), strength)
+
+
+def parse_resolution(text: str | tuple[int, int]) -> tuple[int, int]:
+    """'320x240' (or a (width, height) tuple) -> (320, 240); a ValueError for anything else."""
+    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(v, int) for v in text):
+        width, height = text
+    else:
+        try:
+            width, height = (int(part) for part in str(text).lower().replace("×", "x").split("x"))
+        except ValueError:
+            raise ValueError(f"A resolution is WIDTHxHEIGHT such as 320x240, got {text!r}.") from None
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise ValueError(f"Resolution {width}x{height} is out of range (16 to 4096 pixels per side).")
+    return width, height
 
 
 def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -352,3 +393,105 @@ def stylize_video(
         if bar is not None:
             bar.close()
     return VideoResult(path, count, shape[1], shape[0], float(fps), time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Live sources: a camera, or a file / the scene played in real time
+# ----------------------------------------------------------------------------------------------------
+
+
+class CameraReader:
+    """An OpenCV camera read by a thread that keeps only the newest frame (no lag from buffered frames)."""
+
+    def __init__(self, index: int) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise CameraError("The opencv source needs OpenCV: pip install opencv-python-headless.") from None
+        self._cv2 = cv2
+        self._capture = cv2.VideoCapture(index)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise CameraError(
+                f"No camera {index} on the kernel's machine (OpenCV cannot open it); on Colab or a remote "
+                "kernel use the browser source, or the file source without a camera."
+            )
+        self._latest: np.ndarray | None = None
+        self._fresh = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._grab, name="stlib-camera", daemon=True)
+        self._thread.start()
+
+    def _grab(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            ok, bgr = self._capture.read()
+            if not ok:
+                failures += 1
+                if failures > 50:
+                    break
+                time.sleep(0.02)
+                continue
+            failures = 0
+            self._latest = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+            self._fresh.set()
+
+    def read(self, timeout: float = 2.0) -> np.ndarray | None:
+        """The newest frame not yet returned (waits for one), or None when the camera stopped delivering."""
+        if not self._fresh.wait(timeout):
+            return None
+        self._fresh.clear()
+        return self._latest
+
+    def close(self) -> None:
+        """Stop the grabbing thread and release the camera."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._capture.release()
+
+
+class FileReader:
+    """A video file (looped) or the synthetic scene, paced to play in real time (frames are skipped if slow)."""
+
+    def __init__(self, video: str | None, width: int, height: int) -> None:
+        self._start = time.perf_counter()
+        self._scene: SyntheticScene | None = None
+        self._capture = None
+        self._index = -1
+        if video:
+            info = probe(video)  # a VideoError naming the file when it cannot be read
+            import cv2
+
+            self._cv2 = cv2
+            self._capture = cv2.VideoCapture(str(info.path))
+            self.fps = info.fps
+        else:
+            self._scene = SyntheticScene(width, height)
+            self.fps = self._scene.fps
+
+    def read(self, timeout: float = 2.0) -> np.ndarray | None:
+        """The frame due now (waits until the next one is due)."""
+        due = int((time.perf_counter() - self._start) * self.fps)
+        if due <= self._index:  # faster than the video: wait for its next frame
+            time.sleep(max(0.0, (self._index + 1) / self.fps - (time.perf_counter() - self._start)))
+            due = self._index + 1
+        if self._scene is not None:
+            self._index = due
+            return self._scene.frame(due)
+        frame = None
+        while self._index < due:  # skip the frames we are too slow to show
+            ok = self._capture.grab()
+            if not ok:  # the end: loop
+                self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
+                if not self._capture.grab():
+                    return None
+            self._index += 1
+        ok, bgr = self._capture.retrieve()
+        if ok:
+            frame = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+        return frame
+
+    def close(self) -> None:
+        """Release the video file."""
+        if self._capture is not None:
+            self._capture.release()

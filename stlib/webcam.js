@@ -322,9 +322,11 @@ function render({ model, el }) {
     const hasBuffer = Boolean(buffers && buffers.length && buffers[0].byteLength > 0);
     if (hasBuffer && base64Mode && model.get("transport") === "auto") {
       // Binary buffers do arrive: the earlier silence was a busy kernel (e.g. running other cells), not lost
-      // buffers. Go back to binary.
+      // buffers. Go back to binary, for good: a late reply to an expired frame counts too (under load the first
+      // replies after a stall are often for frames already given up on).
       base64Mode = false;
       lost = 0;
+      gotResult = true;
     }
     const sentAt = inflight.get(msg.id);
     if (kind === "browser") {

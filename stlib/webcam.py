@@ -1,10 +1,10 @@
-"""Live webcam stylisation: a Jupyter widget (anywidget) for the browser's camera, and a desktop OpenCV window.
+"""Live webcam stylisation inside Jupyter: a widget (anywidget) for the browser's camera.
 
 J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
 ECCV 2016: one forward pass of a trained image transformation network stylises a frame, fast enough for
-video. Every source below goes through the same pure per-frame function, `process_frame` (mirror, then
-`stlib.stylize.stylize_frame` under ``torch.inference_mode()``, then a blend with the original frame for the
-style strength), as do `stlib.video.stylize_video` and the desktop app `run_desktop`.
+video. Every source below goes through the same pure per-frame function, `stlib.video.process_frame` (mirror,
+then `stlib.stylize.stylize_frame` under ``torch.inference_mode()``, then a blend with the original frame for
+the style strength), as does the desktop app (`stlib.desktop`).
 
 The loop of `WebcamStylizer` (the kernel may be remote, e.g. on Colab, so the camera is read by the browser)::
 
@@ -16,9 +16,10 @@ fewer are waiting, so a slow network or model lowers the frame rate instead of b
 kernel drops frames that waited in its queue for more than `WebcamConfig.max_age_ms`. JPEG bytes travel as
 binary buffers of the widget's custom messages; when a front end drops buffers, both ends switch to base64
 text automatically. Sources: ``browser`` (the default; JupyterLab, Notebook 7, Colab), ``opencv`` (a camera
-on the kernel's own machine, read by a thread that keeps only the newest frame) and ``file`` (a video file,
-or `stlib.video.SyntheticScene` when none is given: what runs when there is no camera); with the last two the
-kernel pushes frames and the browser acknowledges each one it has drawn.
+on the kernel's own machine, `stlib.video.CameraReader`) and ``file`` (a video file, or
+`stlib.video.SyntheticScene` when none is given: what runs when there is no camera; `stlib.video.FileReader`);
+with the last two the kernel pushes frames and the browser acknowledges each one it has drawn. Each network runs
+on the backend `stlib.backends.make_backend` chooses (``"auto"``: the fastest correct one here).
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ import numpy as np
 import traitlets as t
 from PIL import Image
 
-from .video import SyntheticScene, VideoError, blend, fit_frame
+from .video import (
+    CameraError,
+    CameraReader,
+    FileReader,
+    SyntheticScene,
+    VideoError,
+    fit_frame,
+    parse_resolution,
+    process_frame,
+)
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -47,7 +57,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RESOLUTIONS",
     "SOURCES",
-    "CameraError",
     "PipelineTiming",
     "WebcamConfig",
     "WebcamStylizer",
@@ -55,9 +64,6 @@ __all__ = [
     "encode_jpeg",
     "list_models",
     "measure_pipeline",
-    "parse_resolution",
-    "process_frame",
-    "run_desktop",
 ]
 
 SOURCES = ("browser", "opencv", "file")
@@ -65,24 +71,6 @@ SOURCES = ("browser", "opencv", "file")
 
 RESOLUTIONS = ("160x120", "320x240", "480x360", "640x480")
 """The resolutions offered by the widget (width x height of the frames the network sees)."""
-
-
-class CameraError(RuntimeError):
-    """A camera or window that cannot be used; the message is one sentence saying why and what to do."""
-
-
-def parse_resolution(text: str | tuple[int, int]) -> tuple[int, int]:
-    """'320x240' (or a (width, height) tuple) -> (320, 240); a ValueError for anything else."""
-    if isinstance(text, tuple) and len(text) == 2 and all(isinstance(v, int) for v in text):
-        width, height = text
-    else:
-        try:
-            width, height = (int(part) for part in str(text).lower().replace("×", "x").split("x"))
-        except ValueError:
-            raise ValueError(f"A resolution is WIDTHxHEIGHT such as 320x240, got {text!r}.") from None
-    if not (16 <= width <= 4096 and 16 <= height <= 4096):
-        raise ValueError(f"Resolution {width}x{height} is out of range (16 to 4096 pixels per side).")
-    return width, height
 
 
 @dataclass
@@ -123,19 +111,6 @@ class WebcamConfig:
 # ----------------------------------------------------------------------------------------------------
 # The per-frame pipeline
 # ----------------------------------------------------------------------------------------------------
-
-
-def process_frame(
-    model: TransformerNet | Backend, frame: np.ndarray, strength: float = 1.0, mirror: bool = False
-) -> np.ndarray:
-    """The per-frame function of every source: mirror, stylise (`stylize_frame`), blend; uint8 RGB in and out."""
-    from .stylize import stylize_frame
-
-    if mirror:
-        frame = np.ascontiguousarray(frame[:, ::-1])
-    if strength <= 0.0:
-        return frame
-    return blend(frame, stylize_frame(model, frame), strength)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 80) -> bytes:
@@ -240,118 +215,6 @@ def list_models(folder: str | os.PathLike | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
 
 
-def _default_device(device: str | None) -> str:
-    if device is not None:
-        return device
-    from .hardware import default_device
-
-    return default_device()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Kernel-side frame sources (opencv, file)
-# ----------------------------------------------------------------------------------------------------
-
-
-class _CameraReader:
-    """An OpenCV camera read by a thread that keeps only the newest frame (no lag from buffered frames)."""
-
-    def __init__(self, index: int) -> None:
-        try:
-            import cv2
-        except ImportError:
-            raise CameraError("The opencv source needs OpenCV: pip install opencv-python-headless.") from None
-        self._cv2 = cv2
-        self._capture = cv2.VideoCapture(index)
-        if not self._capture.isOpened():
-            self._capture.release()
-            raise CameraError(
-                f"No camera {index} on the kernel's machine (OpenCV cannot open it); on Colab or a remote "
-                "kernel use the browser source, or the file source without a camera."
-            )
-        self._latest: np.ndarray | None = None
-        self._fresh = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._grab, name="stlib-camera", daemon=True)
-        self._thread.start()
-
-    def _grab(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            ok, bgr = self._capture.read()
-            if not ok:
-                failures += 1
-                if failures > 50:
-                    break
-                time.sleep(0.02)
-                continue
-            failures = 0
-            self._latest = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
-            self._fresh.set()
-
-    def read(self, timeout: float = 2.0) -> np.ndarray | None:
-        """The newest frame not yet returned (waits for one), or None when the camera stopped delivering."""
-        if not self._fresh.wait(timeout):
-            return None
-        self._fresh.clear()
-        return self._latest
-
-    def close(self) -> None:
-        """Stop the grabbing thread and release the camera."""
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._capture.release()
-
-
-class _FileReader:
-    """A video file (looped) or the synthetic scene, paced to play in real time (frames are skipped if slow)."""
-
-    def __init__(self, video: str | None, width: int, height: int) -> None:
-        self._start = time.perf_counter()
-        self._scene: SyntheticScene | None = None
-        self._capture = None
-        self._index = -1
-        if video:
-            from .video import probe
-
-            info = probe(video)  # a VideoError naming the file when it cannot be read
-            import cv2
-
-            self._cv2 = cv2
-            self._capture = cv2.VideoCapture(str(info.path))
-            self.fps = info.fps
-        else:
-            self._scene = SyntheticScene(width, height)
-            self.fps = self._scene.fps
-
-    def read(self, timeout: float = 2.0) -> np.ndarray | None:
-        """The frame due now (waits until the next one is due)."""
-        due = int((time.perf_counter() - self._start) * self.fps)
-        if due <= self._index:  # faster than the video: wait for its next frame
-            time.sleep(max(0.0, (self._index + 1) / self.fps - (time.perf_counter() - self._start)))
-            due = self._index + 1
-        if self._scene is not None:
-            self._index = due
-            return self._scene.frame(due)
-        frame = None
-        while self._index < due:  # skip the frames we are too slow to show
-            ok = self._capture.grab()
-            if not ok:  # the end: loop
-                self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
-                if not self._capture.grab():
-                    return None
-            self._index += 1
-        ok, bgr = self._capture.retrieve()
-        if ok:
-            frame = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
-        return frame
-
-    def close(self) -> None:
-        """Release the video file."""
-        if self._capture is not None:
-            self._capture.release()
-
-
 # ----------------------------------------------------------------------------------------------------
 # The widget
 # ----------------------------------------------------------------------------------------------------
@@ -404,7 +267,9 @@ class WebcamStylizer(_WidgetBase):
         config = WebcamConfig(**settings)
         super().__init__()
         self.config = config
-        self._device = _default_device(config.device)
+        from .hardware import default_device
+
+        self._device = config.device or default_device()
         self._loaded: dict[str, Any] = {}  # key -> TransformerNet
         self._backends: dict[str, Backend] = {}  # key -> the same network on its backend
         self._lock = threading.Lock()
@@ -468,7 +333,7 @@ class WebcamStylizer(_WidgetBase):
         key = change["new"]
         if not key or key in self._loaded:
             return
-        from .stylize import load_model
+        from .checkpoint import load_model
 
         try:
             self._loaded[key] = load_model(key, device=self._device)
@@ -479,25 +344,15 @@ class WebcamStylizer(_WidgetBase):
 
     def _bind_backend(self, key: str) -> None:
         """Run network `key` through the configured backend ("auto": the fastest correct one, timed here)."""
-        from .backends import BackendError, choose_backend, make_backend, onnx_cache_path, unavailable_reason
+        from .backends import BackendError, make_backend
 
-        model = self._loaded[key]
         width, height = parse_resolution(self.config.resolution)
-        exporting = self.config.backend in ("auto", "onnx") and unavailable_reason("onnx", self._device) is None
-        if exporting and not onnx_cache_path(model).is_file():
-            print("Exporting the network to ONNX to time it against PyTorch (first use only, up to half a minute)...")
         try:
-            if self.config.backend == "auto":
-                backend, timings = choose_backend(model, probe=(height, width))
-                timed = ", ".join(f"{t.name} {t.ms:.0f} ms" for t in timings if t.ms is not None)
-                self.status = f"backend: {backend.name} (fastest here at {width}x{height}: {timed})"
-            else:
-                backend = make_backend(model, self.config.backend, probe=(height, width))
-                self.status = f"backend: {backend.name}"
+            self._backends[key] = backend = make_backend(self._loaded[key], self.config.backend, probe=(height, width))
         except BackendError as err:
             self.error = str(err)
             return
-        self._backends[key] = backend
+        self.status = backend.summary()
 
     def _on_transport(self, change: dict) -> None:
         self._reply_base64 = change["new"] == "base64"
@@ -617,9 +472,9 @@ class WebcamStylizer(_WidgetBase):
     def _kernel_loop(self, stop: threading.Event, source: str) -> None:
         width, height = parse_resolution(self.resolution)
         try:
-            reader = _CameraReader(self.config.camera) if source == "opencv" else None
+            reader = CameraReader(self.config.camera) if source == "opencv" else None
             if reader is None:
-                reader = _FileReader(self.config.video, width, height)
+                reader = FileReader(self.config.video, width, height)
         except (CameraError, VideoError) as err:
             self.error = str(err)
             self.running = False
@@ -710,68 +565,3 @@ class WebcamStylizer(_WidgetBase):
         """Stop any kernel-side source and close the widget."""
         self._stop_thread()
         super().close()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The desktop app (python -m stlib webcam)
-# ----------------------------------------------------------------------------------------------------
-
-
-def run_desktop(
-    model: TransformerNet | Backend,
-    camera: int = 0,
-    resolution: str | tuple[int, int] = "640x480",
-    mirror: bool = True,
-    strength: float = 1.0,
-    max_frames: int | None = None,
-) -> dict[str, float]:
-    """Stylise a local camera in an OpenCV window (q/Esc quit, m mirror, s snapshot, +/- strength); return stats."""
-    try:
-        import cv2
-    except ImportError:
-        raise CameraError("The desktop app needs OpenCV with windows: pip install opencv-python.") from None
-    from .assets import outputs_dir
-    from .images import save_image
-
-    width, height = parse_resolution(resolution)
-    window = "stlib webcam (q: quit, m: mirror, s: snapshot, +/-: strength)"
-    try:
-        cv2.namedWindow(window, cv2.WINDOW_AUTOSIZE)
-    except cv2.error:
-        raise CameraError(
-            "This OpenCV build has no window support (opencv-python-headless): install the desktop build with "
-            "pip uninstall -y opencv-python-headless && pip install opencv-python, or use the notebook widget."
-        ) from None
-    reader = _CameraReader(camera)
-    shown, start, recent = 0, time.perf_counter(), deque(maxlen=30)
-    try:
-        while max_frames is None or shown < max_frames:
-            frame = reader.read()
-            if frame is None:
-                raise CameraError(f"Camera {camera} stopped delivering frames.")
-            styled = process_frame(model, fit_frame(frame, width, height), strength=strength, mirror=mirror)
-            recent.append(time.perf_counter())
-            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-            bgr = cv2.cvtColor(styled, cv2.COLOR_RGB2BGR)
-            cv2.putText(bgr, f"{fps:.1f} fps  strength {strength:.2f}", (8, 20), 0, 0.5, (255, 255, 255), 1)
-            cv2.imshow(window, bgr)
-            shown += 1
-            key = cv2.waitKey(1) & 0xFF
-            if key in (ord("q"), 27):
-                break
-            if key == ord("m"):
-                mirror = not mirror
-            elif key == ord("s"):
-                path = save_image(
-                    Image.fromarray(styled), outputs_dir() / f"webcam_{time.strftime('%Y%m%d-%H%M%S')}.jpg"
-                )
-                print(f"saved {path}")
-            elif key in (ord("+"), ord("=")):
-                strength = min(1.0, strength + 0.1)
-            elif key == ord("-"):
-                strength = max(0.0, strength - 0.1)
-    finally:
-        reader.close()
-        cv2.destroyAllWindows()
-    seconds = time.perf_counter() - start
-    return {"frames": shown, "seconds": seconds, "fps": shown / seconds if seconds > 0 else 0.0}

@@ -159,7 +159,7 @@ def test_backend_rejects_a_wrong_shape(net):
 @needs_ort
 def test_cli_export_onnx_reports_parity_and_refuses_other_suffixes(net, tmp_path, capsys):
     from stlib import cli
-    from stlib.stylize import save_model
+    from stlib.checkpoint import save_model
 
     model_file = save_model(net, tmp_path / "net.safetensors")
     out = tmp_path / "net.onnx"

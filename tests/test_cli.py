@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stlib import assets, cli, images
-from stlib.stylize import read_metadata
+from stlib import assets, cli, gatys, images
+from stlib.checkpoint import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,33 @@ def test_gatys_help_documents_every_option():
             assert option in proc.stdout, option
         assert action.help, f"{action.option_strings} has no help text"
     assert "Gatys" in proc.stdout and "example:" in proc.stdout
+
+
+def test_top_level_help_is_fast_and_imports_no_torch():
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stlib", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "gatys" in proc.stdout and "download-coco" in proc.stdout, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "stlib" in imported and not imported & {"torch", "matplotlib", "numpy", "PIL"}, sorted(imported)
+
+
+def test_every_config_field_is_on_the_command_line_unless_internal():
+    from dataclasses import fields
+
+    from stlib.distill import DistillConfig
+    from stlib.options import is_option
+    from stlib.train import TrainConfig
+    from stlib.transformer import TransformerConfig
+
+    internal = {
+        gatys.GatysConfig: {"snapshot_every", "channels_last", "truncate"},  # --gif sets the first; speed options
+        TrainConfig: {"transformer"},  # its own fields are options (the "network" group)
+        TransformerConfig: set(),
+        DistillConfig: set(),
+    }
+    for cls, hidden in internal.items():
+        assert {f.name for f in fields(cls) if not is_option(f)} == hidden, cls.__name__
 
 
 # --------------------------------------------------------------------------------------------------------

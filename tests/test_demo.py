@@ -166,7 +166,7 @@ def test_quick_demo_writes_figures_progress_and_a_gallery(quick_demo):
 
 
 def test_every_image_of_the_gallery_loads_in_chromium(quick_demo):
-    from test_webcam_e2e import chromium_problem, launch_chromium
+    from tests.browser import chromium_problem, launch_chromium
 
     problem = chromium_problem()
     if problem:
@@ -203,7 +203,7 @@ def test_shipped_networks_stylise_the_photo_with_every_network_in_checkpoints(tm
 
     import torch
 
-    from stlib.stylize import save_model
+    from stlib.checkpoint import save_model
     from stlib.transformer import TransformerConfig, TransformerNet
 
     home = tmp_path / "home"

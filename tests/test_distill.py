@@ -10,8 +10,8 @@ from PIL import Image
 
 from stlib import cli
 from stlib.assets import content_image
+from stlib.checkpoint import load_model, read_metadata, save_model
 from stlib.distill import DistillConfig, _photos, distill, slim_config
-from stlib.stylize import load_model, read_metadata, save_model
 from stlib.transformer import TransformerConfig, TransformerNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")

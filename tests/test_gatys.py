@@ -20,20 +20,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_content_reconstruction_conv2_2_is_close_to_the_photo(photo, offline_weights):
-    result = gatys.reconstruct_content(photo, "conv2_2", iterations=300, weights=offline_weights)
+    result = gatys.reconstruct_content(photo, "conv2_2", iterations=300, vgg_weights=offline_weights)
     assert result.image.shape == photo.shape
     assert result.losses("content")[-1] < 0.02 * result.losses("content")[0]
     assert psnr(result.image, photo) >= 20.0
 
 
 def test_deeper_layers_reconstruct_less_exactly(photo, offline_weights):
-    shallow = gatys.reconstruct_content(photo, "conv1_2", iterations=60, weights=offline_weights)
-    deep = gatys.reconstruct_content(photo, "conv5_2", iterations=60, weights=offline_weights)
+    shallow = gatys.reconstruct_content(photo, "conv1_2", iterations=60, vgg_weights=offline_weights)
+    deep = gatys.reconstruct_content(photo, "conv5_2", iterations=60, vgg_weights=offline_weights)
     assert psnr(shallow.image, photo) > psnr(deep.image, photo) + 3.0
 
 
 def test_style_reconstruction_lowers_the_style_loss_tenfold(painting, offline_weights):
-    result = gatys.reconstruct_style(painting, STYLE_LAYERS, size=(64, 64), iterations=100, weights=offline_weights)
+    result = gatys.reconstruct_style(painting, STYLE_LAYERS, size=(64, 64), iterations=100, vgg_weights=offline_weights)
     assert result.image.shape == (1, 3, 64, 64)
     # Measured independently of the optimiser's own bookkeeping: plain Gram losses, noise vs result.
     with VGGFeatures(STYLE_LAYERS, weights=offline_weights) as vgg:
@@ -300,3 +300,18 @@ def test_optimize_image_returns_the_lowest_objective_seen():
     best_seen = min(h["total"] for h in result.history)
     assert float(loss_fn(steps[-1])["total"]) > best_seen  # the plain last step would be worse
     assert float(loss_fn(result.image)["total"]) == pytest.approx(best_seen)
+
+
+def test_config_is_the_objective_plus_the_optimisation_and_takes_the_former_weights_name():
+    from dataclasses import replace
+
+    from stlib.perceptual import ObjectiveConfig
+
+    config = gatys.GatysConfig(weights="offline", size=64, style_weight=3.0)  # the former name of vgg_weights
+    assert config.vgg_weights == config.weights == "offline" and gatys.GatysConfig(weights=None).vgg_weights is None
+    assert replace(config, size=32).vgg_weights == "offline" and replace(config, vgg_weights="auto").weights == "auto"
+    assert config.objective() == ObjectiveConfig(vgg_weights="offline", style_weight=3.0)
+    again = gatys.GatysConfig.from_objective(config.objective(), size=64)
+    assert again == config and isinstance(again, gatys.GatysConfig)
+    with pytest.raises(TypeError, match="vgg_weights or its former name weights"):
+        gatys.GatysConfig(weights="offline", vgg_weights="auto")

@@ -64,3 +64,12 @@ def test_the_machine_line_names_the_cpu_and_the_bf16_answer(fast_bf16):
     line = hardware.describe_machine()
     assert f"hardware bf16: {'yes' if fast_bf16 else 'no'} (forced by STLIB_FAST_BF16)" in line
     assert f"torch {torch.__version__}" in line and "threads" in line
+
+
+def test_usable_device_checks_the_device_and_names_it():
+    assert hardware.usable_device("cpu") == "cpu" and hardware.usable_device() == hardware.default_device()
+    with pytest.raises(ValueError, match="Cannot use the device 'nowhere'"):
+        hardware.usable_device("nowhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="Cannot use the device 'cuda'"):
+            hardware.usable_device("cuda")

@@ -103,3 +103,17 @@ def test_show_saves_then_closes(tmp_path, monkeypatch):
     assert shown == [True]
     assert (tmp_path / "curve.png").is_file()
     assert not plt.fignum_exists(fig.number)
+
+
+def test_live_losses_keeps_every_step_and_redraws_on_its_schedule():
+    live = plots.LiveLosses(("content", "total"), every=3, last=4, title="run")
+    draws = []
+    live.redraw = lambda: draws.append(len(live.values["total"]))  # record when it would redraw
+    for step in range(1, 5):
+        assert live(step, {"content": 1.0 / step, "style": 9.0, "total": 2.0 / step}) is None  # never stops
+    assert live.values == {"content": [1.0, 0.5, 1 / 3, 0.25], "total": [2.0, 1.0, 2 / 3, 0.5]}
+    assert draws == [3, 4]  # step 3 (every 3) and the last step
+    del live.redraw
+    live.redraw()  # outside a notebook: draws the figure, nothing to update
+    assert [line.get_label() for line in live.ax.get_lines()] == ["content", "total"]
+    assert live.ax.get_yscale() == "log" and live.ax.get_title() == "run"

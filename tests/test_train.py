@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from stlib import assets, images, train, vgg
-from stlib.stylize import load_model, read_metadata
-from stlib.train import PerceptualLoss, ResumeError, TrainConfig, TrainingDiverged, lr_at
+from stlib import assets, images, train
+from stlib.checkpoint import load_model, read_metadata
+from stlib.perceptual import PerceptualLoss
+from stlib.train import ResumeError, TrainConfig, TrainingDiverged, lr_at
 from stlib.transformer import TransformerConfig, TransformerNet
 
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
@@ -108,40 +109,6 @@ def test_learning_rate_schedules():
 
 
 # --------------------------------------------------------------------------------------------------------
-# The normalised perceptual loss
-# --------------------------------------------------------------------------------------------------------
-
-
-def test_loss_terms_do_not_depend_on_the_vgg_feature_scale(tmp_path, offline_weights, photo, painting):
-    # Scaling every convolution's bias by k and the first one's weights by k scales every ReLU feature by k
-    # (ReLU and max pooling are positively homogeneous): the normalised terms must not change.
-    state, _ = vgg.load_vgg_weights(offline_weights)
-    k = 1 / 60  # about the Caffe-to-ImageNet feature ratio
-    scaled = {
-        name: value * k if name.endswith("bias") or name == "conv1_1.weight" else value for name, value in state.items()
-    }
-    path = tmp_path / "scaled_vgg.safetensors"
-    save_file(scaled, str(path), metadata={"normalization": "caffe"})
-    x = photo[..., :64, :64]  # (1, 3, 64, 64)
-    y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    terms = [PerceptualLoss(painting, vgg_weights=w)(x, y) for w in (offline_weights, str(path))]
-    for key in ("content", "style", "tv", "total"):
-        assert float(terms[1][key]) == pytest.approx(float(terms[0][key]), rel=1e-3)
-    assert 0 < float(terms[0]["content"]) < 1 and float(terms[0]["style"]) > 0
-
-
-def test_split_and_fused_vgg_passes_agree(offline_weights, photo, painting):
-    x = photo[..., :32, :48]
-    y = x.flip(-1)
-    split = PerceptualLoss(painting, vgg_weights=offline_weights, vgg_pass="split")(x, y)
-    fused = PerceptualLoss(painting, vgg_weights=offline_weights, vgg_pass="fused")(x, y)
-    for key in split:
-        assert float(fused[key]) == pytest.approx(float(split[key]), rel=1e-4)
-    same = PerceptualLoss(painting, vgg_weights=offline_weights)(x, x)
-    assert float(same["content"]) == 0.0  # the photo reproduces itself exactly
-
-
-# --------------------------------------------------------------------------------------------------------
 # Training, checkpoints and exact resume
 # --------------------------------------------------------------------------------------------------------
 
@@ -160,7 +127,7 @@ def test_training_writes_checkpoint_logs_grids_and_gif(straight):
     assert meta["format"] == "stlib.transformer" and meta["transformer"] == SLIM.__dict__
     info = meta["info"]
     assert info["step"] == 6 and info["stlib_version"] and set(info["losses"]) >= {"content", "style", "tv"}
-    assert info["style_sha256"] == train._sha256(assets.style_image("starry_night"))
+    assert info["style_sha256"] == assets.file_sha256(assets.style_image("starry_night"))
     assert TrainConfig.from_dict(info["train_config"]).transformer == SLIM
     model = load_model(straight.checkpoint)  # rebuilt from the metadata alone
     x = torch.rand(1, 3, 24, 40)
@@ -339,25 +306,31 @@ def _objective_pair(config: TrainConfig, photo: torch.Tensor, painting: torch.Te
     with torch.no_grad():
         # "The same formula": compare in fp32 whatever `auto` picks on this CPU (bf16 where it has native bf16).
         ours = PerceptualLoss.from_config(style, config, precision="fp32")(photo, y)
-        with gatys.GatysLoss(photo, style, gatys_config or config.gatys_config(size=64)) as theirs:
+        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective(), size=64)
+        with gatys.GatysLoss(photo, style, settings) as theirs:
             reference = theirs(y)
     return ours, reference
 
 
-def test_gatys_config_optimises_the_same_objective_as_training(fast_bf16, offline_weights, photo, painting):
+def test_gatys_optimises_the_same_objective_as_training(fast_bf16, offline_weights, photo, painting):
     config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
     ours, reference = _objective_pair(config, photo, painting)
     for key in ("content", "style", "tv", "total"):
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-7)
-    gc = config.gatys_config(size=512, iterations=100)
-    assert gc.style_scale * 512 == 48 and gc.init == "noise" and gc.iterations == 100
+    from stlib.gatys import GatysConfig
+
+    gc = GatysConfig.from_objective(config.objective(), size=512, iterations=100, init="noise")
+    assert gc.objective() == config.objective() and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
+    assert gc.content_layers == ("relu2_2",) and gc.style_layers == dict.fromkeys(config.style_layers, 1.0)
 
 
 @pytest.mark.parametrize("change", ["one layer's weight", "tv weight"])
 def test_the_same_objective_check_fails_when_the_formula_differs(offline_weights, photo, painting, change):
+    from stlib import gatys
+
     # The tolerance above is tight enough to catch a 1 % change of one term: the check keeps its teeth.
     config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
-    wrong = config.gatys_config(size=64)
+    wrong = gatys.GatysConfig.from_objective(config.objective(), size=64)
     if change == "tv weight":
         wrong = replace(wrong, tv_weight=wrong.tv_weight * 1.01)
     else:
@@ -398,3 +371,40 @@ def test_training_uses_the_precision_auto_picks_and_resume_refuses_another(
     monkeypatch.setenv("STLIB_FAST_BF16", "0" if fast_bf16 else "1")  # the same run on the other kind of CPU
     with pytest.raises(ResumeError, match="precision"):
         train.train(replace(cfg, steps=3, resume=True))
+
+
+class _PixelLoss(torch.nn.Module):
+    """A stand-in for another task's objective: L1 between the outputs and the targets (no VGG)."""
+
+    terms = ("pixel",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, targets: torch.Tensor, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append((targets.detach().clone(), outputs.detach().clone()))
+        pixel = (outputs.float() - targets).abs().mean()
+        return {"pixel": pixel, "total": pixel}
+
+
+def _blurred(photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Super-resolution-like pairs: the photo at half size, upsampled back, as the input; the photo as the target."""
+    small = torch.nn.functional.interpolate(photos, scale_factor=0.5, mode="bilinear", antialias=True)
+    return torch.nn.functional.interpolate(small, size=photos.shape[-2:], mode="bilinear"), photos
+
+
+def test_the_loop_trains_any_objective_on_any_input_target_pairs(photos, tmp_path):
+    objective = _PixelLoss()
+    cfg = small_config(photos, tmp_path, "offline", steps=4, val_every=2, precision="fp32")
+    result = train.train(cfg, objective=objective, pairs=_blurred)
+    assert [sorted(h) for h in result.history][0] == ["lr", "pixel", "step", "time", "total"]
+    assert result.losses("pixel")[-1] < result.losses("pixel")[0]  # it learns to undo the blur
+    targets, _ = objective.seen[0]
+    inputs, expected = _blurred(targets)
+    assert torch.equal(expected, targets) and not torch.equal(inputs, targets)
+    with open(result.log, newline="") as f:
+        assert set(csv.DictReader(f).fieldnames) == {"step", "epoch", "total", "pixel", "lr", "images_per_s", "seconds"}
+    info = read_metadata(result.checkpoint)["info"]
+    assert info["vgg_weights"] is None and set(info["losses"]) >= {"pixel", "total"}  # no loss network recorded
+    assert torch.load(result.state, weights_only=True)["vgg_source"] is None

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from stlib import cli
-from stlib.stylize import save_model, stylize_frame
+from stlib.checkpoint import save_model
+from stlib.stylize import stylize_frame
 from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.video import (
+    FileReader,
     SyntheticScene,
     VideoError,
     blend,
     fit_frame,
+    parse_resolution,
     probe,
+    process_frame,
     read_frames,
     stylize_video,
     write_video,
@@ -139,3 +145,37 @@ def test_cli_video_round_trip_and_one_line_errors(tmp_path, clip, model, capsys)
     code = cli.main(["video", str(path), "-o", str(tmp_path / "out.txt"), "--model", str(model_file)])
     _, stderr = capsys.readouterr()
     assert code == 2 and "out.txt" in stderr and stderr.count("\n") == 1
+
+
+def test_parse_resolution():
+    assert parse_resolution("320x240") == (320, 240) == parse_resolution("320×240") == parse_resolution((320, 240))
+    for bad in ("320", "axb", "8x8", "100000x10"):
+        with pytest.raises(ValueError):
+            parse_resolution(bad)
+
+
+def test_process_frame_mirrors_stylises_and_blends(model):
+    frame = SyntheticScene(64, 48).frame(3)
+    original = frame.copy()
+    flipped = np.ascontiguousarray(frame[:, ::-1])
+    assert np.array_equal(process_frame(model, frame), stylize_frame(model, frame))
+    assert np.array_equal(process_frame(model, frame, mirror=True), stylize_frame(model, flipped))
+    assert np.array_equal(process_frame(model, frame, strength=0.0, mirror=True), flipped)
+    half = process_frame(model, frame, strength=0.5).astype(int)
+    full = stylize_frame(model, frame).astype(int)
+    assert np.abs(half - (full + frame.astype(int)) / 2).max() <= 1
+    assert np.array_equal(frame, original)  # pure: the input is untouched
+
+
+def test_file_reader_plays_the_scene_or_a_file_in_real_time(clip):
+    frames, path = clip
+    scene = FileReader(None, 64, 48)
+    first, second = scene.read(), scene.read()
+    assert first.shape == second.shape == (48, 64, 3) and not np.array_equal(first, second)  # a new frame each time
+    scene.close()
+    looped = FileReader(str(path), 64, 48)
+    start = time.perf_counter()
+    read = [looped.read() for _ in range(12)]  # 8 frames at 10 fps, then the start again
+    assert all(f is not None and f.shape == (48, 64, 3) for f in read)
+    assert time.perf_counter() - start >= 1.0  # paced: 12 frames at 10 fps take about 1.1 s
+    looped.close()

@@ -1,0 +1,188 @@
+"""Command-line options declared on config fields: a default, a help sentence and how the command line spells it.
+
+Each run's settings are a dataclass beside the code that uses them (`stlib.gatys.GatysConfig`,
+`stlib.train.TrainConfig`, ...). A field declared with `option` carries its help text and its command-line form
+in its ``metadata``; `add_options` turns those fields into argparse arguments and `config_from` turns the parsed
+arguments back into the dataclass, so a new setting appears on the command line, with its help, without a second
+copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. This module is
+the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, field
+from typing import Any
+
+__all__ = ["CHECKS", "add_options", "config_from", "is_option", "layer_weight", "option", "parse_type"]
+
+CHECKS = ("positive", "non_negative", "fraction")
+"""Value checks the command line applies: > 0, >= 0 (finite), and a number in [0, 1]."""
+
+
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str | Sequence[str] | None = None,
+    choices: Sequence[Any] | None = None,
+    check: str | None = None,
+    metavar: str | None = None,
+    group: str | None = None,
+    positional: bool = False,
+    required: bool = False,
+    none: Any = MISSING,
+) -> Any:
+    """A dataclass field with its command-line description in ``metadata``.
+
+    `flag` overrides the option name (default ``--field-name``; a boolean that defaults to True needs one that
+    turns it off, e.g. ``--quiet`` for ``progress``); `check` is one of `CHECKS`; `group` names the help
+    section; `required` makes the command line insist on a field that has a default (fields without one always
+    are); `none` is the command-line value that stands for None (e.g. 0 for "as large as the file").
+    """
+    if check is not None and check not in CHECKS:
+        raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}.")
+    metadata = {"help": help, "flag": (flag,) if isinstance(flag, str) else flag, "choices": choices}
+    metadata |= {"check": check, "metavar": metavar, "group": group, "positional": positional, "required": required}
+    if none is not MISSING:
+        metadata["none"] = none
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def is_option(f: Field) -> bool:
+    """Whether a dataclass field was declared with `option` (and so belongs on the command line)."""
+    return bool(f.metadata.get("help"))
+
+
+def _number(cast: type, what: str, low: float = -math.inf, high: float = math.inf, low_ok: bool = True):
+    """An argparse type: `cast(text)` within [low, high] (or (low, high] without `low_ok`), else "expected <what>"."""
+
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ((value > low or (low_ok and value == low)) and value <= high and value != math.inf):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, "a positive integer", low=1)
+non_negative_float = _number(float, "a finite number >= 0", low=0)
+_TYPES: dict[tuple[type, str | None], Callable[[str], Any]] = {
+    (int, None): int,
+    (int, "positive"): positive_int,
+    (float, None): float,
+    (float, "positive"): _number(float, "a number > 0", low=0, low_ok=False),
+    (float, "non_negative"): non_negative_float,
+    (float, "fraction"): _number(float, "a number between 0 and 1", low=0, high=1),
+    (str, None): str,
+}
+
+
+def layer_weight(text: str) -> tuple[str, float]:
+    """'relu1_1' or 'relu1_1:0.5' -> (name, weight): a style layer with its weight on the command line."""
+    name, _, weight = text.partition(":")
+    return name, non_negative_float(weight) if weight else 1.0
+
+
+def parse_type(kind: type, check: str | None = None) -> Callable[[str], Any]:
+    """The argparse type for values of `kind` (int, float, str) under a `CHECKS` entry (None: any value)."""
+    return _TYPES[kind, check]
+
+
+def _kind(hint: object) -> tuple[object, object | None]:
+    """(value type, container type or None) of a field's type hint: `int | tuple[int, ...]` -> (int, tuple)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    for each in options:
+        if typing.get_origin(each) in (tuple, list, dict):
+            return (typing.get_args(each) or (str,))[0], typing.get_origin(each)
+    return options[0], None
+
+
+def _default_text(default: object) -> str:
+    if default is None or isinstance(default, bool):
+        return ""
+    if isinstance(default, dict):
+        default = [k if w == 1 else f"{k}:{w:g}" for k, w in default.items()]
+    if isinstance(default, (tuple, list)):
+        default = " ".join(str(v) for v in default)
+    return f" (default: {default})".replace("%", "%%")
+
+
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any] | None = None, group: str | None = None
+) -> None:
+    """One argument per `option` field of dataclass `cls` (and of nested config dataclasses), in help `groups`.
+
+    A nested dataclass field's ``metadata["group"]`` is the default group of its fields (e.g. "network").
+    """
+    groups = {} if groups is None else groups
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta, hint = f.metadata, hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            add_options(parser, hint, groups, meta.get("group", group))
+            continue
+        if not meta.get("help"):
+            continue
+        name = meta["group"] or group
+        target = (
+            parser if name is None else groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        )
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind, container = _kind(hint)
+        help_ = meta["help"] + (_default_text(default) if has_default else "")
+        if meta["positional"]:
+            target.add_argument(f.name, metavar=meta["metavar"], help=help_)
+            continue
+        flags = meta["flag"] or ("--" + f.name.replace("_", "-"),)
+        if kind is bool:
+            target.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=help_)
+            continue
+        target.add_argument(
+            *flags, dest=f.name, type=layer_weight if container is dict else _TYPES[kind, meta["check"]],
+            nargs="+" if container else None, choices=meta["choices"], help=help_,
+            metavar=meta["metavar"] or ("N" if kind is int and not meta["choices"] else None),
+            **({"default": default, "required": meta["required"]} if has_default else {"required": True}),
+        )  # fmt: skip
+
+
+def config_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """An instance of dataclass `cls` from the parsed `args` of its option fields and the `given` values.
+
+    Several values become a tuple (a dict for ``LAYER[:W]`` lists), one value of an ``int | tuple`` field stays
+    an int, and an option's `none` value becomes None; fields that are not options keep their defaults.
+    """
+    hints, values = typing.get_type_hints(cls), dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = config_from(hint, args)
+        elif f.metadata.get("help"):
+            value, (_, container) = getattr(args, f.name), _kind(hint)
+            if "none" in f.metadata and value == f.metadata["none"]:
+                value = None
+            elif isinstance(value, list):
+                union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+                scalar = union and any(
+                    typing.get_origin(a) is None and a is not type(None) for a in typing.get_args(hint)
+                )
+                value = value[0] if scalar and len(value) == 1 else container(value)
+            values[f.name] = value
+    return cls(**values)

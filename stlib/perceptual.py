@@ -1,0 +1,318 @@
+"""The perceptual objective: a fixed VGG loss network, its layers and weights, and the normalised loss terms.
+
+One objective serves image optimisation (Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional
+Neural Networks", CVPR 2016, Eq. 7: alpha * L_content + beta * L_style) and the training of feed-forward
+networks (Johnson, Alahi & Fei-Fei, "Perceptual Losses for Real-Time Style Transfer and Super-Resolution",
+ECCV 2016, Eq. 1: a weighted sum of feature reconstruction, style reconstruction and total variation terms).
+The two papers differ only in the layers they read and in what is optimised (pixels, or a network's weights):
+`stlib.gatys` and `stlib.train` both build a `PerceptualLoss` from an `ObjectiveConfig`.
+
+Normalised terms, with F_l the features of the judged image y at layer l, P_l those of the content target x,
+G_l their normalised Gram matrices (`stlib.losses.gram_matrix`) and A_l the style target's Gram matrix:
+
+- content: ``mean_l ||F_l - P_l||^2 / ||P_l||^2`` over the content layers (Gatys Eq. 1, Johnson Eq. 2), both
+  norms means over the C*H*W values (and the batch): the *relative* squared feature error, 0 for y = x
+  (`content_scale`);
+- style: ``sum_l w_l ||G_l - A_l||_F^2 / ||A_l||_F^2`` with the layer weights w_l scaled to sum to 1 (Gatys
+  Eq. 4-5, Johnson Eq. 4): each layer's Gram error relative to its target (`relative_style_weights`);
+- TV: `stlib.losses.total_variation`, the mean squared difference of neighbouring pixels (Johnson Sec. 3.3).
+
+Dividing by the targets' own magnitudes removes the scale of the activations, which differs by ~60x between
+torchvision's ImageNet VGG and the Caffe-style offline VGG16 (`stlib.vgg`), and every term is a mean over
+positions: one set of weights means the same for every weight source and image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import nn
+
+from .hardware import autocast, resolve_precision
+from .losses import content_loss, gram_matrix, style_loss, total_variation
+from .options import option
+from .vgg import VGGFeatures, layer_names
+
+__all__ = [
+    "CONTENT_LAYERS",
+    "JOHNSON_CONTENT_LAYER",
+    "JOHNSON_STYLE_LAYERS",
+    "STYLE_LAYERS",
+    "VGG_PASSES",
+    "ObjectiveConfig",
+    "PerceptualLoss",
+    "blend_weights",
+    "content_scale",
+    "relative_style_weights",
+]
+
+CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
+"""Gatys et al.'s content layer 'conv4_2', read after its ReLU as in their Caffe code (in-place ReLUs)."""
+
+STYLE_LAYERS: dict[str, float] = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+"""Gatys et al.'s style layers 'conv1_1' ... 'conv5_1' (after their ReLUs), equally weighted."""
+
+JOHNSON_CONTENT_LAYER = "relu2_2"
+"""Johnson et al. Sec. 4.1: content (feature reconstruction) loss at relu2_2 of VGG16."""
+
+JOHNSON_STYLE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+"""Johnson et al. Sec. 4.1: style reconstruction loss at relu1_2, relu2_2, relu3_3 and relu4_3."""
+
+VGG_PASSES = ("split", "fused", "shared")
+"""How `PerceptualLoss` gets the content targets: a truncated copy of the network ("split"), one pass over the
+targets and the outputs together ("fused"), or a no-grad pass of the same network ("shared", no copy)."""
+
+_ARCHS = ("vgg16", "vgg19")
+_POOLS = ("max", "avg")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The objective: loss network (architecture, weights, pooling), layers and term weights (normalised terms).
+
+    The defaults are Gatys et al.'s layers with the course's weights; Johnson et al.'s are `JOHNSON_CONTENT_LAYER`
+    and `JOHNSON_STYLE_LAYERS`. A single layer name, or style layers listed without weights, are accepted.
+    """
+
+    arch: str = option("vgg16", "loss network; the offline weights exist only for vgg16", choices=_ARCHS, group="loss")
+    vgg_weights: str | None = option(
+        "auto", "VGG weights: auto, imagenet, offline (VGG16 only) or a state-dict file", flag="--weights", group="loss"
+    )
+    pool: str = option("max", "VGG pooling (avg: Gatys et al.'s smoother option)", choices=_POOLS, group="loss")
+    content_layers: tuple[str, ...] = option(CONTENT_LAYERS, "content layers", metavar="LAYER", group="loss")
+    style_layers: dict[str, float] = option(
+        help="style layers with optional weights w_l, e.g. relu1_1:2 relu3_1", factory=lambda: dict(STYLE_LAYERS),
+        metavar="LAYER[:W]", group="loss",
+    )  # fmt: skip
+    content_weight: float = option(1.0, "alpha, weight of the content loss", check="non_negative", group="loss")
+    style_weight: float = option(
+        10.0, "beta, weight of the style loss (alpha/beta = 0.1)", check="non_negative", group="loss"
+    )
+    tv_weight: float = option(10.0, "weight of the total variation loss", check="non_negative", group="loss")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.content_layers, str):
+            self.content_layers = (self.content_layers,)
+        self.content_layers = tuple(self.content_layers)
+        if isinstance(self.style_layers, str):
+            self.style_layers = {self.style_layers: 1.0}
+        elif not isinstance(self.style_layers, Mapping):
+            self.style_layers = dict.fromkeys(self.style_layers, 1.0)
+
+    def validate(self) -> None:
+        """Raise ValueError with one clear sentence for the first invalid setting."""
+        if self.arch not in _ARCHS:
+            raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
+        if self.pool not in _POOLS:
+            raise ValueError(f"Unknown pool {self.pool!r}; choose 'max' or 'avg'.")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if not self.content_layers and self.content_weight > 0:
+            raise ValueError("content_layers is empty but content_weight > 0; name a layer such as 'relu4_2'.")
+        if self.style_weight > 0:
+            if not self.style_layers:
+                raise ValueError("style_layers is empty but style_weight > 0; name layers such as 'relu1_1'.")
+            bad = {k: v for k, v in self.style_layers.items() if not (math.isfinite(v) and v >= 0)}
+            if bad or sum(self.style_layers.values()) <= 0:
+                raise ValueError(f"style_layers weights must be >= 0 with a positive sum, got {self.style_layers}.")
+        known = layer_names(self.arch)
+        unknown = [n for n in (*self.content_layers, *self.style_layers) if n not in known]
+        if unknown:
+            raise ValueError(f"Unknown {self.arch} layer(s) {', '.join(unknown)} (see stlib.vgg.layer_names).")
+
+    def objective(self) -> ObjectiveConfig:
+        """The objective alone, as a plain `ObjectiveConfig` (a `GatysConfig` drops its optimisation settings)."""
+        settings = {f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)}
+        return ObjectiveConfig(**{**settings, "style_layers": dict(self.style_layers)})
+
+    def active(self) -> ObjectiveConfig:
+        """The objective without the layers whose term has weight 0 (they cannot change the total)."""
+        content = self.content_layers if self.content_weight > 0 else ()
+        style = {k: w for k, w in self.style_layers.items() if w > 0} if self.style_weight > 0 else {}
+        return replace(self.objective(), content_layers=content, style_layers=style)
+
+
+def content_scale(target: torch.Tensor) -> torch.Tensor:
+    """||P||^2 as a mean over all values of a content target (B, C, H, W); 1 for an all-zero target."""
+    scale = target.float().pow(2).mean()
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def relative_style_weights(layer_weights: Mapping[str, float], grams: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """w_l / (sum_l w_l * ||A_l||_F^2) for target Gram matrices A_l (1, C, C): each layer's error relative to A_l."""
+    total = sum(layer_weights.values())
+    return {name: w / (total * (float(grams[name].pow(2).sum()) or 1.0)) for name, w in layer_weights.items()}
+
+
+ContentTargets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {layer: (features (B, C, H, W), scale ())}
+
+
+class PerceptualLoss(nn.Module):
+    """The normalised objective (module docstring) through a fixed VGG; style Gram matrices computed once.
+
+    ``loss(x, y)`` judges outputs y against content targets x, both (B, C, H, W) in [0, 1] (C = 3, or 1 for a
+    luminance image, repeated to RGB), and returns the scalar terms ``{"content", "style", "tv", "total"}``
+    (float32; `terms` names all but the total). Style transfer passes the photos as x; `content_targets` and
+    `judge` split the call where the targets stay fixed (Gatys' optimisation of one image). Several style images
+    are blended by mixing their Gram matrices, A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1.
+    `precision` ("fp32", "bf16", "fp16") is the autocast of the VGG's activations; Gram matrices and losses are
+    float32. Use it in a ``with`` block (or call `close`) to remove the VGG's hooks.
+    """
+
+    terms = ("content", "style", "tv")
+
+    def __init__(
+        self,
+        styles: torch.Tensor | Sequence[torch.Tensor] = (),
+        config: ObjectiveConfig | None = None,
+        *,
+        blend: Sequence[float] | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        vgg_pass: str = "split",
+        truncate: bool = True,
+    ) -> None:
+        super().__init__()
+        config = config or ObjectiveConfig()
+        config.validate()
+        if vgg_pass not in VGG_PASSES:
+            raise ValueError(f"vgg_pass must be one of {', '.join(VGG_PASSES)}, got {vgg_pass!r}.")
+        styles = [styles] if isinstance(styles, torch.Tensor) else list(styles)
+        for style in styles:
+            if style.dim() != 4 or style.shape[0] != 1 or style.shape[1] not in (1, 3):
+                raise ValueError(f"The style image must be a (1, 3, H, W) tensor, got shape {tuple(style.shape)}.")
+        if config.style_layers and not styles and config.style_weight > 0:
+            raise ValueError("The objective has style layers but no style image was given.")
+        self.config, self.precision, self.channels_last, self.vgg_pass = config, precision, channels_last, vgg_pass
+        self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight}
+        self.content_layers = tuple(config.content_layers)
+        self.style_layers = dict(config.style_layers) if styles else {}
+        self.vgg = VGGFeatures(self._layers(truncate), arch=config.arch, weights=config.vgg_weights, pool=config.pool)
+        split = vgg_pass == "split" and self.content_layers
+        # The content targets need only the first layers: a second, truncated copy (split pass).
+        self.content_vgg = (
+            VGGFeatures(self.content_layers, arch=config.arch, weights=config.vgg_weights, pool=config.pool)
+            if split
+            else None
+        )
+        self.to(styles[0].device if styles else "cpu")
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        grams = self._style_grams(styles, blend) if self.style_layers else {}
+        for name, gram in grams.items():
+            self.register_buffer(f"gram_{name}", gram, persistent=False)
+        self.layer_weights = relative_style_weights(self.style_layers, grams)
+
+    @classmethod
+    def from_config(cls, style: torch.Tensor, config, precision: str | None = None) -> PerceptualLoss:
+        """The objective a training config (`stlib.train.TrainConfig`) trains with, for a style image (1, 3, H, W).
+
+        Reads ``config.objective()``, ``vgg_pass``, ``channels_last`` and ``precision``. `precision` overrides the
+        last: pass ``"fp32"`` to *score* outputs, so that the number does not depend on the CPU (``"auto"`` is bf16
+        on CPUs with native bf16, see `stlib.hardware`).
+        """
+        return cls(
+            style,
+            config.objective(),
+            precision=resolve_precision(precision or config.precision, style.device),
+            channels_last=config.channels_last,
+            vgg_pass=config.vgg_pass,
+        )
+
+    def _layers(self, truncate: bool) -> list[str]:
+        layers = list(dict.fromkeys([*self.content_layers, *self.style_layers]))
+        if not truncate:
+            layers.append(layer_names(self.config.arch)[-1])  # run the whole network (the plain, slower path)
+        return layers or [layer_names(self.config.arch)[0]]  # a TV-only objective still needs a network to hold
+
+    def _style_grams(self, styles: list[torch.Tensor], blend: Sequence[float] | None) -> dict[str, torch.Tensor]:
+        """The blended target Gram matrices {layer: (1, C, C)}, float32."""
+        weights = blend_weights(blend, len(styles))
+        grams: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for weight, style in zip(weights, styles, strict=True):
+                feats = self.features(style)
+                for name in self.style_layers:
+                    g = weight * gram_matrix(feats[name]).float().detach()
+                    grams[name] = g if name not in grams else grams[name] + g
+        return grams
+
+    @property
+    def style_grams(self) -> dict[str, torch.Tensor]:
+        """The style targets' (blended) Gram matrices {layer: (1, C, C)}."""
+        return {name: getattr(self, f"gram_{name}") for name in self.style_layers}
+
+    @property
+    def source(self) -> str:
+        """The resolved weight source of the loss network ("imagenet", "offline" or a path)."""
+        return self.vgg.source
+
+    def features(self, image: torch.Tensor, vgg: VGGFeatures | None = None) -> dict[str, torch.Tensor]:
+        """VGG activations {layer: (B, C, H, W)} of RGB or luminance images, in the configured precision."""
+        x = image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image  # (B, 3, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, self.precision):
+            return (vgg or self.vgg)(x)
+
+    def content_targets(self, x: torch.Tensor) -> ContentTargets:
+        """The content targets of images x (B, C, H, W): {layer: (features, `content_scale`)}, no gradient."""
+        if not self.content_layers:
+            return {}
+        with torch.no_grad():
+            feats = self.features(x, self.content_vgg)
+            return {name: (feats[name].detach(), content_scale(feats[name])) for name in self.content_layers}
+
+    def judge(
+        self, y: torch.Tensor, targets: ContentTargets, feats: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms of outputs y (B, C, H, W) against precomputed content `targets` (and y's features)."""
+        feats = self.features(y) if feats is None else feats
+        zero = torch.zeros((), device=y.device)
+        content = zero
+        for name, (target, scale) in targets.items():
+            content = content + content_loss(feats[name], target) / scale
+        content = content / max(1, len(targets))
+        style = style_loss(feats, self.style_grams, self.layer_weights) if self.style_layers else zero
+        tv = total_variation(y)
+        w = self.weights
+        total = w["content"] * content + w["style"] * style + w["tv"] * tv
+        return {"content": content, "style": style, "tv": tv, "total": total}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms of outputs y (B, C, H, W) for content targets x (B, C, H, W), e.g. the photos."""
+        if self.vgg_pass != "fused":  # the targets from a no-grad pass, then a full pass for y
+            return self.judge(y, self.content_targets(x))
+        both = self.features(torch.cat([x, y.to(x.dtype)]))  # fused: one pass over [x; y] (2B, C, H, W)
+        batch = x.shape[0]
+        targets = {name: both[name][:batch].detach() for name in self.content_layers}
+        targets = {name: (t, content_scale(t)) for name, t in targets.items()}
+        return self.judge(y, targets, {name: value[batch:] for name, value in both.items()})
+
+    def close(self) -> None:
+        """Remove the VGG's forward hooks."""
+        self.vgg.close()
+        if self.content_vgg is not None:
+            self.content_vgg.close()
+
+    def __enter__(self) -> PerceptualLoss:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:
+    """Blend weights of `n_styles` style images scaled to sum to 1 (equal weights when `blend` is None)."""
+    if blend is None:
+        return [1.0 / n_styles] * n_styles
+    if len(blend) != n_styles:
+        raise ValueError(f"Got {n_styles} style image(s) but {len(blend)} blend weight(s); give one weight per style.")
+    if any(not (math.isfinite(b) and b >= 0) for b in blend) or sum(blend) <= 0:
+        raise ValueError(f"Blend weights must be >= 0 with a positive sum, got {tuple(blend)}.")
+    return [b / sum(blend) for b in blend]

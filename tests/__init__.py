@@ -1,0 +1,1 @@
+"""The test suite (a package, so that `tests.browser` is importable: ``python -m benchmarks.webcam``)."""

@@ -1,0 +1,76 @@
+"""Tests for stlib.options: config fields declare their command-line form; parsers and configs round-trip."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from stlib.options import add_options, config_from, is_option, option
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    depth: int = option(3, "how deep", check="positive", flag="--deep")
+    hidden: str = "not on the command line"
+
+
+@dataclasses.dataclass
+class Settings:
+    source: str = option(help="where from", positional=True)
+    size: int | None = option(256, "a side; 0: as given", none=0, group="shape")
+    counts: int | tuple[int, ...] = option(5, "one count or several", check="positive", group="shape")
+    layers: dict[str, float] = option(help="weighted layers", factory=lambda: {"a": 1.0}, metavar="L[:W]")
+    names: tuple[str, ...] = option(("x", "y"), "names")
+    ratio: float = option(0.5, "a fraction", check="fraction")
+    mode: str = option("fast", "how", choices=("fast", "slow"))
+    fancy: bool = option(False, "turn it on")
+    progress: bool = option(True, "no progress bar", flag="--quiet")
+    inner: Inner = dataclasses.field(default_factory=Inner, metadata={"group": "inner"})
+    internal: int = 7
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="test", exit_on_error=False)
+    add_options(p, Settings)
+    return p
+
+
+def test_defaults_round_trip_and_only_options_reach_the_command_line():
+    args = parser().parse_args(["here"])
+    assert config_from(Settings, args) == Settings(source="here")
+    dests = {a.dest for a in parser()._actions}
+    assert {"size", "counts", "layers", "names", "ratio", "mode", "fancy", "progress", "depth"} <= dests
+    assert not {"internal", "hidden", "inner"} & dests
+    assert [f.name for f in dataclasses.fields(Settings) if is_option(f)][:2] == ["source", "size"]
+
+
+def test_values_are_converted_as_the_field_types_say():
+    argv = ["here", "--size", "0", "--counts", "2", "--layers", "b:2", "c", "--names", "z", "--ratio", "1"]
+    argv += ["--mode", "slow", "--fancy", "--quiet", "--deep", "9"]
+    settings = config_from(Settings, parser().parse_args(argv), internal=8)
+    assert settings.size is None and settings.counts == 2 and settings.layers == {"b": 2.0, "c": 1.0}
+    assert settings.names == ("z",) and settings.ratio == 1.0 and settings.mode == "slow"
+    assert settings.fancy and not settings.progress and settings.inner == Inner(depth=9) and settings.internal == 8
+    assert config_from(Settings, parser().parse_args(["here", "--counts", "2", "3"])).counts == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--counts", "0"], ["--ratio", "1.5"], ["--deep", "-1"], ["--mode", "medium"], ["--layers", "a:-1"]]
+)
+def test_checks_and_choices_refuse_bad_values(argv):
+    with pytest.raises((argparse.ArgumentError, SystemExit)):
+        parser().parse_args(["here", *argv])
+
+
+def test_help_shows_every_option_with_its_default_in_its_group():
+    text = parser().format_help()
+    for fragment in ("shape:", "inner:", "--deep N", "how deep (default: 3)", "(default: x y)", "L[:W]", "--quiet"):
+        assert fragment in text, fragment
+    assert "(default: a)" in text  # a dict of equal weights shows its keys
+
+
+def test_option_refuses_an_unknown_check():
+    with pytest.raises(ValueError, match="check must be one of"):
+        option(1, "x", check="prime")

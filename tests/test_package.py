@@ -1,0 +1,71 @@
+"""The package as a whole: one home per concept, imports only downwards, no private names across modules.
+
+The layers, lowest first: a module imports (eagerly, lazily or for type checking) only from lower layers or its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "stlib"
+
+LAYERS = [
+    {"__init__", "assets", "hardware", "images", "losses", "color", "options", "exercises", "artifacts"},  # basics
+    {"superres"},  # the super-resolution task's data and scores (images)
+    {"vgg", "transformer", "data", "plots"},  # the loss network, the image network, photos, figures
+    {"perceptual", "checkpoint", "backends"},  # the objective, model files, inference engines
+    {"gatys", "train", "stylize", "distill"},  # the two methods and what uses their results
+    {"video", "desktop", "webcam"},  # frames and live sources
+    {"cli", "__main__", "demo"},  # the command line, and the course run headless
+]
+LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported stlib module, names, line) for every import of a stlib module in `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("stlib")):
+            module = (node.module or "").removeprefix("stlib").lstrip(".") or "__init__"
+            names = [a.name for a in node.names]
+            if module == "__init__" and node.level == 1:  # from . import gatys
+                found += [(n if not n.startswith("__") else "__init__", [n], node.lineno) for n in names]
+            else:
+                found.append((module.split(".")[0], names, node.lineno))
+    return found
+
+
+MODULES = sorted(PACKAGE.glob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    assert {p.stem for p in MODULES} <= set(LAYER), "add the new module to LAYERS"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_imports_go_downwards_and_take_no_private_names(path):
+    for module, names, line in _imports(path):
+        assert LAYER[module] <= LAYER[path.stem], f"{path.name}:{line} imports the higher module {module}"
+        private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+        assert not private, f"{path.name}:{line} imports private {', '.join(private)} from {module}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_no_function_is_longer_than_80_lines(path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 80, f"{path.name}:{node.lineno} {node.name} has {length} lines"
+
+
+def test_the_normalisation_of_the_objective_exists_once():
+    # A target's magnitude (content: mean square of features; style: squared norm of a Gram matrix) divides the
+    # loss terms in stlib.perceptual only; stlib.losses squares raw differences (the unnormalised terms).
+    magnitude = re.compile(r"\.pow\(2\)\.(mean|sum)\(\)")
+    for path in (p for p in MODULES if p.stem != "losses"):
+        found = magnitude.findall(path.read_text(encoding="utf-8"))
+        assert (len(found) == 2) if path.stem == "perceptual" else not found, (path.name, found)
