@@ -280,7 +280,6 @@ def run_notebook(
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     if mode not in MODES:
         raise ValueError(f"Unknown demo mode {mode!r}; choose one of {', '.join(MODES)}.")
@@ -293,18 +292,12 @@ def run_notebook(
     position = {i: k for k, i in enumerate(code, start=1)}  # cell index -> k of the n code cells
     expect = {i: float(expected.get(ids[i], DEFAULT_CELL_SECONDS[mode])) for i in code}
     index_of = {id(cell): i for i, cell in enumerate(nb.cells)}
-    if timeout is None:
-        timeout = lambda cell_id, seconds: cell_timeout(seconds)  # noqa: E731
-    limit = timeout if callable(timeout) else (lambda cell_id, seconds: float(timeout))
+    fixed = timeout  # seconds, or None: scaled to each cell's expected time
+    limit = timeout if callable(timeout) else lambda _, seconds: cell_timeout(seconds) if fixed is None else fixed
 
     logs = out_dir / "notebooks"
     logs.mkdir(parents=True, exist_ok=True)
     kernel_log = logs / f"{path.stem}.kernel.log"
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's inline figures
-    env.update(STLIB_QUICK="1" if mode == "quick" else "0", STLIB_DEMO="1" if mode == "demo" else "0")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
-    env["STLIB_OUTPUTS"] = str(out_dir.resolve())
-
     bar = _Progress(name, [expect[i] for i in code], progress)
     state = {"index": None, "start": 0.0}
     cell_seconds: dict[str, float] = {}
@@ -338,17 +331,44 @@ def run_notebook(
         section = _section_of(nb.cells, i)
         return f"Notebook {name}, cell {position[i]}/{len(code)}" + (f" ({section})" if section else "")
 
+    def allowed() -> tuple[int, float]:  # (timeout, expected seconds) of the running cell
+        i = state["index"]
+        return (timeout_for(nb.cells[i]), expect[i]) if i is not None else (0, 0.0)
+
     start = time.perf_counter()
     ok = False
     try:
+        _execute(client, _kernel_env(mode, out_dir), kernel_log, where, allowed)
+        ok = True
+    finally:
+        bar.close(ok)
+    executed = logs / name
+    _atomic_write_text(executed, nbformat.writes(nb))
+    return NotebookRun(name, executed, time.perf_counter() - start, cell_seconds)
+
+
+def _kernel_env(mode: str, out_dir: Path) -> dict[str, str]:
+    """The kernel's environment: the mode's switches, outputs to `out_dir`, inline figures, passive OpenMP."""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's inline figures
+    env.update(STLIB_QUICK="1" if mode == "quick" else "0", STLIB_DEMO="1" if mode == "demo" else "0")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
+    env["STLIB_OUTPUTS"] = str(out_dir.resolve())
+    return env
+
+
+def _execute(
+    client, env: dict[str, str], kernel_log: Path, where: Callable[[], str], allowed: Callable[[], tuple[int, float]]
+) -> None:
+    """Run `client` with the kernel's stderr in `kernel_log`; a DemoError of one line names the cell on failure."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    try:
         with open(kernel_log, "w", encoding="utf-8") as log:  # the kernel's stderr: ZMQ/TCP warnings, tracebacks
             client.execute(env=env, stderr=log)
-        ok = True
     except CellTimeoutError:
-        i = state["index"]
-        allowed, usual = (timeout_for(nb.cells[i]), expect[i]) if i is not None else (0, 0.0)
+        seconds, usual = allowed()
         raise DemoError(
-            f"{where()} gave no result within {allowed} s (expected about {usual:.0f} s); "
+            f"{where()} gave no result within {seconds} s (expected about {usual:.0f} s); "
             f"stopped it (kernel log: {kernel_log})."
         ) from None
     except CellExecutionError as err:
@@ -356,11 +376,6 @@ def run_notebook(
         raise DemoError(f"{where()} failed: {lines[-1] if lines else err}") from None
     except DeadKernelError:
         raise DemoError(f"{where()}: the kernel died (kernel log: {kernel_log}).") from None
-    finally:
-        bar.close(ok)
-    executed = logs / name
-    _atomic_write_text(executed, nbformat.writes(nb))
-    return NotebookRun(name, executed, time.perf_counter() - start, cell_seconds)
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .images import ImageError, load_image
+from .images import list_images, load_image
 
 __all__ = [
     "SRScore",
@@ -194,12 +194,7 @@ class SRScore:
 def _image_files(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """A folder's image files (sorted) or the given files."""
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        from .data import IMAGE_EXTENSIONS
-
-        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise ImageError(f"No images in '{images}'.")
-        return files
+        return list_images(images)
     if isinstance(images, (str, os.PathLike)):
         return [Path(images)]
     return [Path(p) for p in images]
