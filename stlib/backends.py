@@ -206,8 +206,9 @@ class _Padded(torch.nn.Module):
 def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
     """Write `model` (eval mode) as an ONNX file with symbolic height and width (multiples of 4, >= 8).
 
-    The file takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] and returns ``stylized`` of the same shape;
-    pad other sizes to a multiple of 4 first (the ``"onnx"`` backend does, by reflection, like the network).
+    The file takes ``image`` (1, 3, H, W) float32 RGB in [0, 1] and returns ``stylized`` of the same shape
+    (super-resolution networks: `upscale` times larger); pad other sizes to a multiple of 4 first
+    (`TransformerConfig.multiple`; the ``"onnx"`` backend does, by reflection, like the network).
     Needs the ``onnx`` and ``onnxscript`` packages (``pip install 'stlib[fast]'``); written atomically.
     """
     path = Path(path)
@@ -221,8 +222,10 @@ def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
     except ImportError:
         raise BackendError("ONNX export needs the onnx and onnxscript packages: pip install 'stlib[fast]'.") from None
     module = _Padded(copy.deepcopy(model).float().cpu()).eval()
-    quarter_h = torch.export.Dim("quarter_height", min=2, max=4096)
-    quarter_w = torch.export.Dim("quarter_width", min=2, max=4096)
+    multiple = model.config.multiple
+    low = max(2, -(-8 // multiple))  # at least 8 pixels
+    quarter_h = torch.export.Dim("quarter_height", min=low, max=4096)
+    quarter_w = torch.export.Dim("quarter_width", min=low, max=4096)
     example = torch.rand(1, 3, 64, 96)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as tmp:
@@ -235,7 +238,7 @@ def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
                 str(tmp_file),
                 input_names=["image"],
                 output_names=["stylized"],
-                dynamic_shapes={"x": {2: 4 * quarter_h, 3: 4 * quarter_w}},
+                dynamic_shapes={"x": {2: multiple * quarter_h, 3: multiple * quarter_w}},
                 opset_version=_ONNX_OPSET,
                 dynamo=True,
                 external_data=False,
@@ -299,9 +302,10 @@ def _onnx_runner(model: TransformerNet) -> Callable[[torch.Tensor], torch.Tensor
 
     def run(x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) float32 on the CPU
         height, width = x.shape[-2:]
-        padded = pad_to_multiple(x.float().contiguous())  # (B, 3, H', W'), multiples of 4
-        outputs = [session.run(None, {"image": item[None].numpy()})[0] for item in padded]  # B x (1, 3, H', W')
-        return torch.from_numpy(np.concatenate(outputs))[..., :height, :width]  # (B, 3, H, W)
+        padded = pad_to_multiple(x.float().contiguous(), model.config.multiple)  # (B, 3, H', W')
+        outputs = [session.run(None, {"image": item[None].numpy()})[0] for item in padded]  # B x (1, 3, sH', sW')
+        scale = model.config.upscale
+        return torch.from_numpy(np.concatenate(outputs))[..., : scale * height, : scale * width]  # (B, 3, sH, sW)
 
     return run
 

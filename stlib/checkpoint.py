@@ -132,8 +132,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> TransformerNet:
-    """Rebuild a `TransformerNet` from a model file (float32, eval mode), optionally on `device`."""
+_TASK_NAMES = {"style": "a style network", "superres": "a super-resolution network"}
+_TASK_COMMANDS = {"style": "python -m stlib stylize", "superres": "python -m stlib upscale"}
+
+
+def load_model(
+    path: str | os.PathLike, device: torch.device | str | None = None, task: str | None = None
+) -> TransformerNet:
+    """Rebuild a `TransformerNet` from a model file (float32, eval mode), optionally on `device`.
+
+    With `task` ("style" or "superres"), a network of the other task is a `CheckpointError` naming the file.
+    """
     path = Path(path)
     tensors, _ = _read(path)
     meta = read_metadata(path)
@@ -141,6 +150,12 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
         model = TransformerNet.from_config(meta["transformer"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"Model file '{path}' describes an unknown architecture ({err}).") from None
+    found = model.config.task
+    if task is not None and found != task:
+        kind = f"a x{model.config.upscale} super-resolution network" if found == "superres" else _TASK_NAMES[found]
+        raise CheckpointError(
+            f"Model file '{path}' holds {kind}, not {_TASK_NAMES[task]}: use it with {_TASK_COMMANDS[found]}."
+        )
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     if any(v.is_floating_point() and not bool(v.isfinite().all()) for v in tensors.values()):
         raise CheckpointError(f"Model file '{path}' holds NaN or infinite weights (a diverged training run?).")

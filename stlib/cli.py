@@ -4,8 +4,8 @@ Commands: ``demo`` (the course notebooks headless, then a Gatys transfer, every 
 and a gallery ``outputs/index.html``; see `stlib.demo`), ``gatys`` (style transfer by optimisation, Gatys et
 al. CVPR 2016, see `stlib.gatys`), ``train`` / ``stylize`` / ``export`` / ``distill`` (feed-forward networks,
 Johnson et al. ECCV 2016, see `stlib.train`, `stlib.stylize`, `stlib.checkpoint` and `stlib.distill`),
-``download-coco`` (the training photos, see `stlib.data`), ``video`` and ``webcam`` (`stlib.video`,
-`stlib.desktop`).
+``upscale`` (super-resolution, Johnson et al. Sec. 4.2, see `stlib.upscale`), ``download-coco`` (the training
+photos, see `stlib.data`), ``video`` and ``webcam`` (`stlib.video`, `stlib.desktop`).
 The options of ``gatys``, ``train`` and ``distill`` are built from their config dataclasses (`stlib.options`):
 help text and choices live beside each field. Only the chosen command's parser is built, so ``--help`` never
 imports torch. Every command reports bad input as one clear line on stderr and exits with a non-zero code.
@@ -88,7 +88,9 @@ def _bound_network(args: argparse.Namespace, probe: tuple[int, int]):
     from .checkpoint import load_model
     from .hardware import usable_device
 
-    return make_backend(load_model(args.model, device=usable_device(args.device)), args.backend, probe=probe)
+    return make_backend(
+        load_model(args.model, device=usable_device(args.device), task="style"), args.backend, probe=probe
+    )
 
 
 def cmd_gatys(args: argparse.Namespace) -> int:
@@ -161,18 +163,23 @@ def _add_gatys_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a feed-forward style network (Johnson et al.) on a folder of photos.
+    """Train a feed-forward style or super-resolution network (Johnson et al.) on a folder of photos.
 
-    Checkpoints and the training state are written every --checkpoint-every steps and when Ctrl-C or SIGTERM stops
-    the run (after the current step); --resume continues exactly. GPUs: torchrun --nproc_per_node=N -m stlib train.
+    --task superres trains the paper's second task: --upscale 4 or 8, --loss pixel or feat (network options not
+    given take the task's network). Checkpoints and the training state are written every --checkpoint-every steps
+    and when Ctrl-C or SIGTERM stops the run (after the current step); --resume continues exactly. GPUs:
+    torchrun --nproc_per_node=N -m stlib train.
 
     example: python -m stlib train --style style_images/wave.jpg --data data/coco/train2017 -o wave.safetensors
+    python -m stlib train --task superres --upscale 4 --loss pixel --data data/coco/train2017 --size 288
     """
     from .train import TrainConfig, stop_on_signal, train
 
-    style, data = Path(args.style), Path(args.data)
-    if not style.is_file():
-        raise CLIError(f"Style image '{style}' does not exist.")
+    data = Path(args.data)
+    if args.task == "style" and not args.style:
+        raise CLIError("Training a style network needs --style IMAGE (or --task superres).")
+    if args.style and not Path(args.style).is_file():
+        raise CLIError(f"Style image '{args.style}' does not exist.")
     if not data.is_dir():
         raise CLIError(
             f"Training data folder '{data}' does not exist "
@@ -180,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.out is not None:
         _check_writable(Path(args.out), suffixes=(".safetensors",), what="model file")
-    config = config_from(TrainConfig, args, style=str(style), data=str(data))
+    config = config_from(TrainConfig, args, data=str(data))
     config.validate()
     with stop_on_signal() as stop_requested:
         result = train(config, callback=lambda step, losses: stop_requested())
@@ -196,7 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
-    groups = {name: p.add_argument_group(name) for name in ("files", "optimisation", "logging", "loss", "network")}
+    names = ("task", "files", "optimisation", "logging", "loss", "network")
+    groups = {name: p.add_argument_group(name) for name in names}
+    groups["network"].description = "not given: the task's network (TransformerConfig() or TransformerConfig.superres)"
     add_options(p, TrainConfig, groups)
 
 
@@ -212,7 +221,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     _check_writable(output, suffixes=(".safetensors",), what="model file")
-    load_model(args.teacher)  # a CheckpointError naming the file, before any work
+    load_model(args.teacher, task="style")  # a CheckpointError naming the file, before any work
     result = distill(config_from(DistillConfig, args, output=str(output)))
     print(
         f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; "
@@ -240,7 +249,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from .stylize import stylize_files
 
     device = usable_device(args.device)
-    model = load_model(args.model, device=device)
+    model = load_model(args.model, device=device, task="style")
     start = time.perf_counter()
     written = stylize_files(model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap)
     for path in written:
@@ -256,6 +265,39 @@ def _add_stylize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, metavar="PX", help="resize the longest side first (default: keep)")
     p.add_argument("--tile", type=positive_int, metavar="PX", help="process in tiles of PX x PX (large images)")
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default: %(default)s)")
+    _add_device(p)
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """Upscale images x4 or x8 with a super-resolution network (Johnson et al. Sec. 4.2).
+
+    One PNG per input; --tile N runs large images in overlapping N x N tiles of the input (bounded memory);
+    --match-histogram matches each output's colours to its input (the paper's post-processing).
+
+    example: python -m stlib upscale --model checkpoints/superres/x4_pixel.safetensors photo.jpg -o big.png
+    """
+    from .checkpoint import load_model
+    from .hardware import usable_device
+    from .upscale import upscale_files
+
+    device = usable_device(args.device)
+    model = load_model(args.model, device=device, task="superres")
+    start = time.perf_counter()
+    written = upscale_files(model, args.inputs, args.output, tile=args.tile, histogram=args.match_histogram)
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"{len(written)} image(s) upscaled x{model.config.upscale} in {time.perf_counter() - start:.1f} s on {device}"
+    )
+    return 0
+
+
+def _add_upscale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
+    p.add_argument("--model", required=True, metavar="FILE", help="a super-resolution model file (.safetensors)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="an image file (one input) or a folder")
+    p.add_argument("--tile", type=positive_int, metavar="PX", help="process in tiles of PX x PX input pixels")
+    p.add_argument("--match-histogram", action="store_true", help="match the output's histogram to the input's")
     _add_device(p)
 
 
@@ -407,7 +449,7 @@ def _add_webcam_arguments(p: argparse.ArgumentParser) -> None:
     _add_live_arguments(p)
 
 
-_COMMANDS = ("gatys", "train", "stylize", "export", "distill", "download-coco", "video", "webcam")
+_COMMANDS = ("gatys", "train", "stylize", "upscale", "export", "distill", "download-coco", "video", "webcam")
 """Every command but demo: NAME runs `cmd_NAME` (whose docstring is its help) with `_add_NAME_arguments`' options."""
 
 

@@ -88,7 +88,9 @@ class ImageFolderDataset(Dataset):
 
     Each image is resized so that its shorter side is `size` (aspect kept), then cropped to a square:
     at a random position (``crop="random"``, reproducible per (seed, epoch, index); call `set_epoch` at the
-    start of each epoch) or in the centre (``crop="center"``). A file that cannot be read is skipped:
+    start of each epoch) or in the centre (``crop="center"``). ``resize=False`` crops at the file's own
+    resolution instead (super-resolution trains on native pixels; a smaller image is scaled up to fit the
+    square, aspect kept). A file that cannot be read is skipped:
     `__getitem__` returns the next readable file instead (wrapping around at the end), the first such file
     is reported once with `warnings.warn`, and `skipped` counts them. With DataLoader worker processes each
     worker counts (and warns) on its own copy of the dataset.
@@ -103,8 +105,10 @@ class ImageFolderDataset(Dataset):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         limit: int | None = None,
         max_pixels: int = MAX_PIXELS,
+        resize: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.resize = resize
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"ImageFolderDataset: size must be a positive integer, got {size!r}.")
         if crop not in ("random", "center"):
@@ -175,11 +179,12 @@ class ImageFolderDataset(Dataset):
             )
 
     def _square(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """Resize the shorter side to `size`, crop a size x size square, convert to (3, size, size)."""
+        """Resize the shorter side to `size` (or to at least `size`), crop a size x size square, (3, size, size)."""
         width, height = image.size
-        scale = self.size / min(width, height)
+        scale = self.size / min(width, height) if self.resize else max(1.0, self.size / min(width, height))
         new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
-        image = resize(image, (new_w, new_h))
+        if (new_w, new_h) != (width, height):
+            image = resize(image, (new_w, new_h))
         if self.crop == "random":
             left, top = int(rng.integers(0, new_w - self.size + 1)), int(rng.integers(0, new_h - self.size + 1))
         else:

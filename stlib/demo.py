@@ -422,7 +422,7 @@ def shipped_networks(out_dir: str | os.PathLike, size: int = 512) -> list[Path]:
     photo = load_tensor(content_image("tubingen"), size=size)
     written = []
     for path in sorted((repo_root() / "checkpoints").glob("*.safetensors")):
-        result = stylize_image(load_model(path), photo)
+        result = stylize_image(load_model(path, task="style"), photo)
         written.append(save_image(result, Path(out_dir) / f"johnson_tubingen_{path.stem}.jpg"))
     return written
 
@@ -439,7 +439,7 @@ def stylised_clip(
     from .stylize import stylize_frame
     from .video import SyntheticScene
 
-    model = load_model(network)
+    model = load_model(network, task="style")
     scene = SyntheticScene(*size, fps=12)
     pairs = [Image.fromarray(np.concatenate([f, stylize_frame(model, f)], axis=1)) for f in scene.frames(frames)]
     path = Path(out_dir) / f"clip_{Path(network).stem}.gif"

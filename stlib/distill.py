@@ -164,7 +164,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     from tqdm.auto import tqdm
 
     config.validate()
-    teacher = load_model(config.teacher)
+    teacher = load_model(config.teacher, task="style")
     teacher_info = read_metadata(config.teacher)["info"]
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)

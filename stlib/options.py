@@ -122,19 +122,32 @@ def _default_text(default: object) -> str:
     return f" (default: {default})".replace("%", "%%")
 
 
+def _nested(f: Field, hint: object) -> type | None:
+    """The config dataclass a field nests (its type, or ``metadata["nested"]``), or None."""
+    nested = f.metadata.get("nested", hint)
+    return nested if isinstance(nested, type) and dataclasses.is_dataclass(nested) else None
+
+
 def add_options(
-    parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any] | None = None, group: str | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    groups: dict[str, Any] | None = None,
+    group: str | None = None,
+    partial: bool = False,
 ) -> None:
     """One argument per `option` field of dataclass `cls` (and of nested config dataclasses), in help `groups`.
 
-    A nested dataclass field's ``metadata["group"]`` is the default group of its fields (e.g. "network").
+    A nested dataclass field's ``metadata["group"]`` is the default group of its fields (e.g. "network"); with
+    ``metadata["partial"]`` its options default to None (not given) and `config_from` passes on only the given
+    ones, as a dict: the outer config chooses the defaults of the rest (e.g. by task).
     """
     groups = {} if groups is None else groups
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta, hint = f.metadata, hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            add_options(parser, hint, groups, meta.get("group", group))
+        nested = _nested(f, hint)
+        if nested is not None:
+            add_options(parser, nested, groups, meta.get("group", group), partial=bool(meta.get("partial")))
             continue
         if not meta.get("help"):
             continue
@@ -145,13 +158,18 @@ def add_options(
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind, container = _kind(hint)
-        help_ = meta["help"] + (_default_text(default) if has_default else "")
+        help_ = meta["help"] + (_default_text(default) if has_default and not partial else "")
+        if partial:
+            default = None  # not given: the outer config's choice
         if meta["positional"]:
             target.add_argument(f.name, metavar=meta["metavar"], help=help_)
             continue
         flags = meta["flag"] or ("--" + f.name.replace("_", "-"),)
         if kind is bool:
-            target.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=help_)
+            action = "store_false" if default else "store_true"
+            target.add_argument(
+                *flags, dest=f.name, action=action, help=help_, **({"default": None} if partial else {})
+            )
             continue
         target.add_argument(
             *flags, dest=f.name, type=layer_weight if container is dict else _TYPES[kind, meta["check"]],
@@ -171,9 +189,12 @@ def config_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     for f in dataclasses.fields(cls):
         if f.name in values:
             continue
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            values[f.name] = config_from(hint, args)
+        hint, nested = hints[f.name], _nested(f, hints[f.name])
+        if nested is not None and f.metadata.get("partial"):
+            built = {g.name: getattr(args, g.name) for g in dataclasses.fields(nested) if is_option(g)}
+            values[f.name] = {k: v for k, v in built.items() if v is not None}  # only the given options
+        elif nested is not None:
+            values[f.name] = config_from(nested, args)
         elif f.metadata.get("help"):
             value, (_, container) = getattr(args, f.name), _kind(hint)
             if "none" in f.metadata and value == f.metadata["none"]:

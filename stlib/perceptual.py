@@ -15,7 +15,10 @@ G_l their normalised Gram matrices (`stlib.losses.gram_matrix`) and A_l the styl
   (`content_scale`);
 - style: ``sum_l w_l ||G_l - A_l||_F^2 / ||A_l||_F^2`` with the layer weights w_l scaled to sum to 1 (Gatys
   Eq. 4-5, Johnson Eq. 4): each layer's Gram error relative to its target (`relative_style_weights`);
-- TV: `stlib.losses.total_variation`, the mean squared difference of neighbouring pixels (Johnson Sec. 3.3).
+- TV: `stlib.losses.total_variation`, the mean squared difference of neighbouring pixels (Johnson Sec. 3.3);
+- pixel (Johnson Sec. 4.2, the super-resolution baseline l_pixel): ``||y - x||^2 / (C*H*W)``, the mean squared
+  error of the pixels in [0, 1], *not* normalised, so that minimising it is maximising PSNR. Off by default
+  (`ObjectiveConfig.pixel_weight` = 0); with only this term the VGG is never run.
 
 Dividing by the targets' own magnitudes removes the scale of the activations, which differs by ~60x between
 torchvision's ImageNet VGG and the Caffe-style offline VGG16 (`stlib.vgg`), and every term is a mean over
@@ -29,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .hardware import autocast, resolve_precision
@@ -92,6 +96,7 @@ class ObjectiveConfig:
         10.0, "beta, weight of the style loss (alpha/beta = 0.1)", check="non_negative", group="loss"
     )
     tv_weight: float = option(10.0, "weight of the total variation loss", check="non_negative", group="loss")
+    pixel_weight: float = 0.0  # super-resolution's l_pixel (not an option of the style commands)
 
     def __post_init__(self) -> None:
         if isinstance(self.content_layers, str):
@@ -108,7 +113,7 @@ class ObjectiveConfig:
             raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
         if self.pool not in _POOLS:
             raise ValueError(f"Unknown pool {self.pool!r}; choose 'max' or 'avg'.")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "pixel_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
@@ -157,9 +162,10 @@ class PerceptualLoss(nn.Module):
 
     ``loss(x, y)`` judges outputs y against content targets x, both (B, C, H, W) in [0, 1] (C = 3, or 1 for a
     luminance image, repeated to RGB), and returns the scalar terms ``{"content", "style", "tv", "total"}``
-    (float32; `terms` names all but the total). Style transfer passes the photos as x; `content_targets` and
-    `judge` split the call where the targets stay fixed (Gatys' optimisation of one image). Several style images
-    are blended by mixing their Gram matrices, A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1.
+    (float32; `terms` names all but the total; "pixel" joins them when the objective has a pixel term).
+    Style transfer passes the photos as x; `content_targets` and `judge` split the call where the targets stay
+    fixed (Gatys' optimisation of one image). Several style images are blended by mixing their Gram matrices,
+    A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1.
     `precision` ("fp32", "bf16", "fp16") is the autocast of the VGG's activations; Gram matrices and losses are
     float32. Use it in a ``with`` block (or call `close`) to remove the VGG's hooks.
     """
@@ -190,7 +196,12 @@ class PerceptualLoss(nn.Module):
             raise ValueError("The objective has style layers but no style image was given.")
         self.config, self.precision, self.channels_last, self.vgg_pass = config, precision, channels_last, vgg_pass
         self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight}
-        self.content_layers = tuple(config.content_layers)
+        if config.pixel_weight > 0:
+            self.terms = (*type(self).terms, "pixel")
+            self.weights["pixel"] = config.pixel_weight
+        # Without a content weight the pixel term replaces the features (super-resolution's l_pixel): no VGG pass.
+        pixel_only = config.pixel_weight > 0 and config.content_weight == 0
+        self.content_layers = () if pixel_only else tuple(config.content_layers)
         self.style_layers = dict(config.style_layers) if styles else {}
         self.vgg = VGGFeatures(self._layers(truncate), arch=config.arch, weights=config.vgg_weights, pool=config.pool)
         split = vgg_pass == "split" and self.content_layers
@@ -269,10 +280,18 @@ class PerceptualLoss(nn.Module):
             return {name: (feats[name].detach(), content_scale(feats[name])) for name in self.content_layers}
 
     def judge(
-        self, y: torch.Tensor, targets: ContentTargets, feats: dict[str, torch.Tensor] | None = None
+        self,
+        y: torch.Tensor,
+        targets: ContentTargets,
+        feats: dict[str, torch.Tensor] | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The loss terms of outputs y (B, C, H, W) against precomputed content `targets` (and y's features)."""
-        feats = self.features(y) if feats is None else feats
+        """The loss terms of outputs y (B, C, H, W) against precomputed content `targets` (and y's features).
+
+        `pixels` (B, C, H, W) are the target images of the pixel term (required when the objective has one).
+        """
+        if feats is None:
+            feats = self.features(y) if targets or self.style_layers else {}
         zero = torch.zeros((), device=y.device)
         content = zero
         for name, (target, scale) in targets.items():
@@ -282,17 +301,23 @@ class PerceptualLoss(nn.Module):
         tv = total_variation(y)
         w = self.weights
         total = w["content"] * content + w["style"] * style + w["tv"] * tv
-        return {"content": content, "style": style, "tv": tv, "total": total}
+        terms = {"content": content, "style": style, "tv": tv}
+        if "pixel" in w:
+            if pixels is None:
+                raise ValueError("The objective has a pixel term: judge needs the target images (pixels=...).")
+            terms["pixel"] = F.mse_loss(y.float(), pixels.float())  # l_pixel: mean over B, C, H, W
+            total = total + w["pixel"] * terms["pixel"]
+        return {**terms, "total": total}
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms of outputs y (B, C, H, W) for content targets x (B, C, H, W), e.g. the photos."""
-        if self.vgg_pass != "fused":  # the targets from a no-grad pass, then a full pass for y
-            return self.judge(y, self.content_targets(x))
+        if self.vgg_pass != "fused" or not self.content_layers:  # targets from a no-grad pass, then a pass for y
+            return self.judge(y, self.content_targets(x), pixels=x)
         both = self.features(torch.cat([x, y.to(x.dtype)]))  # fused: one pass over [x; y] (2B, C, H, W)
         batch = x.shape[0]
         targets = {name: both[name][:batch].detach() for name in self.content_layers}
         targets = {name: (t, content_scale(t)) for name, t in targets.items()}
-        return self.judge(y, targets, {name: value[batch:] for name, value in both.items()})
+        return self.judge(y, targets, {name: value[batch:] for name, value in both.items()}, pixels=x)
 
     def close(self) -> None:
         """Remove the VGG's forward hooks."""

@@ -37,6 +37,7 @@ from .transformer import TransformerNet
 __all__ = [
     "load_model",
     "read_metadata",
+    "run_network",
     "stylize_files",
     "stylize_frame",
     "stylize_image",
@@ -56,20 +57,21 @@ def _check_eval(model: torch.nn.Module, caller: str) -> None:
         raise ValueError(f"{caller} needs a model in eval mode: call model.eval() first (load_model returns one).")
 
 
-_ALIGN = 4  # the network's two stride-2 stages: tiles start on this grid so they sample like the whole image
+def _tile_boxes(height: int, width: int, tile: int, overlap: int, align: int = 4) -> list[tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of every tile: at most `tile` x `tile`, starting on the network's stride grid.
 
-
-def _tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, bottom, right) of every tile: at most `tile` x `tile`, starting on the stride-4 grid."""
-    size = tile - tile % _ALIGN
-    step = max(_ALIGN, (size - overlap) // _ALIGN * _ALIGN)
+    `align` is `TransformerConfig.multiple` (4 for the style network's two stride-2 stages): tiles that start on
+    this grid sample the input as the whole image does.
+    """
+    size = tile - tile % align
+    step = max(align, (size - overlap) // align * align)
 
     def starts(length: int) -> list[int]:
         if length <= size:
             return [0]
-        last = -(-(length - size) // _ALIGN)  # the last start, in grid units, rounded up: it reaches the edge
-        gaps = -(-last // (step // _ALIGN))  # fewest gaps of at most `step` pixels
-        return [i * last // gaps * _ALIGN for i in range(gaps + 1)]  # evenly spread over the grid
+        last = -(-(length - size) // align)  # the last start, in grid units, rounded up: it reaches the edge
+        gaps = -(-last // (step // align))  # fewest gaps of at most `step` pixels
+        return [i * last // gaps * align for i in range(gaps + 1)]  # evenly spread over the grid
 
     return [
         (top, left, min(top + size, height), min(left + size, width))
@@ -145,12 +147,30 @@ def stylize_image(
     measured in one extra pass over the image downscaled to fit in a tile, rather than each tile's own, so
     that the tiles match in tone and the result stays close to the untiled one.
     """
-    _check_eval(model, "stylize_image")
+    if getattr(getattr(model, "config", None), "task", "style") != "style":
+        raise ValueError("stylize_image needs a style network; this one upscales (use stlib.upscale.upscale_image).")
+    return run_network(model, image, tile, overlap, shared_stats, caller="stylize_image")
+
+
+def run_network(
+    model: TransformerNet,
+    image: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = 32,
+    shared_stats: bool = True,
+    caller: str = "run_network",
+) -> torch.Tensor:
+    """Any `TransformerNet` on a (1, 3, H, W) or (3, H, W) image: the output is `upscale` times larger (style: 1).
+
+    `stylize_image` for style networks and `stlib.upscale.upscale_image` for super-resolution networks; `tile`
+    and `overlap` are in input pixels.
+    """
+    _check_eval(model, caller)
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.shape[-3] != 3:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"stylize_image expects a (1, 3, H, W) or (3, H, W) RGB tensor, got {shape}.")
+        raise ValueError(f"{caller} expects a (1, 3, H, W) or (3, H, W) RGB tensor, got {shape}.")
     if image.dim() == 4 and image.shape[0] != 1:
-        raise ValueError(f"stylize_image takes one image at a time, got a batch of {image.shape[0]}.")
+        raise ValueError(f"{caller} takes one image at a time, got a batch of {image.shape[0]}.")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 16):
         raise ValueError(f"tile must be None or an integer of at least 16 pixels, got {tile!r}.")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
@@ -160,21 +180,23 @@ def stylize_image(
     device, dtype = _model_device_dtype(model)
     x = image if image.dim() == 4 else image.unsqueeze(0)  # (1, 3, H, W)
     height, width = x.shape[-2:]
+    config = getattr(model, "config", None)
+    align, scale = (config.multiple, config.upscale) if config is not None else (4, 1)
 
     with torch.inference_mode():
         if tile is None or (height <= tile and width <= tile):
             out = model(x.to(device=device, dtype=dtype)).float().clamp(0, 1).to(image.device)  # (1, 3, H, W)
             return out if image.dim() == 4 else out[0]
-        boxes = _tile_boxes(height, width, tile, overlap)
+        boxes = _tile_boxes(height, width, tile, overlap, align)
         if shared_stats and any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()):
-            scale = min(1.0, tile / max(height, width))
-            size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            shrink = min(1.0, tile / max(height, width))
+            size = (max(8, round(height * shrink)), max(8, round(width * shrink)))
             whole = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)  # fits a tile
             with _SharedInstanceNorm(model):
                 model(whole.to(device=device, dtype=dtype))  # records the statistics of the whole image
-                out = _blend_tiles(model, x, boxes, overlap, device, dtype)
+                out = _blend_tiles(model, x, boxes, overlap, device, dtype, scale)
         else:
-            out = _blend_tiles(model, x, boxes, overlap, device, dtype)
+            out = _blend_tiles(model, x, boxes, overlap, device, dtype, scale)
         out = out.to(image.device)
     return out if image.dim() == 4 else out[0]
 
@@ -186,19 +208,25 @@ def _blend_tiles(
     overlap: int,
     device: torch.device,
     dtype: torch.dtype,
+    scale: int = 1,
 ) -> torch.Tensor:
-    """Run the model on each (top, left, bottom, right) box of x (1, 3, H, W); blend with feathered weights."""
+    """Run the model on each (top, left, bottom, right) box of x (1, 3, H, W); blend with feathered weights.
+
+    The model's outputs are `scale` times larger than its inputs (super-resolution); so are the boxes there.
+    """
     height, width = x.shape[-2:]
-    total = torch.zeros(1, 3, height, width, device=x.device)  # weighted sum of tile outputs
-    weights = torch.zeros(1, 1, height, width, device=x.device)  # sum of weights
+    total = torch.zeros(1, 3, scale * height, scale * width, device=x.device)  # weighted sum of tile outputs
+    weights = torch.zeros(1, 1, scale * height, scale * width, device=x.device)  # sum of weights
     for box in boxes:
         top, left, bottom, right = box
         piece = x[..., top:bottom, left:right].to(device=device, dtype=dtype)  # (1, 3, <=tile, <=tile)
-        styled = model(piece).float().clamp(0, 1).to(x.device)  # (1, 3, h, w)
-        w = _box_weights(box, overlap, height, width).to(x.device)  # (1, 1, h, w)
+        styled = model(piece).float().clamp(0, 1).to(x.device)  # (1, 3, s*h, s*w)
+        out_box = tuple(scale * v for v in box)
+        w = _box_weights(out_box, scale * overlap, scale * height, scale * width).to(x.device)  # (1, 1, s*h, s*w)
+        top, left, bottom, right = out_box
         total[..., top:bottom, left:right] += styled * w
         weights[..., top:bottom, left:right] += w
-    return (total / weights).clamp(0, 1)  # (1, 3, H, W)
+    return (total / weights).clamp(0, 1)  # (1, 3, s*H, s*W)
 
 
 def stylize_frame(model: TransformerNet | Backend, frame: np.ndarray) -> np.ndarray:
@@ -282,8 +310,8 @@ def stylize_files(
     return written
 
 
-def tile_count(height: int, width: int, tile: int, overlap: int = 32) -> int:
+def tile_count(height: int, width: int, tile: int, overlap: int = 32, align: int = 4) -> int:
     """How many tiles `stylize_image` runs for an H x W image (1 when the image fits in one tile)."""
     if height <= tile and width <= tile:
         return 1
-    return len(_tile_boxes(height, width, tile, overlap))
+    return len(_tile_boxes(height, width, tile, overlap, align))

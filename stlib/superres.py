@@ -47,6 +47,7 @@ __all__ = [
     "SRScore",
     "bicubic_upscale",
     "crop_to_multiple",
+    "degrade",
     "downscale",
     "evaluate",
     "match_histogram",
@@ -112,6 +113,28 @@ def downscale(image: Image.Image, scale: int, blur_sigma: float = 0.0) -> Image.
     return image.resize((w // scale, h // scale), Image.Resampling.BICUBIC)
 
 
+def degrade(hr: torch.Tensor, scale: int, blur_sigma: float = 0.0) -> torch.Tensor:
+    """`downscale` for a training batch: (B, 3, H, W) in [0, 1] -> (B, 3, H/scale, W/scale), 8-bit values.
+
+    The same degradation as `downscale` (torch's antialiased bicubic matches PIL's within 1-2 grey levels,
+    0.1 on average), rounded to 1/255 steps as the 8-bit images the benchmark feeds the network; no gradient.
+    """
+    height, width = hr.shape[-2:]
+    if height % scale or width % scale:
+        raise ValueError(f"A {height}x{width} batch cannot be downscaled by exactly {scale}: crop it first.")
+    with torch.no_grad():
+        x = hr.float()
+        if blur_sigma > 0:
+            k = _gaussian_kernel(blur_sigma).float().to(x.device)  # (K,)
+            pad, channels = len(k) // 2, x.shape[1]
+            x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
+                         groups=channels)  # fmt: skip
+            x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1).expand(channels, 1, -1, 1),
+                         groups=channels)  # fmt: skip
+        low = F.interpolate(x, size=(height // scale, width // scale), mode="bicubic", antialias=True)
+        return (low.clamp(0, 1) * 255).round() / 255  # (B, 3, H/scale, W/scale)
+
+
 def bicubic_upscale(image: Image.Image, scale: int) -> Image.Image:
     """The bicubic baseline: PIL's bicubic interpolation to `scale` times the size."""
     w, h = image.size
@@ -174,11 +197,12 @@ def match_histogram(output: Image.Image, reference: Image.Image) -> Image.Image:
 
 @dataclass
 class SRScore:
-    """Scores of one method on one image set: per-image PSNR (dB) and SSIM, and their means."""
+    """Scores of one method on one image set: per-image PSNR (dB), SSIM (and `extra`'s metric), and their means."""
 
     names: list[str] = field(default_factory=list)
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    extra: list[float] = field(default_factory=list)  # `evaluate(..., extra=...)` per image, e.g. a feature error
 
     @property
     def mean_psnr(self) -> float:
@@ -189,6 +213,11 @@ class SRScore:
     def mean_ssim(self) -> float:
         """Mean SSIM over the images."""
         return float(np.mean(self.ssim))
+
+    @property
+    def mean_extra(self) -> float:
+        """Mean of the extra metric over the images (NaN without one)."""
+        return float(np.mean(self.extra)) if self.extra else math.nan
 
 
 def _image_files(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -205,8 +234,12 @@ def evaluate(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     scale: int,
     blur_sigma: float = 0.0,
+    extra: Callable[[Image.Image, Image.Image], float] | None = None,
 ) -> SRScore:
-    """Score `upscale` (a low-resolution PIL image -> `scale` times larger) on high-resolution images."""
+    """Score `upscale` (a low-resolution PIL image -> `scale` times larger) on high-resolution images.
+
+    `extra(output, target)` is a further per-image metric (`SRScore.extra`), e.g. a VGG feature error.
+    """
     score = SRScore()
     for path in _image_files(images):
         target = crop_to_multiple(load_image(path), scale)
@@ -220,4 +253,6 @@ def evaluate(
         score.names.append(path.stem)
         score.psnr.append(psnr_y(output, target, border=scale))
         score.ssim.append(ssim_y(output, target, border=scale))
+        if extra is not None:
+            score.extra.append(float(extra(output, target)))
     return score

@@ -84,7 +84,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -102,10 +102,13 @@ from .hardware import PRECISIONS, autocast, init_distributed, resolve_device, re
 from .images import atomic_write, load_image, load_tensor, resize, save_image, to_tensor
 from .options import option
 from .perceptual import JOHNSON_CONTENT_LAYER, JOHNSON_STYLE_LAYERS, ObjectiveConfig, PerceptualLoss
+from .superres import degrade
 from .transformer import TransformerConfig, TransformerNet
 
 __all__ = [
     "SCHEDULES",
+    "SR_LOSSES",
+    "TASKS",
     "Pairs",
     "ResumeError",
     "TrainConfig",
@@ -120,7 +123,10 @@ __all__ = [
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 VGG_PASSES = ("split", "fused")
-_FILES, _OPT, _LOG, _LOSS = "files", "optimisation", "logging", "loss"
+TASKS = ("style", "superres")
+SR_LOSSES = ("feat", "pixel")
+_FILES, _OPT, _LOG, _LOSS, _TASK = "files", "optimisation", "logging", "loss", "task"
+_TV_DEFAULT = {"style": 10.0, "superres": 0.0}
 _STATE_FORMAT = "stlib.train-state"
 
 # Settings a resumed run may change; every other one must match the saved state (they shape the trajectory).
@@ -158,7 +164,19 @@ class ResumeError(ValueError):
 class TrainConfig:
     """Every setting of `train`; defaults follow Johnson et al. Sec. 4.1 (loss weights: normalised terms)."""
 
-    style: str | None = option(None, "the style image (required)", metavar="PATH", group=_FILES, required=True)
+    task: str = option(
+        "style", "style: a style network (Johnson et al. Sec. 4.1); superres: super-resolution (Sec. 4.2)",
+        choices=TASKS, group=_TASK,
+    )  # fmt: skip
+    loss: str = option(
+        "feat", "superres: feat (the paper's l_feat at --content-layer) or pixel (l_pixel, the mean squared error)",
+        choices=SR_LOSSES, group=_TASK,
+    )  # fmt: skip
+    blur_sigma: float = option(
+        0.0, "superres: Gaussian blur (sigma, high-resolution pixels) before the bicubic downscaling "
+        "(the paper: 1; the benchmarks' protocol: 0)", check="non_negative", group=_TASK,
+    )  # fmt: skip
+    style: str | None = option(None, "the style image (task style)", metavar="PATH", group=_FILES)
     data: str | None = option(
         None, "folder of training photos, any tree (required)", metavar="DIR", group=_FILES, required=True
     )
@@ -186,7 +204,10 @@ class TrainConfig:
     style_layers: tuple[str, ...] = option(JOHNSON_STYLE_LAYERS, "style layers", metavar="LAYER", group=_LOSS)
     content_weight: float = option(1.0, "weight of the content loss", check="non_negative", group=_LOSS)
     style_weight: float = option(5.0, "weight of the style loss", check="non_negative", group=_LOSS)
-    tv_weight: float = option(10.0, "weight of the total variation loss", check="non_negative", group=_LOSS)
+    tv_weight: float | None = option(
+        None, "weight of the total variation loss (default: 10 for style, 0 for superres)", check="non_negative",
+        group=_LOSS,
+    )  # fmt: skip
     style_warmup: int = option(
         0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", group=_LOSS
     )
@@ -209,7 +230,9 @@ class TrainConfig:
     vgg_weights: str | None = option(
         "auto", "VGG16 loss network weights: auto, imagenet, offline or a file", flag="--weights", group=_LOSS
     )
-    transformer: TransformerConfig = field(default_factory=TransformerConfig, metadata={"group": "network"})
+    transformer: TransformerConfig | Mapping[str, Any] | None = field(
+        default=None, metadata={"group": "network", "nested": TransformerConfig, "partial": True}
+    )  # None: the task's network, TransformerConfig() or TransformerConfig.superres(); a dict changes some fields
     precision: str = option(
         "auto", "autocast (weights stay float32); auto: see stlib.hardware", choices=PRECISIONS, group=_OPT
     )
@@ -230,8 +253,15 @@ class TrainConfig:
     progress: bool = option(True, "no progress bar", flag="--quiet", group=_OPT)
 
     def __post_init__(self) -> None:
-        if isinstance(self.transformer, Mapping):
-            self.transformer = TransformerConfig(**self.transformer)
+        if self.transformer is None or isinstance(self.transformer, Mapping):
+            changes = dict(self.transformer or {})
+            if self.task == "superres":
+                base = TransformerConfig.superres(changes.pop("upscale", 4))
+            else:
+                base = TransformerConfig()
+            self.transformer = replace(base, **changes)
+        if self.tv_weight is None and self.task in _TV_DEFAULT:
+            self.tv_weight = _TV_DEFAULT[self.task]
         if isinstance(self.style_layers, str):
             self.style_layers = (self.style_layers,)
         self.style_layers = tuple(self.style_layers)
@@ -242,6 +272,17 @@ class TrainConfig:
 
     def objective(self) -> ObjectiveConfig:
         """The objective this config trains with (`stlib.perceptual`): VGG16, Johnson et al.'s kind of layers."""
+        if self.task == "superres":  # Sec. 4.2: l_feat at relu2_2 or l_pixel, and TV; no style
+            feat = self.loss == "feat"
+            return ObjectiveConfig(
+                vgg_weights=self.vgg_weights,
+                content_layers=(self.content_layer,),
+                style_layers={},
+                content_weight=self.content_weight if feat else 0.0,
+                style_weight=0.0,
+                tv_weight=self.tv_weight,
+                pixel_weight=0.0 if feat else 1.0,
+            )
         return ObjectiveConfig(
             vgg_weights=self.vgg_weights,
             content_layers=(self.content_layer,),
@@ -253,8 +294,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
-        if not self.style:
+        if self.task not in TASKS:
+            raise ValueError(f"TrainConfig.task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        if self.task == "style" and not self.style:
             raise ValueError("TrainConfig.style is required: the path of the style image.")
+        if self.task == "superres":
+            self._validate_superres()
         if not self.data:
             raise ValueError("TrainConfig.data is required: a folder of training photos.")
         positive = ["size", "batch_size", "steps", "log_every", "checkpoint_every", "val_count", "val_size"]
@@ -288,6 +333,34 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.transformer must be a TransformerConfig, got {self.transformer!r}.")
         self.objective().validate()  # weights and layers, one sentence naming the setting
 
+    def _validate_superres(self) -> None:
+        if self.style:
+            raise ValueError("TrainConfig.style must be empty for task 'superres' (super-resolution has no style).")
+        if self.loss not in SR_LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {', '.join(SR_LOSSES)}, got {self.loss!r}.")
+        if not (math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
+            raise ValueError(f"TrainConfig.blur_sigma must be a finite number >= 0, got {self.blur_sigma!r}.")
+        scale = self.transformer.upscale
+        if scale == 1:
+            raise ValueError("Task 'superres' needs a network that upscales: set its upscale to 2, 4 or 8.")
+        if self.size % scale or self.val_size % scale:
+            raise ValueError(
+                f"TrainConfig.size ({self.size}) and val_size ({self.val_size}) must be multiples of the "
+                f"upscaling factor {scale}: the low-resolution inputs are size / {scale} pixels."
+            )
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor of the network (1 for style transfer)."""
+        return self.transformer.upscale
+
+    def pairs(self) -> Pairs:
+        """The task's (inputs, targets) of a batch of photos: `same_photo`, or `superres.degrade`d inputs."""
+        if self.task == "style":
+            return same_photo
+        scale, sigma = self.transformer.upscale, self.blur_sigma
+        return lambda photos: (degrade(photos, scale, sigma), photos)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the transformer config nested as a dict); `from_dict` reverses it."""
         out = asdict(self)
@@ -307,6 +380,8 @@ class TrainConfig:
         """The model file: `out`, or checkpoints/<style name>.safetensors."""
         if self.out:
             return Path(self.out)
+        if self.task == "superres":
+            return Path("checkpoints") / "superres" / f"x{self.scale}_{self.loss}.safetensors"
         return Path("checkpoints") / f"{Path(self.style or 'style').stem}.safetensors"
 
     def run_path(self) -> Path:
@@ -371,7 +446,7 @@ def train(
     callback: Callback | None = None,
     *,
     objective: nn.Module | None = None,
-    pairs: Pairs = same_photo,
+    pairs: Pairs | None = None,
 ) -> TrainResult:
     """Train a style network (Johnson et al.); resumable, distributed under torchrun; see the module docs.
 
@@ -379,13 +454,14 @@ def train(
     (on every rank); returning True stops training after a checkpoint. `objective(targets, outputs)` returns the
     scalar terms ``{"total", *objective.terms}`` (default: `PerceptualLoss.from_config` of the style image, closed
     at the end; a given one is moved to the device and left open); `pairs(photos) -> (inputs, targets)` makes
-    the network's inputs and the objective's targets from each batch of photos (default: `same_photo`).
+    the network's inputs and the objective's targets from each batch of photos (default: the task's,
+    `TrainConfig.pairs`: the photo twice for style, degraded photo and photo for super-resolution).
     """
     config.validate()
     requested = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     rank, world, owns_group = init_distributed(requested.type)
     try:
-        run = _setup(config, requested, rank, world, objective, pairs)
+        run = _setup(config, requested, rank, world, objective, pairs or config.pairs())
         try:
             _restore(run)
             _distribute(run)
@@ -414,7 +490,7 @@ class _Run:
     objective: nn.Module
     pairs: Pairs
     dataset: ImageFolderDataset
-    style_sha256: str
+    style_sha256: str | None
     train_model: nn.Module | None = None  # the model as trained: wrapped for DDP and compiled
     sampler: ShuffleSampler | None = None  # the current epoch's (its position goes into checkpoints)
     step: int = 0
@@ -459,10 +535,15 @@ def _setup(
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolution once
     precision = resolve_precision(config.precision, device)
-    style_path = Path(config.style)
-    style = load_tensor(style_path, size=config.style_size, device=device) if objective is None else None
-    style_sha256 = file_sha256(style_path)  # ImageError above, or OSError here, names a missing style image
-    dataset = ImageFolderDataset(config.data, size=config.size, crop="random", seed=config.seed, limit=config.limit)
+    style, style_sha256 = None, None
+    if config.style:
+        style_path = Path(config.style)
+        style = load_tensor(style_path, size=config.style_size, device=device) if objective is None else None
+        style_sha256 = file_sha256(style_path)  # ImageError above, or OSError here, names a missing style image
+    dataset = ImageFolderDataset(
+        config.data, size=config.size, crop="random", seed=config.seed, limit=config.limit,
+        resize=config.task == "style",  # super-resolution: crops of the photos' own pixels
+    )  # fmt: skip
     if len(dataset) < config.batch_size * world:
         raise ValueError(
             f"Training folder '{config.data}' has {len(dataset)} images, fewer than one batch of "
@@ -479,11 +560,21 @@ def _setup(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    objective = PerceptualLoss.from_config(style, config) if objective is None else objective.to(device)
+    if objective is None:
+        objective = PerceptualLoss.from_config(style, config) if style is not None else _task_objective(config, device)
+    else:
+        objective = objective.to(device)
     return _Run(
         config, device, rank, world, precision, model, optimizer, scheduler, scaler, objective, pairs, dataset,
         style_sha256,
     )  # fmt: skip
+
+
+def _task_objective(config: TrainConfig, device: torch.device) -> PerceptualLoss:
+    """The objective of a task without a style image (super-resolution), on `device`."""
+    precision = resolve_precision(config.precision, device)
+    loss = PerceptualLoss((), config.objective(), precision=precision, channels_last=config.channels_last)
+    return loss.to(device)
 
 
 def _load_initial_weights(model: TransformerNet, path: Path) -> None:
@@ -665,7 +756,8 @@ def _records(run: _Run, losses: Mapping[str, float]) -> tuple[dict[str, Any], di
     info = {
         **shared,
         "losses": dict(losses),
-        "style": Path(run.config.style).name,
+        "style": Path(run.config.style).name if run.config.style else None,
+        "task": run.config.task,
         "train_config": config,
         "vgg_weights": source,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -47,6 +47,12 @@ and the input is reflection-padded on the bottom/right to a multiple of 4 (and a
 stride-2 stages divide it exactly; the output is cropped back, so any H x W comes out at exactly H x W.
 Transposed convolutions can only zero-pad (a PyTorch limitation), so the ``"transposed"`` variant does.
 
+Super-resolution (Sec. 4.2 and the supplementary's Table 2): the same family without downsampling: 9x9 conv 64 ->
+4 residual blocks of 64 -> log2(f) upsampling stages of 64 (x2 each) -> 9x9 conv 3, for an upscaling factor f.
+`TransformerConfig` expresses it with ``downsampling=0`` and ``upscale=f`` (`TransformerConfig.superres`): the
+channel count doubles at each stride-2 stage (32 -> 64 -> 128 for style transfer, none for super-resolution,
+hence width 2 for the paper's 64 channels) and the decoder has one x2 stage per stride-2 stage plus log2(f).
+
 Cost (`TransformerNet.flops`, 2 FLOPs per multiply-accumulate, convolutions only): the default network has
 1.68 M parameters and needs 20.2 GFLOPs at 256 x 256 and 94.5 GFLOPs per 640 x 480 frame; with the paper's
 transposed convolutions (which work at the lower resolution) 16.5 and 77.5 GFLOPs; at width 0.5, 0.42 M
@@ -58,6 +64,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from itertools import chain, pairwise
 from typing import Any
 
 import torch
@@ -71,18 +78,20 @@ __all__ = [
     "OUTPUTS",
     "InstanceNorm",
     "UPSAMPLINGS",
+    "UPSCALES",
     "ResidualBlock",
     "TransformerConfig",
     "TransformerNet",
     "pad_to_multiple",
+    "upscale_bicubic",
 ]
 
-NORMS = ("instance", "batch")
+NORMS = ("instance", "batch", "none")
 UPSAMPLINGS = ("nearest+conv", "transposed")
 OUTPUTS = ("linear+clamp", "tanh")
 
-_BASE_CHANNELS = (32, 64, 128)  # Johnson et al., supplementary Table 1
-_MULTIPLE = 4  # two stride-2 stages
+_BASE_CHANNELS = 32  # Johnson et al., supplementary Table 1: 32, then doubled by each stride-2 stage (64, 128)
+UPSCALES = (1, 2, 4, 8)
 _OUTPUT_SCALE = 1 / 255  # see "Output units" in the module docstring
 _MIN_SIDE = 8  # smallest padded side: 9x9 reflection needs > 4 pixels, the residual stage needs >= 2
 
@@ -91,7 +100,7 @@ _MIN_SIDE = 8  # smallest padded side: 9x9 reflection needs > 4 pixels, the resi
 class TransformerConfig:
     """Architecture options of `TransformerNet`; the defaults are the improved (not the paper's) variant."""
 
-    norm: str = option("instance", "normalisation: instance (Ulyanov et al.) or batch (paper)", choices=NORMS)
+    norm: str = option("instance", "normalisation: instance (Ulyanov et al.), batch (paper) or none", choices=NORMS)
     upsample: str = option(
         "nearest+conv", "upsampling: nearest+conv (Odena et al.) or transposed (paper)", choices=UPSAMPLINGS
     )
@@ -101,6 +110,8 @@ class TransformerConfig:
     )  # fmt: skip
     width: float = option(1.0, "multiplies all channel counts (32, 64, 128), rounded, at least 1", check="positive")
     num_residual_blocks: int = option(5, "residual blocks", flag="--blocks", check="positive")
+    downsampling: int = option(2, "stride-2 stages before the residual blocks (super-resolution: 0)")
+    upscale: int = option(1, "output size / input size: 1 (style) or 2, 4, 8 (super-resolution)", choices=UPSCALES)
     input_skip: bool = option(
         False, "output = input + f(input), starting from the identity (not in the paper; converges fast on CPUs)"
     )
@@ -117,6 +128,13 @@ class TransformerConfig:
         blocks = self.num_residual_blocks
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
             raise ValueError(f"TransformerConfig.num_residual_blocks must be an integer >= 0, got {blocks!r}.")
+        for name, value in (("downsampling", self.downsampling), ("upscale", self.upscale)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TransformerConfig.{name} must be an integer >= 0, got {value!r}.")
+        if self.downsampling > 4:
+            raise ValueError(f"TransformerConfig.downsampling must be at most 4, got {self.downsampling}.")
+        if self.upscale not in UPSCALES:
+            raise ValueError(f"TransformerConfig.upscale must be one of 1, 2, 4 or 8, got {self.upscale!r}.")
         if not isinstance(self.input_skip, bool):
             raise ValueError(f"TransformerConfig.input_skip must be True or False, got {self.input_skip!r}.")
         if self.input_skip and self.output != "linear+clamp":
@@ -125,15 +143,42 @@ class TransformerConfig:
             )
 
     @property
-    def channels(self) -> tuple[int, int, int]:
-        """The three channel counts (paper: 32, 64, 128) scaled by `width`, rounded half up, at least 1."""
-        c1, c2, c3 = (max(1, int(c * self.width + 0.5)) for c in _BASE_CHANNELS)
-        return c1, c2, c3
+    def channels(self) -> tuple[int, ...]:
+        """Channels at each resolution, full first (style: 32, 64, 128), times `width`, rounded half up, at least 1."""
+        return tuple(max(1, int(_BASE_CHANNELS * 2**k * self.width + 0.5)) for k in range(self.downsampling + 1))
+
+    @property
+    def task(self) -> str:
+        """ "superres" for a network that upscales, else "style"."""
+        return "superres" if self.upscale > 1 else "style"
+
+    @property
+    def multiple(self) -> int:
+        """The input's height and width must be multiples of this (2 ** downsampling) for `forward_padded`."""
+        return 2**self.downsampling
+
+    @property
+    def upsampling(self) -> int:
+        """The number of x2 upsampling stages: one per stride-2 stage, plus log2(upscale)."""
+        return self.downsampling + self.upscale.bit_length() - 1
 
     @classmethod
     def paper(cls) -> TransformerConfig:
         """The configuration of Johnson et al.: batch norm, transposed convolutions, scaled tanh."""
         return cls(norm="batch", upsample="transposed", output="tanh")
+
+    @classmethod
+    def superres(cls, upscale: int = 4, **changes: Any) -> TransformerConfig:
+        """Johnson et al.'s super-resolution network (Sec. 4.2): no downsampling, 64 channels, 4 residual blocks.
+
+        log2(upscale) x2 upsampling stages of 64 channels, then the 9x9 output convolution. Defaults here
+        differ from the paper's as the style network's do (nearest+conv, linear output), and add what suits the
+        task (EDSR, Lim et al. 2017; VDSR, Kim et al. 2016): no normalisation (the output's range and contrast
+        must follow the input's) and ``input_skip``: the output is the bicubic upscaling plus f(x), so the
+        untrained network is bicubic interpolation. `changes` override any field, e.g. ``norm="batch"``.
+        """
+        settings = {"width": 2.0, "num_residual_blocks": 4, "downsampling": 0, "upscale": upscale}
+        return cls(**{**settings, "norm": "none", "input_skip": True, **changes})
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -158,9 +203,11 @@ class InstanceNorm(nn.InstanceNorm2d):
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    """Instance norm with learnable scale and shift, or batch norm."""
+    """Instance norm with learnable scale and shift, batch norm, or none (an identity)."""
     if kind == "instance":
         return InstanceNorm(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
     return nn.BatchNorm2d(channels)
 
 
@@ -198,27 +245,18 @@ class TransformerNet(nn.Module):
         if not isinstance(self.config, TransformerConfig):
             raise TypeError(f"config must be a TransformerConfig, got {type(self.config).__name__}")
         cfg = self.config
-        c1, c2, c3 = cfg.channels
+        channels = cfg.channels  # style: (32, 64, 128); super-resolution: (64,)
+        down = [(_conv(a, b, 3, stride=2), _norm(cfg.norm, b), nn.ReLU(inplace=True)) for a, b in pairwise(channels)]
         self.encoder = nn.Sequential(
-            _conv(3, c1, 9),
-            _norm(cfg.norm, c1),
-            nn.ReLU(inplace=True),
-            _conv(c1, c2, 3, stride=2),
-            _norm(cfg.norm, c2),
-            nn.ReLU(inplace=True),
-            _conv(c2, c3, 3, stride=2),
-            _norm(cfg.norm, c3),
-            nn.ReLU(inplace=True),
+            _conv(3, channels[0], 9), _norm(cfg.norm, channels[0]), nn.ReLU(inplace=True), *chain(*down)
         )
-        self.residuals = nn.Sequential(*(ResidualBlock(c3, cfg.norm) for _ in range(cfg.num_residual_blocks)))
+        inner = channels[-1]
+        self.residuals = nn.Sequential(*(ResidualBlock(inner, cfg.norm) for _ in range(cfg.num_residual_blocks)))
+        # Back through the stride-2 stages (128 -> 64 -> 32), then log2(upscale) more stages at full width.
+        ups = list(pairwise(channels[::-1])) + [(channels[0], channels[0])] * (cfg.upsampling - cfg.downsampling)
         self.decoder = nn.Sequential(
-            _upsample(cfg.upsample, c3, c2),
-            _norm(cfg.norm, c2),
-            nn.ReLU(inplace=True),
-            _upsample(cfg.upsample, c2, c1),
-            _norm(cfg.norm, c1),
-            nn.ReLU(inplace=True),
-            _conv(c1, 3, 9),
+            *chain(*((_upsample(cfg.upsample, a, b), _norm(cfg.norm, b), nn.ReLU(inplace=True)) for a, b in ups)),
+            _conv(channels[0], 3, 9),
         )
         if cfg.input_skip:  # start as the identity: output = input + 0
             last = self.decoder[-1]
@@ -234,23 +272,24 @@ class TransformerNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"TransformerNet expects a (B, 3, H, W) batch of RGB images, got shape {tuple(x.shape)}.")
         height, width = x.shape[-2:]
-        y = self.forward_padded(pad_to_multiple(x))  # (B, 3, H', W'), H' and W' multiples of 4
-        return y[..., :height, :width]  # (B, 3, H, W)
+        scale = self.config.upscale
+        y = self.forward_padded(pad_to_multiple(x, self.config.multiple))  # (B, 3, s*H', s*W'), H', W' multiples
+        return y[..., : scale * height, : scale * width]  # (B, 3, s*H, s*W)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a (B, 3, H, W) batch whose H and W are multiples of 4 (at least 8), without pad and crop.
+        """The network on a (B, 3, H, W) batch whose H and W are multiples of `multiple` (at least 8), unpadded.
 
         `forward` pads to such a size and crops back; exported ONNX models (`stlib.backends.export_onnx`) are
         this function, so that their height and width stay symbolic.
         """
-        y = self.encoder(x)  # (B, C3, H/4, W/4)
-        y = self.residuals(y)  # (B, C3, H/4, W/4)
-        y = self.decoder(y)  # (B, 3, H, W)
+        y = self.encoder(x)  # (B, C, H/m, W/m), m = multiple (style: 4)
+        y = self.residuals(y)  # (B, C, H/m, W/m)
+        y = self.decoder(y)  # (B, 3, s*H, s*W), s = upscale (style: 1)
         if self.config.output == "tanh":
             return (torch.tanh(y) + 1) / 2
         y = y * _OUTPUT_SCALE  # linear output in pixel units (0-255, as the paper's) -> [0, 1]
         if self.config.input_skip:
-            y = x + y
+            y = upscale_bicubic(x, self.config.upscale) + y
         return y if self.training else y.clamp(0, 1)
 
     # ------------------------------------------------------------------------------------------------
@@ -265,37 +304,49 @@ class TransformerNet(nn.Module):
         """FLOPs for one H x W image, counted as 2 x the multiply-accumulates (MACs) of all convolutions.
 
         Convolutions and transposed convolutions only, at the padded size the network really processes (a
-        multiple of 4); biases, norms, ReLUs, residual additions, padding and upsampling are left out (well
-        under 1% of the total). Per convolution: MACs = C_in * C_out * k * k * H_out * W_out; per transposed
-        convolution: MACs = C_in * C_out * k * k * H_in * W_in (each input pixel scatters a k x k kernel).
+        multiple of `TransformerConfig.multiple`); biases, norms, ReLUs, residual additions, padding and
+        upsampling are left out (well under 1% of the total). Per convolution: MACs = C_in * C_out * k * k *
+        H_out * W_out; per transposed convolution: MACs = C_in * C_out * k * k * H_in * W_in (each input pixel
+        scatters a k x k kernel).
         """
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"flops: {name} must be a positive integer, got {value!r}.")
-        h0, w0 = (_padded_side(s) for s in (height, width))
-        px0, px1, px2 = h0 * w0, (h0 // 2) * (w0 // 2), (h0 // 4) * (w0 // 4)  # full, 1/2, 1/4 resolution
-        c1, c2, c3 = self.config.channels
+        cfg = self.config
+        h0, w0 = (_padded_side(s, cfg.multiple) for s in (height, width))
+        channels = cfg.channels
 
-        def conv(c_in: int, c_out: int, k: int, pixels: int) -> int:
-            return c_in * c_out * k * k * pixels
+        def pixels(level: int) -> int:  # at 2**level times the padded input's resolution (level < 0: smaller)
+            return (h0 << level) * (w0 << level) if level >= 0 else (h0 >> -level) * (w0 >> -level)
 
-        macs = conv(3, c1, 9, px0) + conv(c1, c2, 3, px1) + conv(c2, c3, 3, px2)
-        macs += 2 * self.config.num_residual_blocks * conv(c3, c3, 3, px2)
-        if self.config.upsample == "nearest+conv":
-            macs += conv(c3, c2, 3, px1) + conv(c2, c1, 3, px0)  # convolutions after each x2 upsampling
-        else:
-            macs += conv(c3, c2, 3, px2) + conv(c2, c1, 3, px1)  # transposed: counted on their inputs
-        macs += conv(c1, 3, 9, px0)
+        def conv(c_in: int, c_out: int, k: int, px: int) -> int:
+            return c_in * c_out * k * k * px
+
+        macs = conv(3, channels[0], 9, pixels(0))
+        macs += sum(conv(a, b, 3, pixels(-k - 1)) for k, (a, b) in enumerate(pairwise(channels)))
+        macs += 2 * cfg.num_residual_blocks * conv(channels[-1], channels[-1], 3, pixels(-cfg.downsampling))
+        ups = list(pairwise(channels[::-1])) + [(channels[0], channels[0])] * (cfg.upsampling - cfg.downsampling)
+        for k, (a, b) in enumerate(ups):
+            level = k + 1 - cfg.downsampling  # the stage's output resolution
+            # nearest+conv: the convolution after the x2 upsampling; transposed: counted on its input
+            macs += conv(a, b, 3, pixels(level if cfg.upsample == "nearest+conv" else level - 1))
+        macs += conv(channels[0], 3, 9, pixels(cfg.upscale.bit_length() - 1))
         return 2 * macs
 
     def describe(self) -> str:
         """One line: the configuration, parameter count and GFLOPs at 256x256 and 640x480."""
         cfg = self.config
         skip = ", input_skip" if cfg.input_skip else ""
+        shape = "" if (cfg.downsampling, cfg.upscale) == (2, 1) else f", downsampling={cfg.downsampling}"
+        shape += f", upscale={cfg.upscale}" if cfg.upscale > 1 else ""
+        if cfg.upscale > 1:  # super-resolution: the cost of a 320x240 input (a 1280x960 output at x4)
+            sizes = f"{self.flops(240, 320) / 1e9:.1f} GFLOPs for a 320x240 input"
+        else:
+            sizes = f"{self.flops(256, 256) / 1e9:.1f} GFLOPs at 256x256, "
+            sizes += f"{self.flops(480, 640) / 1e9:.1f} GFLOPs at 640x480"
         return (
             f"TransformerNet(norm={cfg.norm}, upsample={cfg.upsample}, output={cfg.output}, width={cfg.width:g}, "
-            f"blocks={cfg.num_residual_blocks}{skip}): {self.num_parameters() / 1e6:.2f}M parameters, "
-            f"{self.flops(256, 256) / 1e9:.1f} GFLOPs at 256x256, {self.flops(480, 640) / 1e9:.1f} GFLOPs at 640x480"
+            f"blocks={cfg.num_residual_blocks}{shape}{skip}): {self.num_parameters() / 1e6:.2f}M parameters, {sizes}"
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -322,20 +373,28 @@ class TransformerNet(nn.Module):
         return cls(TransformerConfig(**config))
 
 
-def _padded_side(side: int) -> int:
-    """The side the network processes: `side` rounded up to a multiple of 4, at least 8."""
-    return max(_MIN_SIDE, -(-side // _MULTIPLE) * _MULTIPLE)
+def _padded_side(side: int, multiple: int = 4) -> int:
+    """The side the network processes: `side` rounded up to a multiple of `multiple`, at least 8."""
+    return max(_MIN_SIDE, -(-side // multiple) * multiple)
 
 
-def pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
-    """Pad (B, C, H, W) on the bottom and right to what `TransformerNet.forward_padded` takes (H, W multiples of 4).
+def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom and right to what `TransformerNet.forward_padded` takes (H, W multiples).
 
-    Reflection, or replication for inputs too small to reflect; `forward` pads so and crops the output back.
+    `multiple` is `TransformerConfig.multiple` (4 for the style network). Reflection, or replication for inputs
+    too small to reflect; `forward` pads so and crops the output back.
     """
     height, width = x.shape[-2:]
-    pad_h, pad_w = _padded_side(height) - height, _padded_side(width) - width
+    pad_h, pad_w = _padded_side(height, multiple) - height, _padded_side(width, multiple) - width
     if pad_h == 0 and pad_w == 0:
         return x
     # Reflection needs the pad to be smaller than the side; only tiny (< 8 px) inputs fall back to replication.
     mode = "reflect" if pad_h < height and pad_w < width else "replicate"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def upscale_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, scale*H, scale*W) by bicubic interpolation (the identity for scale 1)."""
+    if scale == 1:
+        return x
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)

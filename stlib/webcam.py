@@ -336,7 +336,7 @@ class WebcamStylizer(_WidgetBase):
         from .checkpoint import load_model
 
         try:
-            self._loaded[key] = load_model(key, device=self._device)
+            self._loaded[key] = load_model(key, device=self._device, task="style")
         except (OSError, ValueError) as err:
             self.error = str(err)
             return
