@@ -1,14 +1,11 @@
 """Command-line interface: ``python -m stlib <command> --help``.
 
-Commands: ``demo`` (the course notebooks headless, then a Gatys transfer, every shipped network and a clip,
-and a gallery ``outputs/index.html``; see `stlib.demo`), ``gatys`` (style transfer by optimisation, Gatys et
-al. CVPR 2016, see `stlib.gatys`), ``train`` / ``stylize`` / ``export`` / ``distill`` (feed-forward networks,
-Johnson et al. ECCV 2016, see `stlib.train`, `stlib.stylize`, `stlib.checkpoint` and `stlib.distill`),
-``upscale`` (super-resolution, Johnson et al. Sec. 4.2, see `stlib.upscale`), ``download-coco`` (the training
-photos, see `stlib.data`), ``video`` and ``webcam`` (`stlib.video`, `stlib.desktop`).
-The options of ``gatys``, ``train`` and ``distill`` are built from their config dataclasses (`stlib.options`):
-help text and choices live beside each field. Only the chosen command's parser is built, so ``--help`` never
-imports torch. Every command reports bad input as one clear line on stderr and exits with a non-zero code.
+Commands: ``demo`` (`stlib.demo`), ``gatys`` (Gatys et al. CVPR 2016, `stlib.gatys`), ``train`` / ``stylize`` /
+``upscale`` / ``export`` / ``distill`` (Johnson et al. ECCV 2016: `stlib.train`, `stlib.stylize`, `stlib.upscale`,
+`stlib.checkpoint`, `stlib.distill`), ``download-coco`` (`stlib.data`), ``video`` and ``webcam`` (`stlib.video`,
+`stlib.desktop`). The options of ``gatys``, ``train`` and ``distill`` are built from their config dataclasses
+(`stlib.options`). Only the chosen command's parser is built, so ``--help`` never imports torch. Every command
+reports bad input as one clear line on stderr and exits with a non-zero code.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from pathlib import Path
 
 from stlib import __version__
 
-from .options import add_options, config_from, parse_type, positive_int
+from .options import add_options, config_from, key_value, parse_type, positive_int
 
 
 class CLIError(Exception):
@@ -30,7 +27,12 @@ class CLIError(Exception):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the course demo (stlib.demo): the notebooks headless with progress, then outputs/index.html."""
+    """Run the course headless with progress; results and outputs/index.html go to outputs/.
+
+    Execute notebooks 01, 02 and 04 headless, then a Gatys transfer, the sample photo through every network in
+    checkpoints/, a short stylised clip and the sample upscaled by every super-resolution network; write
+    outputs/index.html, a gallery of every figure. Default: reduced sizes, a few minutes on a CPU.
+    """
     from .demo import DemoConfig, DemoError, run_demo
 
     mode = "quick" if args.quick else "full" if args.full else "demo"
@@ -44,9 +46,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
+    size.add_argument("--full", action="store_true", help="the notebooks' full sizes (about an hour on a CPU)")
+    p.add_argument(
+        "--timeout", type=parse_type(float, "positive"), metavar="S",
+        help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _losses_line(losses: dict[str, float]) -> str:
     """'content 0.41  style 0.023  tv 0.011  total 0.75' from one history entry."""
-    return "  ".join(f"{k} {losses[k]:.4g}" for k in ("content", "style", "tv", "total") if k in losses)
+    return "  ".join(f"{k} {losses[k]:.4g}" for k in ("pixel", "content", "style", "tv", "total") if k in losses)
 
 
 def _check_writable(path: Path, suffixes: Sequence[str] | None = None, what: str = "output image") -> None:
@@ -69,9 +82,10 @@ def _resolution(text: str) -> tuple[int, int]:
 
 
 def _add_live_arguments(p: argparse.ArgumentParser) -> None:
-    """--strength, --device and --backend: how a trained network runs on frames (video, webcam)."""
+    """--model, --strength, --device and --backend: how a trained network runs on frames (video, webcam)."""
     from .backends import BACKENDS
 
+    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors)")
     p.add_argument(
         "--strength", type=parse_type(float, "fraction"), default=1.0, help="0: original .. 1: stylised (default: 1)"
     )
@@ -88,9 +102,8 @@ def _bound_network(args: argparse.Namespace, probe: tuple[int, int]):
     from .checkpoint import load_model
     from .hardware import usable_device
 
-    return make_backend(
-        load_model(args.model, device=usable_device(args.device), task="style"), args.backend, probe=probe
-    )
+    model = load_model(args.model, device=usable_device(args.device), task="style")
+    return make_backend(model, args.backend, probe=probe)
 
 
 def cmd_gatys(args: argparse.Namespace) -> int:
@@ -107,14 +120,9 @@ def cmd_gatys(args: argparse.Namespace) -> int:
     from .hardware import usable_device
     from .images import load_tensor, save_image
 
-    output = Path(args.output)
-    _check_writable(output)
+    _check_writable(output := Path(args.output))
     if args.gif is not None:
         _check_writable(Path(args.gif), suffixes=(".gif",), what="GIF")
-    if args.style_blend is not None and len(args.style_blend) != len(args.style):
-        raise CLIError(
-            f"Got {len(args.style)} --style image(s) but {len(args.style_blend)} --blend weight(s); give one per style."
-        )
     config = config_from(GatysConfig, args)
     config.validate()  # bad settings fail before the images are loaded
     if args.gif:
@@ -130,12 +138,9 @@ def cmd_gatys(args: argparse.Namespace) -> int:
         raise CLIError(f"The optimisation diverged: {err}") from None
     except torch.cuda.OutOfMemoryError:
         raise CLIError(f"Out of memory at {size} px on {device}; lower --size or use --scales.") from None
-    try:
-        save_image(result.image, output)
-        if args.gif is not None:
-            result.save_gif(args.gif)
-    except OSError as err:
-        raise CLIError(f"Cannot write '{err.filename or output}': {err.strerror or err}.") from None
+    save_image(result.image, output)  # an OSError (a full disk ...) is one line in main
+    if args.gif is not None:
+        result.save_gif(args.gif)
     its, (h, w), times = len(result.history), result.image.shape[-2:], result.losses("time")
     per_iteration = (times[-1] - times[0]) / (its - 1) if its > 1 else times[0]
     print(f"final losses: {_losses_line(result.history[-1])}")
@@ -176,10 +181,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, stop_on_signal, train
 
     data = Path(args.data)
-    if args.task == "style" and not args.style:
-        raise CLIError("Training a style network needs --style IMAGE (or --task superres).")
-    if args.style and not Path(args.style).is_file():
-        raise CLIError(f"Style image '{args.style}' does not exist.")
     if not data.is_dir():
         raise CLIError(
             f"Training data folder '{data}' does not exist "
@@ -203,10 +204,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
-    names = ("task", "files", "optimisation", "logging", "loss", "network")
-    groups = {name: p.add_argument_group(name) for name in names}
-    groups["network"].description = "not given: the task's network (TransformerConfig() or TransformerConfig.superres)"
+    groups: dict[str, argparse._ArgumentGroup] = {}  # in the order of the fields: task, files, optimisation ...
     add_options(p, TrainConfig, groups)
+    groups["network"].description = "not given: the task's network (TransformerConfig() or TransformerConfig.superres)"
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -219,15 +219,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .distill import DistillConfig, distill
 
-    output = Path(args.output)
-    _check_writable(output, suffixes=(".safetensors",), what="model file")
+    _check_writable(output := Path(args.output), suffixes=(".safetensors",), what="model file")
     load_model(args.teacher, task="style")  # a CheckpointError naming the file, before any work
     result = distill(config_from(DistillConfig, args, output=str(output)))
-    print(
-        f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; "
-        f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels after {result.steps} steps "
-        f"({result.seconds:.0f} s)"
-    )
+    difference = f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels"
+    print(f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; {difference}")
+    print(f"{result.steps} steps in {result.seconds:.0f} s")
     return 0
 
 
@@ -237,6 +234,30 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     add_options(p, DistillConfig, {})
 
 
+def _apply_network(args: argparse.Namespace, task: str, run) -> int:
+    """Load `args.model` for `task`, run `run(model)` (-> written paths) and report what was written and how fast."""
+    from .checkpoint import load_model
+    from .hardware import usable_device
+
+    device = usable_device(args.device)
+    model = load_model(args.model, device=device, task=task)
+    start = time.perf_counter()
+    written = run(model)
+    for path in written:
+        print(f"wrote {path}")
+    what = f"upscaled x{model.config.upscale} " if task == "superres" else ""
+    print(f"{len(written)} image(s) {what}in {time.perf_counter() - start:.1f} s on {device}")
+    return 0
+
+
+def _add_image_arguments(p: argparse.ArgumentParser, model_help: str, tile_help: str) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
+    p.add_argument("--model", required=True, metavar="FILE", help=model_help)
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="an image file (one input) or a folder")
+    p.add_argument("--tile", type=positive_int, metavar="PX", help=tile_help)
+    _add_device(p)
+
+
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Stylise images with a trained network (one forward pass each).
 
@@ -244,28 +265,17 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
     example: python -m stlib stylize --model checkpoints/starry_night.safetensors photo.jpg -o out.jpg
     """
-    from .checkpoint import load_model
-    from .hardware import usable_device
     from .stylize import stylize_files
 
-    device = usable_device(args.device)
-    model = load_model(args.model, device=device, task="style")
-    start = time.perf_counter()
-    written = stylize_files(model, args.inputs, args.output, size=args.size, tile=args.tile, overlap=args.overlap)
-    for path in written:
-        print(f"wrote {path}")
-    print(f"{len(written)} image(s) in {time.perf_counter() - start:.1f} s on {device}")
-    return 0
+    return _apply_network(
+        args, "style", lambda model: stylize_files(model, args.inputs, args.output, args.size, args.tile, args.overlap)
+    )
 
 
 def _add_stylize_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
-    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors) from train or export")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="an image file (one input) or a folder")
+    _add_image_arguments(p, "a model file (.safetensors) from train or export", "process in tiles of PX x PX")
     p.add_argument("--size", type=positive_int, metavar="PX", help="resize the longest side first (default: keep)")
-    p.add_argument("--tile", type=positive_int, metavar="PX", help="process in tiles of PX x PX (large images)")
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default: %(default)s)")
-    _add_device(p)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -276,29 +286,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     example: python -m stlib upscale --model checkpoints/superres/x4_pixel.safetensors photo.jpg -o big.png
     """
-    from .checkpoint import load_model
-    from .hardware import usable_device
     from .upscale import upscale_files
 
-    device = usable_device(args.device)
-    model = load_model(args.model, device=device, task="superres")
-    start = time.perf_counter()
-    written = upscale_files(model, args.inputs, args.output, tile=args.tile, histogram=args.match_histogram)
-    for path in written:
-        print(f"wrote {path}")
-    print(
-        f"{len(written)} image(s) upscaled x{model.config.upscale} in {time.perf_counter() - start:.1f} s on {device}"
+    return _apply_network(
+        args, "superres", lambda model: upscale_files(model, args.inputs, args.output, args.tile, args.match_histogram)
     )
-    return 0
 
 
 def _add_upscale_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
-    p.add_argument("--model", required=True, metavar="FILE", help="a super-resolution model file (.safetensors)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="an image file (one input) or a folder")
-    p.add_argument("--tile", type=positive_int, metavar="PX", help="process in tiles of PX x PX input pixels")
+    _add_image_arguments(p, "a super-resolution model file (.safetensors)", "process in tiles of PX x PX input pixels")
     p.add_argument("--match-histogram", action="store_true", help="match the output's histogram to the input's")
-    _add_device(p)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -319,11 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CLIError("--info applies to .safetensors copies; an ONNX file carries no stlib metadata.")
         return _export_onnx(args.model, output)
     _check_writable(output, suffixes=(".safetensors",), what="model file")
-    pairs = {item: item.partition("=") for item in args.info or []}
-    bad = [item for item, (key, sep, _) in pairs.items() if not sep or not key.strip()]
-    if bad:
-        raise CLIError(f"--info expects KEY=VALUE, got {bad[0]!r}.")
-    extra = {key.strip(): value for key, _, value in pairs.values()}
+    extra = dict(args.info or [])
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     path = export_weights(args.model, output, dtype=dtype, extra_info=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")
@@ -354,7 +347,7 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="weights (default: %(default)s)")
     p.add_argument("--onnx", action="store_true", help="export to ONNX (dynamic H x W) and check it against PyTorch")
     p.add_argument(
-        "--info", action="append", metavar="KEY=VALUE",
+        "--info", action="append", metavar="KEY=VALUE", type=key_value,
         help="add an entry to the copy's metadata, e.g. dataset='BSDS500 train (200 photos)' (repeatable)",
     )  # fmt: skip
 
@@ -415,7 +408,6 @@ def cmd_video(args: argparse.Namespace) -> int:
 def _add_video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="a video file (anything OpenCV/FFmpeg reads: .mp4, .avi, .mov ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the stylised video (.mp4, .avi, .mkv ...)")
-    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors)")
     p.add_argument("--size", type=_resolution, metavar="WxH", help="fit frames to WxH first, e.g. 640x480")
     p.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
     p.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
@@ -442,15 +434,14 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
 
 def _add_webcam_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.safetensors)")
     p.add_argument("--camera", type=int, default=0, help="OpenCV camera index (default: %(default)s)")
     p.add_argument("--size", type=_resolution, default=(640, 480), metavar="WxH", help="default: 640x480")
     p.add_argument("--no-mirror", action="store_true", help="do not flip the picture left-right")
     _add_live_arguments(p)
 
 
-_COMMANDS = ("gatys", "train", "stylize", "upscale", "export", "distill", "download-coco", "video", "webcam")
-"""Every command but demo: NAME runs `cmd_NAME` (whose docstring is its help) with `_add_NAME_arguments`' options."""
+_COMMANDS = ("demo", "gatys", "train", "stylize", "upscale", "export", "distill", "download-coco", "video", "webcam")
+"""Every command: NAME runs `cmd_NAME` (whose docstring is its help) with `_add_NAME_arguments`' options."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -458,27 +449,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stlib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    demo = sub.add_parser(
-        "demo",
-        help="run the course headless with progress; results and outputs/index.html go to outputs/",
-        description=(
-            "Execute notebooks 01, 02 and 04 headless, then a Gatys transfer, the sample photo through every "
-            "network in checkpoints/ and a short stylised clip; write outputs/index.html, a gallery of every "
-            "figure. Default: reduced sizes, a few minutes on a CPU."
-        ),
-    )
-    size = demo.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
-    size.add_argument("--full", action="store_true", help="the notebooks' full sizes (about an hour on a CPU)")
-    demo.add_argument(
-        "--timeout",
-        type=parse_type(float, "positive"),
-        metavar="S",
-        help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",
-    )
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=cmd_demo)
     for name in _COMMANDS:
         key = name.replace("-", "_")
         run, add_arguments = globals()[f"cmd_{key}"], globals()[f"_add_{key}_arguments"]

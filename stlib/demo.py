@@ -1,7 +1,8 @@
 """The course demo: the notebooks executed headless with progress, then the results in one gallery.
 
 ``run_demo`` executes notebooks 01, 02 and 04 with nbclient (03 trains on COCO), runs a Gatys transfer of the
-sample photo, the sample photo through every network in ``checkpoints/`` and a short stylised clip, and writes
+sample photo, the sample photo through every network in ``checkpoints/``, a short stylised clip and the sample
+upscaled by every super-resolution network in ``checkpoints/superres/`` (beside bicubic), and writes
 ``outputs/index.html``: every figure of the run with a one-line caption, grouped by notebook.
 
 Three modes (`DemoConfig.mode`), passed to the notebooks as ``STLIB_QUICK`` / ``STLIB_DEMO``:
@@ -54,6 +55,7 @@ __all__ = [
     "saved_figure_names",
     "shipped_networks",
     "stylised_clip",
+    "superres_samples",
     "write_gallery",
 ]
 
@@ -103,6 +105,22 @@ CAPTIONS = {
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
     GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",
     CLIP_OUTPUT: "A short moving scene, original and stylised frame by frame with the_scream network.",
+    **{
+        f"superres_tubingen_x{f}_{loss}.jpg": f"Super-resolution x{f}: bicubic (left) and the {name} network (right)."
+        for f in (4, 8)
+        for loss, name in (("pixel", "l_pixel"), ("feat", "l_feat"))
+    },
+    **{
+        f"05_{name}.png": text
+        for name, text in (
+            ("degradation", "The degradation model: the high-resolution photo, its x4 smaller input and bicubic."),
+            ("mean_of_answers", "Plausible high-resolution answers and their mean, the blurry best answer under MSE."),
+            ("compare_x4", "x4: bicubic, l_pixel and l_feat beside the original, with 3x zoomed crops."),
+            ("compare_x8", "x8: bicubic, l_pixel and l_feat beside the original, with 3x zoomed crops."),
+            ("psnr_vs_eye", "PSNR against the eye: a 1-pixel shift scores lower than a visible blur."),
+            ("histograms", "Colour histograms of the input, an l_feat output and the output after histogram matching."),
+        )
+    },  # fmt: skip
 }
 
 
@@ -427,6 +445,31 @@ def shipped_networks(out_dir: str | os.PathLike, size: int = 512) -> list[Path]:
     return written
 
 
+def superres_samples(out_dir: str | os.PathLike, networks: Sequence[Path], size: int = 256) -> list[Path]:
+    """A `size` px square of the sample photo, downscaled by each network's factor, then upscaled by bicubic
+    (left) and by the network (right); the JPEGs' paths."""
+    import numpy as np
+    from PIL import Image
+
+    from .assets import content_image
+    from .checkpoint import load_model
+    from .images import load_image, save_image, to_pil, to_tensor
+    from .superres import bicubic_upscale, crop_to_multiple, downscale
+    from .upscale import upscale_image
+
+    photo = load_image(content_image("tubingen"), size=512)
+    square = crop_to_multiple(photo.crop((128, 96, 128 + size, 96 + size)), 8)  # (size, size), the town's roofs
+    written = []
+    for path in networks:
+        model = load_model(path, task="superres")
+        scale = model.config.upscale
+        low = downscale(square, scale)
+        ours = np.asarray(to_pil(upscale_image(model, to_tensor(low))))
+        pair = np.concatenate([np.asarray(bicubic_upscale(low, scale)), ours], axis=1)  # (size, 2 * size, 3)
+        written.append(save_image(Image.fromarray(pair), Path(out_dir) / f"superres_tubingen_{path.stem}.jpg"))
+    return written
+
+
 def stylised_clip(
     out_dir: str | os.PathLike, network: str | os.PathLike, frames: int = 30, size: tuple[int, int] = (320, 240)
 ) -> Path:
@@ -588,28 +631,9 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
         groups.append((title, Path(os.path.relpath(run.path, out)).as_posix(), figures))
 
     if config.extras:
-        extras: list[Path] = []
-        done = _step(f"Gatys transfer of the photo with The Starry Night ({config.mode} mode)", config.progress)
-        try:
-            extras.append(gatys_transfer(out, config.mode))
-        except Exception as err:
-            raise DemoError(f"The Gatys transfer failed: {err}") from None
-        done(f"wrote {extras[-1]}")
-        networks = sorted((repo_root() / "checkpoints").glob("*.safetensors"))
-        if networks:
-            done = _step(f"The photo through the {len(networks)} shipped networks", config.progress)
-            written = shipped_networks(out, size=256 if config.mode == "quick" else 512)
-            extras.extend(written)
-            done(f"wrote {', '.join(p.name for p in written)}")
-            clip_net = next((p for p in networks if p.stem == "the_scream"), networks[0])
-            done = _step(f"A short clip stylised with {clip_net.stem}", config.progress)
-            frames = {"quick": 6, "demo": 20, "full": 48}[config.mode]
-            size = (160, 120) if config.mode == "quick" else (320, 240)
-            extras.append(stylised_clip(out, clip_net, frames=frames, size=size))
-            done(f"wrote {extras[-1]}")
-        else:
-            print("No trained networks in checkpoints/: skipping the feed-forward steps.", flush=True)
-        groups.append(("The demo's own results: a Gatys transfer, the shipped networks and a clip", None, extras))
+        groups.append(
+            ("The demo's own results: a Gatys transfer, the shipped networks and a clip", None, _extras(out, config))
+        )
 
     seconds = time.time() - start
     minutes, secs = divmod(round(seconds), 60)
@@ -623,6 +647,40 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     _atomic_write_text(out / "demo_times.json", json.dumps({config.mode: times}, indent=1) + "\n")
     figures = [f for _, _, group in groups for f in group]
     return DemoResult(config.mode, out, gallery, runs, figures, seconds)
+
+
+def _extras(out: Path, config: DemoConfig) -> list[Path]:
+    """The steps after the notebooks: a Gatys transfer, every shipped network, a clip, the upscaled sample."""
+    from .assets import repo_root
+
+    extras: list[Path] = []
+    done = _step(f"Gatys transfer of the photo with The Starry Night ({config.mode} mode)", config.progress)
+    try:
+        extras.append(gatys_transfer(out, config.mode))
+    except Exception as err:
+        raise DemoError(f"The Gatys transfer failed: {err}") from None
+    done(f"wrote {extras[-1]}")
+    networks = sorted((repo_root() / "checkpoints").glob("*.safetensors"))
+    if networks:
+        done = _step(f"The photo through the {len(networks)} shipped networks", config.progress)
+        written = shipped_networks(out, size=256 if config.mode == "quick" else 512)
+        extras.extend(written)
+        done(f"wrote {', '.join(p.name for p in written)}")
+        clip_net = next((p for p in networks if p.stem == "the_scream"), networks[0])
+        done = _step(f"A short clip stylised with {clip_net.stem}", config.progress)
+        frames = {"quick": 6, "demo": 20, "full": 48}[config.mode]
+        size = (160, 120) if config.mode == "quick" else (320, 240)
+        extras.append(stylised_clip(out, clip_net, frames=frames, size=size))
+        done(f"wrote {extras[-1]}")
+    else:
+        print("No trained networks in checkpoints/: skipping the feed-forward steps.", flush=True)
+    upscalers = sorted((repo_root() / "checkpoints" / "superres").glob("*.safetensors"))
+    if upscalers:
+        done = _step(f"The photo upscaled by the {len(upscalers)} super-resolution networks", config.progress)
+        written = superres_samples(out, upscalers, size=128 if config.mode == "quick" else 256)
+        extras.extend(written)
+        done(f"wrote {', '.join(p.name for p in written)}")
+    return extras
 
 
 def _new_figures(out: Path, since: float, prefix: str) -> list[Path]:

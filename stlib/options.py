@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field
 from typing import Any
 
-__all__ = ["CHECKS", "add_options", "config_from", "is_option", "layer_weight", "option", "parse_type"]
+__all__ = ["CHECKS", "add_options", "config_from", "is_option", "key_value", "layer_weight", "option", "parse_type"]
 
 CHECKS = ("positive", "non_negative", "fraction")
 """Value checks the command line applies: > 0, >= 0 (finite), and a number in [0, 1]."""
@@ -95,6 +95,14 @@ def layer_weight(text: str) -> tuple[str, float]:
     """'relu1_1' or 'relu1_1:0.5' -> (name, weight): a style layer with its weight on the command line."""
     name, _, weight = text.partition(":")
     return name, non_negative_float(weight) if weight else 1.0
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """'KEY=VALUE' -> (KEY, VALUE): a metadata entry on the command line (e.g. ``--info dataset=COCO``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 def parse_type(kind: type, check: str | None = None) -> Callable[[str], Any]:

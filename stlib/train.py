@@ -297,7 +297,7 @@ class TrainConfig:
         if self.task not in TASKS:
             raise ValueError(f"TrainConfig.task must be one of {', '.join(TASKS)}, got {self.task!r}.")
         if self.task == "style" and not self.style:
-            raise ValueError("TrainConfig.style is required: the path of the style image.")
+            raise ValueError("Training a style network needs a style image (TrainConfig.style; --style IMAGE).")
         if self.task == "superres":
             self._validate_superres()
         if not self.data:

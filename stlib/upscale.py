@@ -15,6 +15,7 @@ tiles of the input, blended with feathered weights, as `stlib.stylize` does).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,8 +87,10 @@ def upscale_files(
 
     Outputs keep their input's name as PNG (lossless: the detail is the point); files are written atomically
     and an input is never overwritten. A bad image is an `ImageError` naming the file, before it is written.
+    The network runs on a channels_last copy (NHWC: about 1.5x faster on a CPU, `benchmarks/superres.py`).
     """
     _check_superres(model)
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     files: list[Path] = []
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
         path = Path(item)

@@ -92,7 +92,7 @@ def test_gatys_bad_inputs_give_one_clear_line(tmp_path, capsys, small_images, of
         capsys, "gatys", "--content", photo, "--style", starry, "--style", wave, "--blend", 0.5, 0.3, 0.2,
         *common, "-o", out,
     )  # fmt: skip
-    _assert_one_line_error(code, err, "2 --style image(s) but 3 --blend weight(s)")
+    _assert_one_line_error(code, err, "2 style image(s) but 3 blend weight(s)")
 
     code, _, err = run(capsys, "gatys", "--content", photo, "--style", starry, *common, "-o", tmp_path / "out.xyz")
     _assert_one_line_error(code, err, "out.xyz", "suffix")
@@ -213,8 +213,9 @@ def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_i
     assert small.stat().st_size < model.stat().st_size and "fp16" in stdout
     info = read_metadata(small)["info"]
     assert info["dataset"] == "BSDS500 train (200 photos)" and info["exported_from"] == "starry.safetensors"
-    code, _, stderr = run(capsys, "export", model, "-o", tmp_path / "x.safetensors", "--info", "no-equals-sign")
-    assert code == 2 and "KEY=VALUE" in stderr
+    with pytest.raises(SystemExit) as exited:  # argparse's own one-line usage error
+        cli.main(["export", str(model), "-o", str(tmp_path / "x.safetensors"), "--info", "no-equals-sign"])
+    assert exited.value.code == 2 and "expected KEY=VALUE, got 'no-equals-sign'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -275,3 +276,44 @@ def test_every_command_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help text"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Super-resolution: train --task superres and upscale
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_train_superres_then_upscale(tmp_path, capsys, small_images, offline_weights):
+    photo, _, _ = small_images
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(2):
+        images.save_image(images.load_tensor(photo)[..., :, 8 * i : 8 * i + 48], data / f"p{i}.png")
+    model = tmp_path / "x4.safetensors"
+    code, stdout, stderr = run(
+        capsys, "train", "--task", "superres", "--loss", "pixel", "--data", data, "--size", 32, "--batch-size", 2,
+        "--steps", 2, "--width", 0.25, "--blocks", 1, "--val-every", 0, "--weights", offline_weights, "--quiet",
+        "-o", model,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert read_metadata(model)["transformer"]["upscale"] == 4 and "pixel" in stdout
+    out = tmp_path / "big.png"
+    code, stdout, stderr = run(capsys, "upscale", "--model", model, photo, "-o", out, "--match-histogram")
+    assert code == 0, stderr
+    with Image.open(out) as img, Image.open(photo) as small:
+        assert img.size == (4 * small.width, 4 * small.height)
+    code, _, stderr = run(capsys, "stylize", "--model", model, photo, "-o", tmp_path / "styled.jpg")
+    assert code == 2 and "super-resolution network, not a style network" in stderr and "\n" not in stderr.strip()
+
+
+def test_upscale_refuses_a_style_network_and_train_asks_for_a_style(tmp_path, capsys, small_images):
+    photo, _, _ = small_images
+    style_net = tmp_path / "style.safetensors"
+    from stlib.checkpoint import save_model
+    from stlib.transformer import TransformerConfig, TransformerNet
+
+    save_model(TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), style_net)
+    code, _, stderr = run(capsys, "upscale", "--model", style_net, photo, "-o", tmp_path / "x.png")
+    assert code == 2 and "holds a style network, not a super-resolution network" in stderr
+    code, _, stderr = run(capsys, "train", "--data", tmp_path)
+    assert code == 2 and "needs a style image (TrainConfig.style; --style IMAGE)" in stderr

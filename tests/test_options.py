@@ -74,3 +74,19 @@ def test_help_shows_every_option_with_its_default_in_its_group():
 def test_option_refuses_an_unknown_check():
     with pytest.raises(ValueError, match="check must be one of"):
         option(1, "x", check="prime")
+
+
+@dataclasses.dataclass
+class Outer:
+    kind: str = option("a", "which kind", choices=("a", "b"))
+    inner: Inner | dict | None = dataclasses.field(
+        default=None, metadata={"group": "inner", "nested": Inner, "partial": True}
+    )
+
+
+def test_partial_nested_options_pass_on_only_what_was_given():
+    p = argparse.ArgumentParser(prog="test", exit_on_error=False)
+    add_options(p, Outer)
+    assert config_from(Outer, p.parse_args([])).inner == {}  # the outer config picks the defaults (e.g. by task)
+    assert config_from(Outer, p.parse_args(["--deep", "4"])).inner == {"depth": 4}
+    assert "default" not in p.format_help().split("--deep")[1].split("\n")[0]  # the default is the outer's choice

@@ -168,3 +168,39 @@ def test_a_luminance_image_is_judged_as_grey_rgb_and_bad_styles_are_refused(offl
         PerceptualLoss(painting[0], johnson(offline_weights))
     with pytest.raises(ValueError, match="no style image"):
         PerceptualLoss((), johnson(offline_weights))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The pixel term (super-resolution's l_pixel)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_pixel_term_is_the_mean_squared_error_and_needs_no_vgg_pass(offline_weights, photo):
+    config = ObjectiveConfig(vgg_weights=offline_weights, style_layers={}, content_weight=0.0, style_weight=0.0,
+                             tv_weight=0.5, pixel_weight=2.0)  # fmt: skip
+    target = photo[..., :32, :32]
+    y = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+    with PerceptualLoss((), config) as loss:
+        calls = []
+        handle = loss.vgg.register_forward_pre_hook(lambda module, args: calls.append(1))
+        terms = loss(target, y)
+        handle.remove()
+        assert loss.terms == ("content", "style", "tv", "pixel") and PerceptualLoss.terms == ("content", "style", "tv")
+        with pytest.raises(ValueError, match="needs the target images"):
+            loss.judge(y, {})
+    assert not calls  # l_pixel alone: the VGG never runs
+    torch.testing.assert_close(terms["pixel"], ((y - target) ** 2).mean())
+    torch.testing.assert_close(terms["total"], 2.0 * terms["pixel"] + 0.5 * total_variation(y))
+    assert float(terms["content"]) == 0.0
+
+
+def test_pixel_and_feature_terms_add_up(offline_weights, photo):
+    feat = ObjectiveConfig(vgg_weights=offline_weights, content_layers="relu2_2", style_layers={}, style_weight=0.0,
+                           tv_weight=0.0)  # fmt: skip
+    both = ObjectiveConfig(**{**vars(feat), "pixel_weight": 1.0})
+    target = photo[..., :32, :32]
+    y = target.flip(-1)
+    with PerceptualLoss((), feat) as f, PerceptualLoss((), both) as b:
+        only_feat, summed = f(target, y), b(target, y)
+    torch.testing.assert_close(summed["content"], only_feat["content"])
+    torch.testing.assert_close(summed["total"], only_feat["total"] + ((y - target) ** 2).mean())

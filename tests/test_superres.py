@@ -112,3 +112,25 @@ def test_evaluate_scores_every_image_and_refuses_a_wrong_size(photo, tmp_path):
     assert 15 < score.mean_psnr < 60 and 0 < score.mean_ssim < 1
     with pytest.raises(ValueError, match=r"p0\.png.*not 200x144 \(x4\)"):
         sr.evaluate(lambda low: low, tmp_path, 4)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_the_training_degradation_is_the_benchmarks(photo, sigma):
+    target = sr.crop_to_multiple(photo, 4)
+    batch = images.to_tensor(target)  # (1, 3, H, W)
+    low = sr.degrade(batch, 4, sigma)
+    expected = np.asarray(sr.downscale(target, 4, sigma), dtype=np.float64)
+    got = low[0].permute(1, 2, 0).numpy() * 255
+    assert low.shape[-2:] == (target.height // 4, target.width // 4)
+    assert np.allclose(got, np.round(got))  # 8-bit values, as the benchmark's inputs
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.3  # PIL's bicubic, antialiased
+    with pytest.raises(ValueError, match="cannot be downscaled by exactly 4"):
+        sr.degrade(batch[..., :30, :30], 4)
+
+
+def test_evaluate_collects_an_extra_metric(photo, tmp_path):
+    path = tmp_path / "a.png"
+    sr.crop_to_multiple(photo, 4).save(path)
+    score = sr.evaluate(lambda low: sr.bicubic_upscale(low, 4), [path], 4, extra=lambda out, target: 0.25)
+    assert score.extra == [0.25] and score.mean_extra == 0.25
+    assert math.isnan(sr.evaluate(lambda low: sr.bicubic_upscale(low, 4), [path], 4).mean_extra)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from stlib import assets, images, train
+from stlib import assets, images, superres, train
 from stlib.checkpoint import load_model, read_metadata
 from stlib.perceptual import PerceptualLoss
 from stlib.train import ResumeError, TrainConfig, TrainingDiverged, lr_at
@@ -84,7 +85,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     cfg = TrainConfig(style="s.jpg", data="d", transformer=SLIM, schedule="cosine")
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.transformer == SLIM
-    with pytest.raises(ValueError, match="style is required"):
+    with pytest.raises(ValueError, match="needs a style image"):
         TrainConfig(data="d").validate()
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(style="s", data="d", schedule="linear").validate()
@@ -408,3 +409,90 @@ def test_the_loop_trains_any_objective_on_any_input_target_pairs(photos, tmp_pat
     info = read_metadata(result.checkpoint)["info"]
     assert info["vgg_weights"] is None and set(info["losses"]) >= {"pixel", "total"}  # no loss network recorded
     assert torch.load(result.state, weights_only=True)["vgg_source"] is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# The second task: super-resolution through the same loop
+# --------------------------------------------------------------------------------------------------------
+
+
+def sr_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig:
+    settings = dict(
+        task="superres",
+        data=str(photos),
+        out=str(run / "sr.safetensors"),
+        run_dir=str(run / "run"),
+        size=32,
+        batch_size=2,
+        steps=4,
+        log_every=1,
+        val_every=2,
+        checkpoint_every=2,
+        val_count=2,
+        val_size=32,
+        vgg_weights=offline,
+        transformer={"width": 0.25, "num_residual_blocks": 1},
+        progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_each_task_has_its_own_defaults():
+    style, sr = TrainConfig(), TrainConfig(task="superres")
+    assert style.transformer == TransformerConfig() and style.tv_weight == 10.0 and style.scale == 1
+    assert sr.transformer == TransformerConfig.superres(4) and sr.tv_weight == 0.0 and sr.scale == 4
+    assert TrainConfig(task="superres", transformer={"upscale": 8, "width": 1.0}).transformer == (
+        TransformerConfig.superres(8, width=1.0)
+    )
+    assert TrainConfig(task="superres", tv_weight=2.0).tv_weight == 2.0  # a given weight is kept
+    assert sr.out_path() == Path("checkpoints/superres/x4_feat.safetensors")
+    objective = replace(sr, loss="pixel").objective()
+    assert (objective.pixel_weight, objective.content_weight, objective.style_weight) == (1.0, 0.0, 0.0)
+    assert sr.objective().content_layers == ("relu2_2",) and sr.objective().pixel_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"style": "painting.jpg"}, "no style"),
+        ({"transformer": TransformerConfig()}, "needs a network that upscales"),
+        ({"size": 30}, "multiples of the upscaling factor 4"),
+        ({"loss": "gan"}, "loss must be one of feat, pixel"),
+    ],
+)
+def test_superres_settings_are_checked_in_one_sentence(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        replace(TrainConfig(task="superres", data=str(tmp_path)), **changes).validate()
+
+
+def test_the_loop_trains_a_superres_network_on_degraded_photos(photos, tmp_path, offline_weights):
+    cfg = sr_config(photos, tmp_path, offline_weights, loss="pixel", lr=1e-2)
+    seen = []
+    result = train.train(cfg, callback=lambda step, losses: seen.append(losses["pixel"]) and None)
+    assert result.model.config.upscale == 4 and len(result.history) == 4
+    assert set(result.history[0]) >= {"pixel", "total"} and result.history[0]["content"] == 0.0
+    info = read_metadata(result.checkpoint)["info"]
+    assert info["task"] == "superres" and info["style"] is None and info["train_config"]["loss"] == "pixel"
+    model = load_model(result.checkpoint, task="superres")
+    assert model(torch.rand(1, 3, 10, 12)).shape == (1, 3, 40, 48)
+    with Image.open(result.run_dir / "val" / "step_000002.jpg") as grid:
+        assert grid.size == (2 * 32, 32)  # the validation photos, upscaled back to their size
+    resumed = train.train(replace(cfg, steps=6, resume=True))  # resumable like style training
+    assert resumed.step == 6
+
+
+def test_superres_pairs_are_the_degraded_photo_and_the_photo():
+    pairs = TrainConfig(task="superres", blur_sigma=1.0).pairs()
+    photos = torch.rand(2, 3, 32, 32)
+    inputs, targets = pairs(photos)
+    assert inputs.shape == (2, 3, 8, 8) and targets is photos
+    assert torch.equal(inputs, superres.degrade(photos, 4, 1.0))
+    assert TrainConfig().pairs()(photos) == (photos, photos)
+
+
+def test_superres_feature_loss_trains_from_pixel_weights(photos, tmp_path, offline_weights):
+    first = train.train(sr_config(photos, tmp_path / "pixel", offline_weights, loss="pixel", steps=2, val_every=0))
+    cfg = sr_config(photos, tmp_path / "feat", offline_weights, steps=2, val_every=0, init=str(first.checkpoint))
+    result = train.train(cfg)
+    assert result.history[0]["content"] > 0 and "pixel" not in result.history[0]

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from stlib.transformer import InstanceNorm, ResidualBlock, TransformerConfig, TransformerNet
+from stlib.transformer import InstanceNorm, ResidualBlock, TransformerConfig, TransformerNet, upscale_bicubic
 
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)  # 8/16/32 channels: fast shape tests
 
@@ -259,6 +260,9 @@ def test_bad_config_values_raise_a_clear_value_error(kwargs, match):
         TransformerConfig.paper(),
         TransformerConfig(width=0.5, num_residual_blocks=2),
         TransformerConfig(width=0.3, upsample="transposed", num_residual_blocks=0),
+        TransformerConfig.superres(4, width=0.25),
+        TransformerConfig.superres(8, width=0.25, upsample="transposed"),
+        TransformerConfig(width=0.25, downsampling=1, upscale=2),
     ],
 )
 @pytest.mark.parametrize("size", [(16, 16), (17, 23), (3, 5)])
@@ -374,3 +378,46 @@ def test_input_skip_needs_the_linear_output():
         TransformerConfig(input_skip=True, output="tanh")
     with pytest.raises(ValueError, match="input_skip must be True or False"):
         TransformerConfig(input_skip=1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Super-resolution (Johnson et al. Sec. 4.2): the same family, no downsampling, log2(f) upsampling stages
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_superres_network_is_the_papers_and_upscales_any_size(scale):
+    net = TransformerNet(TransformerConfig.superres(scale)).eval()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert net.config.channels == (64,) and len(net.residuals) == 4  # 9x9 conv 64, 4 residual blocks of 64
+    assert sum(isinstance(m, nn.Upsample) for m in net.modules()) == scale.bit_length() - 1  # log2(f) x2 stages
+    assert not any(c.stride != (1, 1) for c in convs)  # no downsampling
+    assert convs[0].kernel_size == (9, 9) and convs[-1].kernel_size == (9, 9) and convs[-1].out_channels == 3
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9 * scale, 13 * scale)
+
+
+def test_untrained_superres_network_is_bicubic_interpolation():
+    x = torch.rand(2, 3, 12, 10)
+    net = TransformerNet(TransformerConfig.superres(4)).eval()
+    expected = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(net(x), expected)
+    assert upscale_bicubic(x, 1) is x
+
+
+def test_style_network_keeps_its_shape_and_names_its_task():
+    default = TransformerConfig()
+    assert default.channels == (32, 64, 128) and default.multiple == 4 and default.upsampling == 2
+    assert default.task == "style" and TransformerConfig.superres(8).task == "superres"
+    assert TransformerConfig.superres(8).upsampling == 3 and TransformerConfig.superres(8).multiple == 1
+    assert "upscale=4" in TransformerNet(TransformerConfig.superres(4)).describe()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"upscale": 3}, "upscale must be one of 1, 2, 4 or 8"), ({"downsampling": -1}, "downsampling must be"),
+     ({"downsampling": 5}, "at most 4"), ({"norm": "layer"}, "norm must be one of")],
+)  # fmt: skip
+def test_bad_shape_settings_raise_one_sentence(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(**kwargs)
