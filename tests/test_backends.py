@@ -144,6 +144,19 @@ def test_onnx_backend_handles_sizes_that_are_not_multiples_of_four(net):
         assert float((backend(x) - net(x)).abs().max()) <= TOLERANCE["onnx"]
 
 
+@needs_ort
+def test_onnx_backend_runs_a_superres_network_at_any_size():
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig.superres(4, width=0.25))
+    torch.nn.init.normal_(net.decoder[-1].weight, std=0.5)  # not the bicubic start
+    net.eval()
+    backend = make_backend(net, "onnx", probe=(12, 15))
+    x = torch.rand(1, 3, 13, 19)  # no multiple needed: no stride-2 stages
+    with torch.inference_mode():
+        out, expected = backend(x), net(x)
+    assert out.shape == (1, 3, 52, 76) and float((out - expected).abs().max()) <= TOLERANCE["onnx"]
+
+
 def test_export_onnx_checks_its_arguments(net, tmp_path):
     with pytest.raises(ValueError, match=r"must end in \.onnx"):
         export_onnx(net, tmp_path / "net.safetensors")
