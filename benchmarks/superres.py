@@ -35,9 +35,15 @@ from stlib.upscale import upscale_image
 SHARED = assets.repo_root().parent / "shared" / "data"
 SETS = {"Set5": SHARED / "sr" / "Set5", "BSD100": SHARED / "bsds500" / "val"}
 
-# Johnson et al., ECCV 2016, Sec. 4.2 (their protocol: Gaussian blur sigma 1 before bicubic downsampling).
-# Filled from the paper's table; None where the paper gives no number.
-PAPER: dict[tuple[str, int, str], tuple[float, float] | None] = {}
+# Johnson et al., ECCV 2016, Sec. 4.2, x4 on Set5 (PSNR, SSIM), as summarised in github.com/wqi/papers
+# (perceptual_loss.md); SRCNN is Dong et al.'s figure quoted there. Their protocol blurs (sigma 1) before the
+# bicubic downsampling; the paper's other sets and x8 could not be read where this table was made.
+PAPER: dict[tuple[str, int, str], tuple[float, float]] = {
+    ("Set5", 4, "bicubic"): (28.43, 0.8114),
+    ("Set5", 4, "pixel"): (28.40, 0.8205),
+    ("Set5", 4, "feat"): (27.09, 0.7680),
+}
+SRCNN_SET5_X4 = (30.48, 0.8628)
 
 
 def feature_error(loss: PerceptualLoss):
@@ -67,6 +73,8 @@ def quality(models: list[Path], sets: list[str], weights: str) -> None:
     loss = PerceptualLoss((), objective, precision="fp32")
     extra = feature_error(loss)
     print(f"# Quality ({describe_machine()}; feature error with {loss.source} VGG16 weights)")
+    srcnn = f"{SRCNN_SET5_X4[0]:.2f} dB / {SRCNN_SET5_X4[1]:.4f}"
+    print(f"(SRCNN, x4 Set5: {srcnn}; Johnson et al.'s own figures are in the last column)")
     print("| scale | set | method | trained on | PSNR (dB) | SSIM | feature error | paper PSNR / SSIM |")
     print("|---:|---|---|---|---:|---:|---:|---|")
     loaded = [(path, load_model(path, task="superres"), read_metadata(path)["info"]) for path in models]
