@@ -91,8 +91,8 @@ def quality(models: list[Path], sets: list[str], weights: str) -> None:
             for path, model, info in nets:
                 config = info.get("train_config", {})
                 sigma = float(config.get("blur_sigma", 0.0))
-                data = Path(str(config.get("data", "?"))).name
-                what = f"{data}, {info.get('step', '?')} steps" + (f", blur {sigma:g}" if sigma else "")
+                what = str(info.get("dataset", Path(str(config.get("data", "?"))).name)).split(",")[0]
+                what += f", blur {sigma:g}" if sigma else ""
                 rows.append((path.stem, what, sigma, model_upscaler(model, False)))
                 rows.append((f"{path.stem} +hist", what, sigma, model_upscaler(model, True)))
             for method, trained, sigma, run in rows:
@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="skip the speed table")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default: 5)")
     args = parser.parse_args()
-    shipped = sorted((assets.repo_root() / "checkpoints" / "superres").glob("*.safetensors"))
+    folder = assets.repo_root() / "checkpoints" / "superres"
+    shipped = sorted(folder.glob("*.safetensors"), key=lambda p: (p.stem.split("_")[0], "feat" in p.stem))
     models = args.models if args.models is not None else shipped
     if not models:
         print("(no super-resolution networks in checkpoints/superres: bicubic only)")
