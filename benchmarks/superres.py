@@ -2,6 +2,7 @@
 
     python benchmarks/superres.py                                   # every checkpoints/superres/*.safetensors
     python benchmarks/superres.py --models run.safetensors --sets Set5 --no-speed
+    python benchmarks/superres.py --speed-only                      # on a quiet machine
 
 Quality, for x4 and x8 on Set5 and BSD100 (the 100 BSDS500 validation photos; both from ../shared): PSNR and SSIM
 on the BT.601 luminance with the scale factor cropped from each border, averaged per image, and the feature error
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="image sets")
     parser.add_argument("--weights", default="auto", help="VGG16 weights of the feature error (default: auto)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed table")
+    parser.add_argument("--speed-only", action="store_true", help="only the speed table")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default: 5)")
     args = parser.parse_args()
     folder = assets.repo_root() / "checkpoints" / "superres"
@@ -160,7 +162,8 @@ def main() -> None:
     models = args.models if args.models is not None else shipped
     if not models:
         print("(no super-resolution networks in checkpoints/superres: bicubic only)")
-    quality(models, args.sets, args.weights)
+    if not args.speed_only:
+        quality(models, args.sets, args.weights)
     if not args.no_speed and models:
         speed(models, args.repeats)
 
