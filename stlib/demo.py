@@ -67,8 +67,9 @@ FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 
 # Expected seconds per code cell (by cell id) and mode, measured with `make demo` on the 2-core development CPU
 # (stlib/demo_times.json: "demo" on a quiet machine, 3 min 14 s in all; "quick" while other jobs ran, load 8-10;
-# `run_demo` writes each run's times to outputs/demo_times.json). Timeouts are ten times these, at least 300 s. A cell missing from the table is expected to take
-# DEFAULT_CELL_SECONDS[mode]. The progress estimate rescales them by the pace of the cells already run.
+# `run_demo` writes each run's times to outputs/demo_times.json). Timeouts are ten times these, at least 300 s.
+# A cell missing from the table is expected to take DEFAULT_CELL_SECONDS[mode]. The progress estimate rescales
+# them by the pace of the cells already run.
 EXPECTED_SECONDS: dict[str, dict[str, dict[str, float]]] = json.loads(
     (Path(__file__).with_name("demo_times.json")).read_text(encoding="utf-8")
 )
