@@ -447,8 +447,7 @@ def shipped_networks(out_dir: str | os.PathLike, size: int = 512) -> list[Path]:
 
 
 def superres_samples(out_dir: str | os.PathLike, networks: Sequence[Path], size: int = 256) -> list[Path]:
-    """A `size` px square of the sample photo, downscaled by each network's factor, then upscaled by bicubic
-    (left) and by the network (right); the JPEGs' paths."""
+    """Part of the sample photo downscaled, then upscaled by bicubic (left) and each network (right); the JPEGs."""
     import numpy as np
     from PIL import Image
 

@@ -220,20 +220,25 @@ class PerceptualLoss(nn.Module):
         self.layer_weights = relative_style_weights(self.style_layers, grams)
 
     @classmethod
-    def from_config(cls, style: torch.Tensor, config, precision: str | None = None) -> PerceptualLoss:
+    def from_config(
+        cls, style: torch.Tensor | None, config, precision: str | None = None, device: torch.device | str = "cpu"
+    ) -> PerceptualLoss:
         """The objective a training config (`stlib.train.TrainConfig`) trains with, for a style image (1, 3, H, W).
 
         Reads ``config.objective()``, ``vgg_pass``, ``channels_last`` and ``precision``. `precision` overrides the
         last: pass ``"fp32"`` to *score* outputs, so that the number does not depend on the CPU (``"auto"`` is bf16
-        on CPUs with native bf16, see `stlib.hardware`).
+        on CPUs with native bf16, see `stlib.hardware`). Without a style image (super-resolution) the objective is
+        built on `device`; with one, on the style image's device.
         """
-        return cls(
-            style,
+        device = style.device if style is not None else torch.device(device)
+        loss = cls(
+            () if style is None else style,
             config.objective(),
-            precision=resolve_precision(precision or config.precision, style.device),
+            precision=resolve_precision(precision or config.precision, device),
             channels_last=config.channels_last,
             vgg_pass=config.vgg_pass,
         )
+        return loss.to(device)
 
     def _layers(self, truncate: bool) -> list[str]:
         layers = list(dict.fromkeys([*self.content_layers, *self.style_layers]))

@@ -560,21 +560,12 @@ def _setup(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    if objective is None:
-        objective = PerceptualLoss.from_config(style, config) if style is not None else _task_objective(config, device)
-    else:
-        objective = objective.to(device)
+    # The task's objective (no style image: super-resolution), or the one given.
+    objective = PerceptualLoss.from_config(style, config, device=device) if objective is None else objective.to(device)
     return _Run(
         config, device, rank, world, precision, model, optimizer, scheduler, scaler, objective, pairs, dataset,
         style_sha256,
     )  # fmt: skip
-
-
-def _task_objective(config: TrainConfig, device: torch.device) -> PerceptualLoss:
-    """The objective of a task without a style image (super-resolution), on `device`."""
-    precision = resolve_precision(config.precision, device)
-    loss = PerceptualLoss((), config.objective(), precision=precision, channels_last=config.channels_last)
-    return loss.to(device)
 
 
 def _load_initial_weights(model: TransformerNet, path: Path) -> None:
