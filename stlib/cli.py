@@ -29,15 +29,20 @@ class CLIError(Exception):
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the course headless with progress; results and outputs/index.html go to outputs/.
 
-    Execute notebooks 01, 02 and 04 headless, then a Gatys transfer, the sample photo through every network in
-    checkpoints/, a short stylised clip and the sample upscaled by every super-resolution network; write
-    outputs/index.html, a gallery of every figure. Default: reduced sizes, a few minutes on a CPU.
+    Execute notebooks 01, 02 and 04 headless (all five with --full), then a Gatys transfer, the sample photo
+    through every network in checkpoints/, a short stylised clip and the sample upscaled by every
+    super-resolution network; write outputs/index.html, a gallery of every figure. Default: reduced sizes, a few
+    minutes on a CPU.
     """
     from .demo import DemoConfig, DemoError, run_demo
 
     mode = "quick" if args.quick else "full" if args.full else "demo"
     try:
-        result = run_demo(DemoConfig(mode=mode, timeout=args.timeout, progress=not args.quiet))
+        config = DemoConfig(mode=mode, data=args.data, timeout=args.timeout, progress=not args.quiet)
+        config.validate()
+        result = run_demo(config)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     except DemoError as err:
         raise CLIError(str(err)) from None
     minutes, seconds = divmod(round(result.seconds), 60)
@@ -49,7 +54,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
-    size.add_argument("--full", action="store_true", help="the notebooks' full sizes (about an hour on a CPU)")
+    size.add_argument("--full", action="store_true", help="every notebook at full size (about 70 min on a CPU)")
+    p.add_argument(
+        "--data", metavar="DIR",
+        help="--full: photos for notebook 03's training (default: data/coco/train2017; without it 03 is skipped)",
+    )  # fmt: skip
     p.add_argument(
         "--timeout", type=parse_type(float, "positive"), metavar="S",
         help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",

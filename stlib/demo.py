@@ -1,6 +1,6 @@
 """The course demo: the notebooks executed headless with progress, then the results in one gallery.
 
-``run_demo`` executes notebooks 01, 02 and 04 with nbclient (03 trains on COCO), runs a Gatys transfer of the
+``run_demo`` executes notebooks 01, 02 and 04 with nbclient (all five in full mode), runs a Gatys transfer of the
 sample photo, the sample photo through every network in ``checkpoints/``, a short stylised clip and the sample
 upscaled by every super-resolution network in ``checkpoints/superres/`` (beside bicubic), and writes
 ``outputs/index.html``: every figure of the run with a one-line caption, grouped by notebook.
@@ -9,7 +9,11 @@ Three modes (`DemoConfig.mode`), passed to the notebooks as ``STLIB_QUICK`` / ``
 
 - ``"demo"`` (``make demo``): the notebooks at reduced but meaningful sizes, the whole course in minutes;
 - ``"quick"`` (``make demo QUICK=1``): tiny sizes, as in CI;
-- ``"full"`` (``make demo FULL=1``): the notebooks' own full sizes (about an hour on a 2-core CPU).
+- ``"full"`` (``make demo FULL=1``): every notebook at its own full size, 03 and 05 included (about 70 minutes
+  on a 2-core CPU). Notebook 03 trains a style network: on COCO (``data/coco/train2017``, see
+  ``python -m stlib download-coco``) or on any folder of photos given as ``DemoConfig.data`` (``make demo FULL=1
+  DATA=folder``), passed to the notebook as ``STLIB_DATA``; with neither, the demo skips notebook 03 and says so
+  (a demo never starts an 18 GB download).
 
 Each cell has a timeout scaled to its expected time (`EXPECTED_SECONDS`, measured on a 2-core CPU); a cell that
 runs past it stops the demo with one line naming the notebook and the cell.
@@ -42,6 +46,7 @@ from pathlib import Path
 __all__ = [
     "CAPTIONS",
     "DEMO_NOTEBOOKS",
+    "FULL_NOTEBOOKS",
     "EXPECTED_SECONDS",
     "MODES",
     "DemoConfig",
@@ -60,7 +65,11 @@ __all__ = [
 ]
 
 MODES = ("quick", "demo", "full")
-DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "04_webcam.ipynb")  # 03 trains on COCO
+DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "04_webcam.ipynb")  # 03 trains, 05 too
+FULL_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "03_johnson_training.ipynb", "04_webcam.ipynb",
+                  "05_super_resolution.ipynb")  # fmt: skip
+TRAINING_NOTEBOOK = "03_johnson_training.ipynb"  # needs a folder of photos (`DemoConfig.data`)
+COCO_FOLDER = "data/coco/train2017"  # where `python -m stlib download-coco` puts COCO, relative to the repo
 GATYS_OUTPUT = "gatys_tubingen_starry_night.jpg"
 CLIP_OUTPUT = "clip_the_scream.gif"
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
@@ -103,6 +112,15 @@ CAPTIONS = {
     "02_single_vs_multiscale.png": "One region at the final size: single scale vs coarse to fine, similar time.",
     "02_evolution.gif": "The optimisation from noise, one frame every few iterations.",
     "02_evolution.png": "Snapshots of the optimisation from noise.",
+    "03_instance_norm_contrast.png": "Instance norm: a trained network paints a photo and its washed-out copy alike.",
+    "03_checkerboard.png": "Contributions per pixel: a transposed conv's checkerboard, nearest+conv's flat field.",
+    "03_receptive_field.png": "Input pixels one output pixel sees: all with instance norm, ~100 px without.",
+    "03_crops.png": "Random training crops, as the network sees them.",
+    "03_schedules.png": "Learning-rate schedules: constant, one-cycle and cosine.",
+    "03_lr.png": "Two short training runs, constant vs one-cycle learning rate: total loss (moving average).",
+    "03_payoff.png": "The payoff: one forward pass of the network beside minutes of Gatys' L-BFGS.",
+    "03_fig5_objective.png": "Johnson et al. Fig. 5: the objective along Gatys' L-BFGS, the network as a line.",
+    "03_pixel_vs_perceptual.png": "A 2-pixel shift and a blur: pixel error prefers the blur, deep features the shift.",
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
     GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",
     CLIP_OUTPUT: "A short moving scene, original and stylised frame by frame with the_scream network.",
@@ -134,7 +152,8 @@ class DemoConfig:
     """What `run_demo` runs and how long each notebook cell may take."""
 
     mode: str = "demo"  # "quick", "demo" or "full" (see the module docstring)
-    notebooks: tuple[str, ...] = DEMO_NOTEBOOKS  # names in notebooks/
+    notebooks: tuple[str, ...] | None = None  # names in notebooks/ (default: FULL_NOTEBOOKS in full mode, else DEMO_)
+    data: str | None = None  # photos for notebook 03 (default: data/coco/train2017 if it exists)
     extras: bool = True  # the Gatys transfer, the shipped networks and the clip after the notebooks
     out: str | None = None  # the output folder (default: stlib.assets.outputs_dir())
     timeout_factor: float = 10.0  # a cell may take this many times its expected time ...
@@ -151,6 +170,23 @@ class DemoConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}.")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}.")
+        if self.data is not None and not Path(self.data).is_dir():
+            raise ValueError(f"The photo folder '{self.data}' for notebook 03 does not exist.")
+
+    def chosen_notebooks(self) -> tuple[str, ...]:
+        """The notebooks to run: `notebooks`, or the mode's (all five in full mode)."""
+        if self.notebooks is not None:
+            return tuple(self.notebooks)
+        return FULL_NOTEBOOKS if self.mode == "full" else DEMO_NOTEBOOKS
+
+    def training_photos(self) -> Path | None:
+        """Notebook 03's photos: `data`, else COCO where `download-coco` puts it, else None."""
+        from .assets import repo_root
+
+        if self.data is not None:
+            return Path(self.data).resolve()
+        coco = repo_root() / COCO_FOLDER
+        return coco if coco.is_dir() else None
 
 
 @dataclass
@@ -291,11 +327,12 @@ def run_notebook(
     timeout: float | Callable[[str, float], float] | None = None,
     expected: dict[str, float] | None = None,
     progress: bool = True,
+    env: dict[str, str] | None = None,
 ) -> NotebookRun:
     """Execute a notebook headless in `mode` (figures go to `out_dir`); save the executed copy to out_dir/notebooks.
 
-    `timeout` is seconds per cell, or a function of (cell id, expected seconds); `expected` maps cell ids to their
-    expected seconds (default: `EXPECTED_SECONDS`). Raises DemoError naming the notebook and cell on failure.
+    `timeout`: seconds per cell, or a function of (cell id, expected seconds); `expected`: cell id -> seconds
+    (default: `EXPECTED_SECONDS`); `env`: added to the kernel's. A DemoError names the notebook and cell.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -311,8 +348,7 @@ def run_notebook(
     position = {i: k for k, i in enumerate(code, start=1)}  # cell index -> k of the n code cells
     expect = {i: float(expected.get(ids[i], DEFAULT_CELL_SECONDS[mode])) for i in code}
     index_of = {id(cell): i for i, cell in enumerate(nb.cells)}
-    fixed = timeout  # seconds, or None: scaled to each cell's expected time
-    limit = timeout if callable(timeout) else lambda _, seconds: cell_timeout(seconds) if fixed is None else fixed
+    limit = timeout if callable(timeout) else lambda _, seconds: timeout or cell_timeout(seconds)  # None: scaled
 
     logs = out_dir / "notebooks"
     logs.mkdir(parents=True, exist_ok=True)
@@ -357,7 +393,7 @@ def run_notebook(
     start = time.perf_counter()
     ok = False
     try:
-        _execute(client, _kernel_env(mode, out_dir), kernel_log, where, allowed)
+        _execute(client, {**_kernel_env(mode, out_dir), **(env or {})}, kernel_log, where, allowed)
         ok = True
     finally:
         bar.close(ok)
@@ -608,7 +644,8 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     notebooks_dir = repo_root() / "notebooks"
-    for name in config.notebooks:
+    notebooks, env = _notebooks_and_env(config)
+    for name in notebooks:
         if not (notebooks_dir / name).is_file():
             raise DemoError(f"No notebook {name} in {notebooks_dir}.")
 
@@ -619,9 +656,9 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
 
     runs: list[NotebookRun] = []
     groups: list[tuple[str, str | None, list[Path]]] = []
-    for name in config.notebooks:
+    for name in notebooks:
         before = time.time()
-        run = run_notebook(notebooks_dir / name, out, config.mode, timeout=timeout, progress=config.progress)
+        run = run_notebook(notebooks_dir / name, out, config.mode, timeout=timeout, progress=config.progress, env=env)
         runs.append(run)
         prefix = name.split("_", 1)[0] + "_"
         order = {figure: k for k, figure in enumerate(saved_figure_names(notebooks_dir / name))}
@@ -638,7 +675,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     seconds = time.time() - start
     minutes, secs = divmod(round(seconds), 60)
     summary = (
-        f"{config.mode} mode: notebooks {', '.join(n.split('_', 1)[0] for n in config.notebooks) or 'none'}"
+        f"{config.mode} mode: notebooks {', '.join(n.split('_', 1)[0] for n in notebooks) or 'none'}"
         f"{' and the extra steps' if config.extras else ''} in {minutes} min {secs} s on {os.cpu_count()} CPU "
         f"cores, finished {time.strftime('%Y-%m-%d %H:%M')}."
     )
@@ -647,6 +684,22 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     _atomic_write_text(out / "demo_times.json", json.dumps({config.mode: times}, indent=1) + "\n")
     figures = [f for _, _, group in groups for f in group]
     return DemoResult(config.mode, out, gallery, runs, figures, seconds)
+
+
+def _notebooks_and_env(config: DemoConfig) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The notebooks to run and what the kernels' environment adds: notebook 03's photos, or 03 left out."""
+    notebooks = config.chosen_notebooks()
+    if TRAINING_NOTEBOOK not in notebooks or config.mode == "quick":  # QUICK: the notebook's bundled sample
+        return notebooks, {}
+    photos = config.training_photos()
+    if photos is None:
+        print(
+            f"Skipping {TRAINING_NOTEBOOK}: it trains on photos and there are none in {COCO_FOLDER} "
+            "(`python -m stlib download-coco`, 18 GB) nor a folder given (`make demo FULL=1 DATA=folder`).",
+            flush=True,
+        )
+        return tuple(n for n in notebooks if n != TRAINING_NOTEBOOK), {}
+    return notebooks, {"STLIB_DATA": str(photos)}
 
 
 def _extras(out: Path, config: DemoConfig) -> list[Path]:

@@ -173,11 +173,11 @@ def add_options(
             target.add_argument(f.name, metavar=meta["metavar"], help=help_)
             continue
         flags = meta["flag"] or ("--" + f.name.replace("_", "-"),)
+        if kind is bool and partial:  # --x / --no-x: the outer config's choice may be either
+            target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            continue
         if kind is bool:
-            action = "store_false" if default else "store_true"
-            target.add_argument(
-                *flags, dest=f.name, action=action, help=help_, **({"default": None} if partial else {})
-            )
+            target.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=help_)
             continue
         target.add_argument(
             *flags, dest=f.name, type=layer_weight if container is dict else _TYPES[kind, meta["check"]],

@@ -115,14 +115,29 @@ def test_expected_times_name_real_code_cells():
 
 
 def test_every_figure_the_notebooks_save_has_a_caption():
-    for name in demo.DEMO_NOTEBOOKS:
+    for name in demo.FULL_NOTEBOOKS:
         saved = demo.saved_figure_names(ROOT / "notebooks" / name)
         assert len(saved) >= 1, name
         missing = [figure for figure in saved if figure not in demo.CAPTIONS]
         assert not missing, f"{name} saves figures without a caption in stlib.demo.CAPTIONS: {missing}"
 
 
-def test_config_rejects_bad_settings():
+def test_full_mode_runs_every_notebook_and_gives_notebook_03_its_photos(tmp_path, capsys, monkeypatch):
+    assert demo.DemoConfig().chosen_notebooks() == demo.DEMO_NOTEBOOKS
+    assert tuple(sorted(p.name for p in (ROOT / "notebooks").glob("0*.ipynb"))) == demo.FULL_NOTEBOOKS
+    with_photos = demo.DemoConfig(mode="full", data=str(tmp_path))
+    notebooks, env = demo._notebooks_and_env(with_photos)
+    assert notebooks == demo.FULL_NOTEBOOKS and env == {"STLIB_DATA": str(tmp_path.resolve())}
+    monkeypatch.setattr(demo, "COCO_FOLDER", "no/such/folder")  # as on a machine without COCO
+    notebooks, env = demo._notebooks_and_env(demo.DemoConfig(mode="full"))
+    assert demo.TRAINING_NOTEBOOK not in notebooks and len(notebooks) == 4 and env == {}
+    assert "Skipping 03_johnson_training.ipynb" in capsys.readouterr().out  # said, not silent
+    assert demo._notebooks_and_env(demo.DemoConfig(mode="quick", notebooks=demo.FULL_NOTEBOOKS))[1] == {}
+
+
+def test_config_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        demo.DemoConfig(mode="full", data=str(tmp_path / "missing")).validate()
     for bad in (dict(mode="slow"), dict(timeout=0), dict(timeout_factor=-1), dict(min_timeout=0)):
         with pytest.raises(ValueError):
             demo.DemoConfig(**bad).validate()

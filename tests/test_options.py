@@ -13,6 +13,7 @@ from stlib.options import add_options, config_from, is_option, option
 @dataclasses.dataclass(frozen=True)
 class Inner:
     depth: int = option(3, "how deep", check="positive", flag="--deep")
+    shiny: bool = option(False, "polish it")
     hidden: str = "not on the command line"
 
 
@@ -89,4 +90,7 @@ def test_partial_nested_options_pass_on_only_what_was_given():
     add_options(p, Outer)
     assert config_from(Outer, p.parse_args([])).inner == {}  # the outer config picks the defaults (e.g. by task)
     assert config_from(Outer, p.parse_args(["--deep", "4"])).inner == {"depth": 4}
+    # a flag of a partial config can say either value: the outer config's default may be True
+    assert config_from(Outer, p.parse_args(["--shiny"])).inner == {"shiny": True}
+    assert config_from(Outer, p.parse_args(["--no-shiny"])).inner == {"shiny": False}
     assert "default" not in p.format_help().split("--deep")[1].split("\n")[0]  # the default is the outer's choice

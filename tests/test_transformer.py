@@ -261,8 +261,10 @@ def test_bad_config_values_raise_a_clear_value_error(kwargs, match):
         TransformerConfig(width=0.5, num_residual_blocks=2),
         TransformerConfig(width=0.3, upsample="transposed", num_residual_blocks=0),
         TransformerConfig.superres(4, width=0.25),
+        TransformerConfig.superres(4, width=0.25, subpixel_output=False),
         TransformerConfig.superres(8, width=0.25, upsample="transposed"),
         TransformerConfig(width=0.25, downsampling=1, upscale=2),
+        TransformerConfig(width=0.25, subpixel_output=True),
     ],
 )
 @pytest.mark.parametrize("size", [(16, 16), (17, 23), (3, 5)])
@@ -387,7 +389,7 @@ def test_input_skip_needs_the_linear_output():
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
 def test_superres_network_is_the_papers_and_upscales_any_size(scale):
-    net = TransformerNet(TransformerConfig.superres(scale)).eval()
+    net = TransformerNet(TransformerConfig.superres(scale, subpixel_output=False)).eval()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert net.config.channels == (64,) and len(net.residuals) == 4  # 9x9 conv 64, 4 residual blocks of 64
     assert sum(isinstance(m, nn.Upsample) for m in net.modules()) == scale.bit_length() - 1  # log2(f) x2 stages
@@ -395,6 +397,34 @@ def test_superres_network_is_the_papers_and_upscales_any_size(scale):
     assert convs[0].kernel_size == (9, 9) and convs[-1].kernel_size == (9, 9) and convs[-1].out_channels == 3
     with torch.no_grad():
         assert net(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9 * scale, 13 * scale)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_subpixel_output_runs_nothing_but_a_shuffle_at_the_output_resolution(scale):
+    net = TransformerNet(TransformerConfig.superres(scale, width=0.25)).eval()  # the task's default
+    assert net.config.subpixel_output and isinstance(net.shuffle, nn.PixelShuffle)
+    assert sum(isinstance(m, nn.Upsample) for m in net.modules()) == scale.bit_length() - 2  # one x2 stage fewer
+    last = net.decoder[-1]
+    assert last.kernel_size == (5, 5) and last.out_channels == 12  # a 2x2 block of RGB pixels per position
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1])) for m in net.modules() if m is not net]
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 9, 13)).shape == (1, 3, 9 * scale, 13 * scale)
+    for h in hooks:
+        h.remove()
+    assert seen.count(13 * scale) == 1  # the shuffle's output; everything else runs at half that width or less
+    full = TransformerNet(TransformerConfig.superres(4, width=1.0, subpixel_output=False))
+    fast = TransformerNet(TransformerConfig.superres(4, width=1.0))
+    assert fast.flops(240, 320) < 0.45 * full.flops(240, 320)  # 24.1 vs 59.9 GFLOPs for a 320x240 input
+
+
+def test_subpixel_output_can_change_every_pixel_of_each_2x2_block_independently():
+    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, subpixel_output=True))
+    with torch.no_grad():
+        net.decoder[-1].bias.copy_(torch.tensor([0.0, 0, 0, 255] + [0.0] * 8))  # red channel: only sub-pixel (1, 1)
+        y = net.eval()(torch.zeros(1, 3, 8, 8))  # (1, 3, 8, 8) after the shuffle
+    red = y[0, 0]
+    assert torch.all(red[1::2, 1::2] > red[0::2, 0::2])  # one pixel of each 2x2 block differs: not nearest upsampling
 
 
 def test_untrained_superres_network_is_bicubic_interpolation():
