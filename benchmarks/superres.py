@@ -30,7 +30,7 @@ from stlib.backends import BackendError, make_backend, unavailable_reason
 from stlib.checkpoint import load_model, read_metadata
 from stlib.hardware import describe_machine
 from stlib.images import to_pil, to_tensor
-from stlib.perceptual import ObjectiveConfig, PerceptualLoss
+from stlib.perceptual import FeatureError
 from stlib.upscale import upscale_image
 
 SHARED = assets.repo_root().parent / "shared" / "data"
@@ -47,16 +47,6 @@ PAPER: dict[tuple[str, int, str], tuple[float, float]] = {
 SRCNN_SET5_X4 = (30.48, 0.8628)
 
 
-def feature_error(loss: PerceptualLoss):
-    """A per-image metric for `superres.evaluate`: relu2_2 squared error relative to the ground truth's features."""
-
-    def measure(output, target) -> float:
-        with torch.no_grad():
-            return float(loss(to_tensor(target), to_tensor(output))["content"])
-
-    return measure
-
-
 def model_upscaler(model, histogram: bool):
     """`superres.evaluate`'s callable for a network: PIL low-resolution image -> PIL upscaled image."""
 
@@ -68,12 +58,8 @@ def model_upscaler(model, histogram: bool):
 
 def quality(models: list[Path], sets: list[str], weights: str) -> None:
     """Print the quality table."""
-    objective = ObjectiveConfig(
-        vgg_weights=weights, content_layers=("relu2_2",), style_layers={}, style_weight=0.0, tv_weight=0.0
-    )
-    loss = PerceptualLoss((), objective, precision="fp32")
-    extra = feature_error(loss)
-    print(f"# Quality ({describe_machine()}; feature error with {loss.source} VGG16 weights)")
+    extra = FeatureError("relu2_2", vgg_weights=weights)
+    print(f"# Quality ({describe_machine()}; feature error with {extra.source} VGG16 weights)")
     srcnn = f"{SRCNN_SET5_X4[0]:.2f} dB / {SRCNN_SET5_X4[1]:.4f}"
     print(f"(SRCNN, x4 Set5: {srcnn}; Johnson et al.'s own figures are in the last column)")
     print("| scale | set | method | trained on | PSNR (dB) | SSIM | feature error | paper PSNR / SSIM |")
@@ -106,7 +92,7 @@ def quality(models: list[Path], sets: list[str], weights: str) -> None:
                     f"{score.mean_extra:.4f} | {quoted} |",
                     flush=True,
                 )
-    loss.close()
+    extra.close()
 
 
 def speed(models: list[Path], repeats: int) -> None:

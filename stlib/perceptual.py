@@ -33,9 +33,11 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .hardware import autocast, resolve_precision
+from .images import to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
 from .options import option
 from .vgg import VGGFeatures, layer_names
@@ -46,6 +48,7 @@ __all__ = [
     "JOHNSON_STYLE_LAYERS",
     "STYLE_LAYERS",
     "VGG_PASSES",
+    "FeatureError",
     "ObjectiveConfig",
     "PerceptualLoss",
     "blend_weights",
@@ -335,6 +338,31 @@ class PerceptualLoss(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FeatureError:
+    """A per-image metric for `stlib.superres.evaluate`: the relative squared feature error that l_feat minimises.
+
+    ``FeatureError()(output, target)`` for two RGB PIL images of one size: the content term of a `PerceptualLoss`
+    at `layer` (default relu2_2, Johnson et al. Sec. 4.2), ``||phi(output) - phi(target)||^2 / ||phi(target)||^2``;
+    0 for the target itself, lower is closer in the loss network's eyes.
+    """
+
+    def __init__(self, layer: str = JOHNSON_CONTENT_LAYER, vgg_weights: str = "auto") -> None:
+        objective = ObjectiveConfig(
+            vgg_weights=vgg_weights, content_layers=(layer,), style_layers={}, style_weight=0.0, tv_weight=0.0
+        )
+        self.loss = PerceptualLoss((), objective, precision="fp32")
+        self.source = self.loss.source  # which VGG weights judged ("imagenet" or "offline")
+
+    def __call__(self, output: Image.Image, target: Image.Image) -> float:
+        """The relative feature error of `output` against `target`."""
+        with torch.no_grad():
+            return float(self.loss(to_tensor(target), to_tensor(output))["content"])
+
+    def close(self) -> None:
+        """Remove the loss network's hooks (`PerceptualLoss.close`)."""
+        self.loss.close()
 
 
 def blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:

@@ -27,14 +27,15 @@ the addition. Differences from the paper, each selectable in `TransformerConfig`
 - ``width`` multiplies every channel count (0.5 gives 16/32/64) and ``num_residual_blocks`` sets the depth,
   for slimmer, faster variants.
 - ``subpixel_output`` (off by default; not in the paper): the last x2 stage and the 9x9 output convolution are
-  replaced by one 5x5 convolution to 12 channels at half the output resolution (about the 9x9 field of view
-  in output pixels), whose channels a pixel shuffle
-  turns into 2x2 blocks of RGB pixels (the sub-pixel convolution of Shi et al., "Real-Time Single Image and
-  Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR 2016). Nothing then
-  runs at the output resolution but the shuffle: for super-resolution, where the output is 16 or 64 times the
-  input, that is 2.5x fewer FLOPs at x4. Odena et al. note that a sub-pixel convolution is a transposed one
-  and can make checkerboards: with ``input_skip`` its weights start at zero, the four sub-kernels equal (the
-  "ICNR" start of Aitken et al. 2017), and training keeps them close wherever the picture is smooth.
+  replaced by one 5x5 convolution to 12 channels at half the output resolution (about the 9x9's field of view
+  in output pixels) whose channels a pixel shuffle turns into 2x2 blocks of RGB pixels: the sub-pixel
+  convolution of Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
+  Convolutional Neural Network", CVPR 2016. Nothing but the shuffle then runs at the output resolution: for
+  super-resolution, whose output has 16 or 64 times the input's pixels, 2.5x fewer FLOPs at x4 (24 instead
+  of 60 GFLOPs for a 320x240 input at 32 channels) and 3x less time on a CPU. Odena et al. note that a
+  sub-pixel convolution is a transposed one and can make checkerboards: with ``input_skip`` its weights start
+  at zero, the four sub-kernels equal (the "ICNR" start of Aitken et al. 2017); `stlib.artifacts.grid_strength`
+  measures what training makes of them (benchmarks/RESULTS.md).
 - ``input_skip`` (off by default; not in the paper): a global residual connection, output = input + f(input),
   with the last convolution initialised to zero so that the untrained network is the identity. The paper's
   network must first learn to reproduce the photo from instance-normalised features, which takes thousands of
@@ -61,6 +62,8 @@ Super-resolution (Sec. 4.2 and the supplementary's Table 2): the same family wit
 `TransformerConfig` expresses it with ``downsampling=0`` and ``upscale=f`` (`TransformerConfig.superres`): the
 channel count doubles at each stride-2 stage (32 -> 64 -> 128 for style transfer, none for super-resolution,
 hence width 2 for the paper's 64 channels) and the decoder has one x2 stage per stride-2 stage plus log2(f).
+`TransformerConfig.superres` also turns on ``input_skip`` (bicubic + f(x)) and ``subpixel_output``, and turns off
+the normalisation.
 
 Cost (`TransformerNet.flops`, 2 FLOPs per multiply-accumulate, convolutions only): the default network has
 1.68 M parameters and needs 20.2 GFLOPs at 256 x 256 and 94.5 GFLOPs per 640 x 480 frame; with the paper's

@@ -60,6 +60,28 @@ def test_backend_agrees_with_fp32_eager_within_its_tolerance_on_a_photo(net, pho
         assert difference > 0  # really computed in bf16, not silently in fp32
 
 
+@pytest.mark.parametrize("config", [TransformerConfig(width=0.25, num_residual_blocks=1),
+                                    TransformerConfig.superres(4, width=0.25, num_residual_blocks=1)])  # fmt: skip
+def test_bf16_engine_converts_the_weights_once_and_runs_without_autocast(config, monkeypatch):
+    torch.manual_seed(0)
+    model = TransformerNet(config).eval()
+    torch.nn.init.normal_(model.decoder[-1].weight, std=0.05)  # not the bicubic start
+    backend = make_backend(model, "bf16", probe=(16, 24))  # within its tolerance of fp32 eager
+    assert {p.dtype for p in backend.run.net.parameters()} == {torch.bfloat16}  # converted once, in a copy ...
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # ... not in the caller's network
+
+    def no_autocast(*args, **kwargs):
+        raise AssertionError("the bf16 engine must not use autocast")
+
+    monkeypatch.setattr(torch, "autocast", no_autocast)
+    x = torch.rand(1, 3, 12, 16)
+    with torch.inference_mode():
+        out = backend(x)
+        reference = model(x)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert 0 < float((out - reference).abs().max()) <= TOLERANCE["bf16"]
+
+
 def test_backends_take_batches_and_keep_the_callers_device(net, photo):
     batch = torch.cat([photo, photo.flip(-1)])  # (2, 3, H, W)
     out = make_backend(net, "channels_last")(batch)

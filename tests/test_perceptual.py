@@ -11,6 +11,7 @@ from stlib.losses import content_loss, gram_matrix, style_loss, total_variation
 from stlib.perceptual import (
     JOHNSON_CONTENT_LAYER,
     JOHNSON_STYLE_LAYERS,
+    FeatureError,
     ObjectiveConfig,
     PerceptualLoss,
     blend_weights,
@@ -204,3 +205,19 @@ def test_pixel_and_feature_terms_add_up(offline_weights, photo):
         only_feat, summed = f(target, y), b(target, y)
     torch.testing.assert_close(summed["content"], only_feat["content"])
     torch.testing.assert_close(summed["total"], only_feat["total"] + ((y - target) ** 2).mean())
+
+
+def test_feature_error_is_zero_for_the_target_and_grows_with_blur(offline_weights, photo):
+    from PIL import ImageFilter
+
+    from stlib.images import to_pil
+
+    target = to_pil(photo)
+    metric = FeatureError("relu2_2", vgg_weights=offline_weights)
+    try:
+        assert metric.source == "offline"
+        assert metric(target, target) == pytest.approx(0.0, abs=1e-7)
+        errors = [metric(target.filter(ImageFilter.GaussianBlur(radius)), target) for radius in (0.7, 1.5, 3.0)]
+    finally:
+        metric.close()
+    assert 0 < errors[0] < errors[1] < errors[2]  # l_feat's view: a blurrier picture is further from the photo
