@@ -21,7 +21,7 @@ import struct
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +38,8 @@ __all__ = [
     "atomic_write",
     "check_writable",
     "image_grid",
+    "expand_inputs",
+    "is_image_name",
     "list_images",
     "load_image",
     "load_tensor",
@@ -130,6 +132,28 @@ def load_tensor(
 ) -> torch.Tensor:
     """Load an image file as a (1, 3, H, W) float tensor in [0, 1] (`load_image` then `to_tensor`)."""
     return to_tensor(load_image(path, size=size, max_pixels=max_pixels), device=device)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike] | str | os.PathLike, what: str = "this command") -> list[Path]:
+    """Image files from one or several files and folders (a folder: its images, recursively, sorted)."""
+    files: list[Path] = []
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += list_images(path)  # recursively, sorted; an ImageError when the folder holds none
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"Input '{path}' does not exist.")
+    if not files:
+        raise ValueError(f"{what} needs at least one input image or folder.")
+    return files
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether `path`'s suffix names an image format that PIL can write (.png, .jpg, ...)."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    return fmt is not None and fmt in Image.SAVE
 
 
 def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:

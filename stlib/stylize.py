@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .backends import Backend
 from .checkpoint import load_model, read_metadata
-from .images import list_images, load_tensor, save_image
+from .images import expand_inputs, is_image_name, load_tensor, save_image
 from .transformer import TransformerNet
 
 __all__ = [
@@ -250,27 +249,6 @@ def stylize_frame(model: TransformerNet | Backend, frame: np.ndarray) -> np.ndar
         return y.cpu().numpy()
 
 
-def _expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files from a list of files and folders (folders: their images, recursively, sorted)."""
-    files: list[Path] = []
-    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += list_images(path)  # recursively, sorted; an ImageError when the folder holds none
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"Input '{path}' does not exist.")
-    if not files:
-        raise ValueError("stylize_files needs at least one input image or folder.")
-    return files
-
-
-def _is_image_name(path: Path) -> bool:
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    return fmt is not None and fmt in Image.SAVE
-
-
 def stylize_files(
     model: TransformerNet,
     inputs: Iterable[str | os.PathLike] | str | os.PathLike,
@@ -284,14 +262,14 @@ def stylize_files(
     Each output keeps its input's name (and format when it can be written, else PNG); files are written
     atomically. `size` resizes the longest side of each input first (None: keep its size).
     """
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs, "stylize_files")
     out = Path(out)
-    if _is_image_name(out) and not out.is_dir():
+    if is_image_name(out) and not out.is_dir():
         if len(files) != 1:
             raise ValueError(f"'{out}' is a file name but there are {len(files)} input images; give a folder instead.")
         targets = [out]
     else:
-        targets = [out / (p.name if _is_image_name(p) else f"{p.stem}.png") for p in files]
+        targets = [out / (p.name if is_image_name(p) else f"{p.stem}.png") for p in files]
         seen: dict[Path, Path] = {}
         for source, target in zip(files, targets, strict=True):
             if target in seen:

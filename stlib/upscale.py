@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .images import ImageError, list_images, load_image, save_image, to_pil, to_tensor
+from .images import ImageError, expand_inputs, is_image_name, load_image, save_image, to_pil, to_tensor
 from .stylize import run_network
 from .superres import match_histogram
 from .transformer import TransformerNet
@@ -91,16 +91,9 @@ def upscale_files(
     """
     _check_superres(model)
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    files: list[Path] = []
-    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"Input '{path}' does not exist.")
-        files += list_images(path) if path.is_dir() else [path]
-    if not files:
-        raise ValueError("upscale_files needs at least one input image or folder.")
+    files = expand_inputs(inputs, "upscale_files")
     out = Path(out)
-    single = out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff") and not out.is_dir()
+    single = is_image_name(out) and not out.is_dir()
     if single and len(files) != 1:
         raise ValueError(f"'{out}' is a file name but there are {len(files)} input images; give a folder instead.")
     targets = [out] if single else [out / f"{p.stem}.png" for p in files]

@@ -640,3 +640,24 @@ def test_show_images_saves_and_shows(tmp_path, monkeypatch):
     assert shown == [True]
     assert (tmp_path / "shown.png").is_file()
     assert plt.get_fignums() == []  # closed once shown, so long runs do not pile up figures
+
+
+def test_expand_inputs_takes_files_and_folders_and_names_what_is_missing(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.jpg", "a.png", "sub/c.webp", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    single = tmp_path / "one.jpg"
+    single.write_bytes(b"")
+    found = images.expand_inputs([single, folder])
+    assert found == [single, folder / "a.png", folder / "b.jpg", folder / "sub" / "c.webp"]  # sorted, recursive
+    assert images.expand_inputs(str(single)) == [single]
+    with pytest.raises(FileNotFoundError, match="missing.jpg' does not exist"):
+        images.expand_inputs([tmp_path / "missing.jpg"])
+    with pytest.raises(ValueError, match="upscale_files needs at least one input"):
+        images.expand_inputs([], "upscale_files")
+
+
+def test_is_image_name_knows_what_pil_can_write():
+    assert images.is_image_name("x.PNG") and images.is_image_name("a/b.jpeg") and images.is_image_name("c.webp")
+    assert not images.is_image_name("folder") and not images.is_image_name("model.safetensors")
