@@ -277,10 +277,10 @@ class TransformerNet(nn.Module):
         self.residuals = nn.Sequential(*(ResidualBlock(inner, cfg.norm) for _ in range(cfg.num_residual_blocks)))
         # Back through the stride-2 stages (128 -> 64 -> 32), then log2(upscale) more stages at full width.
         ups = _decoder_stages(cfg)
-        last = ups.pop()[0] if cfg.subpixel_output else channels[0]  # channels into the output convolution
+        into_output = ups.pop()[0] if cfg.subpixel_output else channels[0]  # channels into the output convolution
         self.decoder = nn.Sequential(
             *chain(*((_upsample(cfg.upsample, a, b), _norm(cfg.norm, b), nn.ReLU(inplace=True)) for a, b in ups)),
-            _conv(last, 12, 5) if cfg.subpixel_output else _conv(last, 3, 9),
+            _conv(into_output, 12, 5) if cfg.subpixel_output else _conv(into_output, 3, 9),
         )
         # (B, 12, H/2, W/2) -> (B, 3, H, W): each position's 12 channels are a 2x2 block of RGB pixels
         self.shuffle = nn.PixelShuffle(2) if cfg.subpixel_output else nn.Identity()
@@ -352,13 +352,16 @@ class TransformerNet(nn.Module):
         macs += sum(conv(a, b, 3, pixels(-k - 1)) for k, (a, b) in enumerate(pairwise(channels)))
         macs += 2 * cfg.num_residual_blocks * conv(channels[-1], channels[-1], 3, pixels(-cfg.downsampling))
         ups = _decoder_stages(cfg)
-        last = ups.pop()[0] if cfg.subpixel_output else channels[0]
+        into_output = ups.pop()[0] if cfg.subpixel_output else channels[0]
         for k, (a, b) in enumerate(ups):
             level = k + 1 - cfg.downsampling  # the stage's output resolution
             # nearest+conv: the convolution after the x2 upsampling; transposed: counted on its input
             macs += conv(a, b, 3, pixels(level if cfg.upsample == "nearest+conv" else level - 1))
         out_level = cfg.upscale.bit_length() - 1  # the output resolution; sub-pixel: the conv runs one level below
-        macs += conv(last, 12, 5, pixels(out_level - 1)) if cfg.subpixel_output else conv(last, 3, 9, pixels(out_level))
+        if cfg.subpixel_output:
+            macs += conv(into_output, 12, 5, pixels(out_level - 1))
+        else:
+            macs += conv(into_output, 3, 9, pixels(out_level))
         return 2 * macs
 
     def describe(self) -> str:
