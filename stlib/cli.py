@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
-    size.add_argument("--full", action="store_true", help="every notebook at full size (about 70 min on a CPU)")
+    size.add_argument("--full", action="store_true", help="every notebook at full size (about an hour on a CPU)")
     p.add_argument(
         "--data", metavar="DIR",
         help="--full: photos for notebook 03's training (default: data/coco/train2017; without it 03 is skipped)",

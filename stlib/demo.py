@@ -9,8 +9,8 @@ Three modes (`DemoConfig.mode`), passed to the notebooks as ``STLIB_QUICK`` / ``
 
 - ``"demo"`` (``make demo``): the notebooks at reduced but meaningful sizes, the whole course in minutes;
 - ``"quick"`` (``make demo QUICK=1``): tiny sizes, as in CI;
-- ``"full"`` (``make demo FULL=1``): every notebook at its own full size, 03 and 05 included (about 70 minutes
-  on a 2-core CPU). Notebook 03 trains a style network: on COCO (``data/coco/train2017``, see
+- ``"full"`` (``make demo FULL=1``): every notebook at its own full size, 03 and 05 included (about an hour on a
+  quiet 2-core CPU; 2 h under load). Notebook 03 trains a style network: on COCO (``data/coco/train2017``, see
   ``python -m stlib download-coco``) or on any folder of photos given as ``DemoConfig.data`` (``make demo FULL=1
   DATA=folder``), passed to the notebook as ``STLIB_DATA``; with neither, the demo skips notebook 03 and says so
   (a demo never starts an 18 GB download).
@@ -76,6 +76,7 @@ FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 
 # Expected seconds per code cell (by cell id) and mode, measured with `make demo` on the 2-core development CPU
 # (stlib/demo_times.json: "demo" on a quiet machine, 3 min 14 s in all; "quick" while other jobs ran, load 8-10;
+# "full" at load 3-5, notebook 02's coarse-to-fine cell less a 520 s pause;
 # `run_demo` writes each run's times to outputs/demo_times.json). Timeouts are ten times these, at least 300 s.
 # A cell missing from the table is expected to take DEFAULT_CELL_SECONDS[mode]. The progress estimate rescales
 # them by the pace of the cells already run.
