@@ -37,12 +37,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, DemoError, run_demo
 
     mode = "quick" if args.quick else "full" if args.full else "demo"
+    config = DemoConfig(mode=mode, data=args.data, timeout=args.timeout, progress=not args.quiet)
     try:
-        config = DemoConfig(mode=mode, data=args.data, timeout=args.timeout, progress=not args.quiet)
         config.validate()
-        result = run_demo(config)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    try:
+        result = run_demo(config)
     except DemoError as err:
         raise CLIError(str(err)) from None
     minutes, seconds = divmod(round(result.seconds), 60)

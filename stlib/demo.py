@@ -110,7 +110,7 @@ CAPTIONS = {
     "02_style_blend.png": "Blending two paintings' styles: Starry Night, a 70/30 mix and The Great Wave.",
     "02_hires.jpg": "High resolution, coarse to fine: the full result.",
     "02_hires.png": "High resolution, coarse to fine: the result and a detail.",
-    "02_single_vs_multiscale.png": "One region at the final size: single scale vs coarse to fine, similar time.",
+    "02_single_vs_multiscale.png": "One region at full size: single scale vs coarse to fine (times in the titles).",
     "02_evolution.gif": "The optimisation from noise, one frame every few iterations.",
     "02_evolution.png": "Snapshots of the optimisation from noise.",
     "03_instance_norm_contrast.png": "Instance norm: a trained network paints a photo and its washed-out copy alike.",
