@@ -153,7 +153,7 @@ class DemoConfig:
     """What `run_demo` runs and how long each notebook cell may take."""
 
     mode: str = "demo"  # "quick", "demo" or "full" (see the module docstring)
-    notebooks: tuple[str, ...] | None = None  # names in notebooks/ (default: FULL_NOTEBOOKS in full mode, else DEMO_)
+    notebooks: tuple[str, ...] | None = None  # names in notebooks/ (default: `chosen_notebooks`, by mode)
     data: str | None = None  # photos for notebook 03 (default: data/coco/train2017 if it exists)
     extras: bool = True  # the Gatys transfer, the shipped networks and the clip after the notebooks
     out: str | None = None  # the output folder (default: stlib.assets.outputs_dir())
