@@ -11,17 +11,22 @@ content image and G_l = F_l F_l^T / (C_l H_l W_l) its normalised Gram matrix:
   Gram difference, summed over layers with weights w_l as in Gatys et al. Eq. 5.
 - Total variation regulariser: Johnson et al. Sec. 3.3 (after Mahendran & Vedaldi, CVPR 2015), the
   squared differences of neighbouring pixels, averaged so it does not grow with the image size.
+- Stability (`stability_loss`): a feed-forward network applied frame by frame should move its output with the
+  picture and not react to camera noise (A. Gupta, J. Johnson, A. Alahi, L. Fei-Fei, "Characterizing and
+  Improving Stability in Neural Style Transfer", ICCV 2017, Sec. 4: a noisy copy of the frame; here also a
+  known move, so no optical flow is needed): ``||f(T(x) + n) - T(f(x))||^2`` averaged over the pixels, with T
+  an integer translation and n Gaussian noise, away from the borders.
 
 All losses average over the batch and return a scalar tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ["content_loss", "gram_matrix", "style_loss", "total_variation"]
+__all__ = ["content_loss", "gram_matrix", "stability_loss", "style_loss", "total_variation"]
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -74,3 +79,38 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     dx = image[..., :, 1:] - image[..., :, :-1]  # (B, C, H, W-1)
     dy = image[..., 1:, :] - image[..., :-1, :]  # (B, C, H-1, W)
     return dx.float().pow(2).mean() + dy.float().pow(2).mean()
+
+
+def stability_loss(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    outputs: torch.Tensor,
+    shift: tuple[int, int],
+    noise_std: float,
+    margin: int,
+    border: int = 0,
+) -> torch.Tensor:
+    """Mean squared difference between f(a moved, noisy second frame) and the first output moved the same way.
+
+    `inputs` (B, 3, H, W) are the first frames and `outputs` = model(inputs); the second frame is the window of
+    the inputs moved by ``shift = (dy, dx)`` pixels (|dy|, |dx| <= `margin`), of size (H - 2 margin, W - 2 margin),
+    plus Gaussian noise of standard deviation `noise_std` (image units). `border` pixels of each side of the
+    window are left out (there the second frame's network sees padding where the first saw the picture); with 0
+    the edges count too: a network must then paint the frame's edges as it paints the same place inside a larger
+    frame, which leaves no room for bands along the borders.
+    """
+    dy, dx = shift
+    height, width = inputs.shape[-2:]
+    if max(abs(dy), abs(dx)) > margin or border < 0 or min(height, width) - 2 * margin <= 2 * border:
+        raise ValueError(
+            f"stability_loss: shift {shift} needs |dy|, |dx| <= margin {margin}, and a {height}x{width} input "
+            f"must keep more than {2 * border} pixels inside the margin."
+        )
+    rows, cols = slice(margin + dy, height - margin + dy), slice(margin + dx, width - margin + dx)
+    frame = inputs[..., rows, cols]  # (B, 3, H - 2m, W - 2m): the picture moved by (dy, dx)
+    if noise_std > 0:
+        frame = frame + noise_std * torch.randn_like(frame)
+    inner = (slice(border, frame.shape[-2] - border), slice(border, frame.shape[-1] - border))
+    second = model(frame)[..., inner[0], inner[1]]
+    moved = outputs[..., rows, cols][..., inner[0], inner[1]]
+    return (second.float() - moved.float()).pow(2).mean()

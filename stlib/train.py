@@ -100,6 +100,7 @@ from .checkpoint import CheckpointError, load_model, read_state, rng_state, save
 from .data import ImageFolderDataset, ShuffleSampler, make_loader
 from .hardware import PRECISIONS, autocast, init_distributed, resolve_device, resolve_precision
 from .images import atomic_write, load_image, load_tensor, resize, save_image, to_tensor
+from .losses import stability_loss
 from .options import option
 from .perceptual import JOHNSON_CONTENT_LAYER, JOHNSON_STYLE_LAYERS, ObjectiveConfig, PerceptualLoss
 from .superres import degrade
@@ -211,6 +212,20 @@ class TrainConfig:
     style_warmup: int = option(
         0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", group=_LOSS
     )
+    stability_weight: float = option(
+        0.0, "weight of the stability term: the output must follow a move of the input by up to "
+        "--stability-shift px plus camera noise (Gupta et al. 2017); 0: off (the paper)", check="non_negative",
+        group=_LOSS,
+    )  # fmt: skip
+    stability_shift: int = option(3, "largest move (px) of the stability term's second frame", group=_LOSS)
+    stability_noise: float = option(
+        2.0, "standard deviation of the stability term's camera noise, grey levels (of 255)", check="non_negative",
+        group=_LOSS,
+    )  # fmt: skip
+    stability_border: int = option(
+        0, "pixels along each side of the stability term's window left out; 0: the frame's edges must follow too "
+        "(no bands along the borders)", group=_LOSS,
+    )  # fmt: skip
     seed: int = option(0, "initial weights, data order and crops", group=_OPT)
     limit: int | None = option(
         None, "use only the first N training photos", check="positive", metavar="N", group=_FILES
@@ -318,6 +333,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be None or an integer >= {low}, got {value!r}.")
         if self.size < 16:
             raise ValueError(f"TrainConfig.size must be at least 16 pixels (VGG pools 4 times), got {self.size}.")
+        self._validate_stability()
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
@@ -332,6 +348,31 @@ class TrainConfig:
         if not isinstance(self.transformer, TransformerConfig):
             raise ValueError(f"TrainConfig.transformer must be a TransformerConfig, got {self.transformer!r}.")
         self.objective().validate()  # weights and layers, one sentence naming the setting
+
+    def _validate_stability(self) -> None:
+        for name in ("stability_weight", "stability_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}.")
+        for name in ("stability_shift", "stability_border"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}.")
+        if self.stability_weight > 0:
+            if self.task != "style":
+                raise ValueError("TrainConfig.stability_weight is for style networks (task 'style'); set it to 0.")
+            if self.size - 2 * self.stability_margin <= 2 * self.stability_border:
+                least = 2 * (self.stability_margin + self.stability_border)
+                raise ValueError(
+                    f"TrainConfig.size {self.size} is too small for the stability term with a "
+                    f"{self.stability_shift} px move: it needs more than {least}."
+                )
+
+    @property
+    def stability_margin(self) -> int:
+        """The stability term's margin: the largest move, rounded up to a multiple of the network's `multiple`."""
+        multiple = self.transformer.multiple if isinstance(self.transformer, TransformerConfig) else 4
+        return -(-self.stability_shift // multiple) * multiple
 
     def _validate_superres(self) -> None:
         if self.style:
@@ -504,6 +545,11 @@ class _Run:
         return self.rank == 0
 
     @property
+    def terms(self) -> tuple[str, ...]:
+        """The logged loss terms: the objective's, and "stability" when it has a weight."""
+        return (*self.objective.terms, *(("stability",) if self.config.stability_weight else ()))
+
+    @property
     def global_batch(self) -> int:
         """Photos per step, all processes together."""
         return self.config.batch_size * self.world
@@ -569,13 +615,23 @@ def _setup(
 
 
 def _load_initial_weights(model: TransformerNet, path: Path) -> None:
+    """Copy a model file's weights into `model`: same architecture, or a variant whose weights have the same shapes.
+
+    A variant (e.g. ``downsample="antialiased"`` from a strided network) is named in one printed line.
+    """
     source = load_model(path)  # a CheckpointError names the file when it is not a model file
+    weights = source.state_dict()
     if source.config != model.config:
-        raise ValueError(
-            f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
-            f"{model.describe().split(':')[0]}: set the network options to match it."
-        )
-    model.load_state_dict(source.state_dict())  # copies into the existing tensors: device and layout kept
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        if {name: tuple(t.shape) for name, t in weights.items()} != shapes:
+            raise ValueError(
+                f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
+                f"{model.describe().split(':')[0]}: set the network options to match it."
+            )
+        old, new = source.config_dict(), model.config_dict()
+        changes = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in new if old[k] != new[k])
+        print(f"Starting from the weights of '{path}' in a network variant: {changes}.", flush=True)
+    model.load_state_dict(weights)  # copies into the existing tensors: device and layout kept
 
 
 def _restore(run: _Run) -> None:
@@ -624,7 +680,10 @@ def _step(run: _Run, photos: torch.Tensor) -> dict[str, float]:
     with autocast(run.device, run.precision):
         outputs = run.train_model(inputs)  # (B, 3, S, S), raw output
     terms = objective(targets, outputs)
-    names = ("total", *objective.terms)
+    if config.stability_weight:
+        terms["stability"] = _stability(run, inputs, outputs)
+        terms["total"] = terms["total"] + config.stability_weight * terms["stability"]
+    names = ("total", *run.terms)
     values = torch.stack([terms[k].detach().float() for k in names])
     if run.world > 1:
         dist.all_reduce(values)  # every rank logs (and checks) the same mean values
@@ -636,7 +695,7 @@ def _step(run: _Run, photos: torch.Tensor) -> dict[str, float]:
             if run.saved_step is not None
             else "no checkpoint was written yet"
         )
-        detail = ", ".join(f"{k} {entry[k]}" for k in objective.terms)
+        detail = ", ".join(f"{k} {entry[k]}" for k in run.terms)
         raise TrainingDiverged(
             f"Training diverged at step {run.step + 1}: the loss is {entry['total']} ({detail}); {kept} is kept. "
             "Lower the learning rate or the loss weights."
@@ -650,6 +709,18 @@ def _step(run: _Run, photos: torch.Tensor) -> dict[str, float]:
     run.step += 1
     run.batches_in_epoch += 1
     return {"step": run.step, **entry, "lr": lr}
+
+
+def _stability(run: _Run, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """`stlib.losses.stability_loss` for a random move of up to `stability_shift` px in each direction."""
+    config = run.config
+    shift = config.stability_shift
+    dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()  # the global generator: resumes exactly
+    with autocast(run.device, run.precision):
+        return stability_loss(
+            run.train_model, inputs, outputs, (dy, dx), config.stability_noise / 255, config.stability_margin,
+            config.stability_border,
+        )  # fmt: skip
 
 
 def _loop(run: _Run, callback: Callback | None) -> TrainResult:
@@ -835,7 +906,7 @@ class _Log:
         from tqdm.auto import tqdm
 
         self.run, config = run, run.config
-        self.keys = ("total", *run.objective.terms, "lr")
+        self.keys = ("total", *run.terms, "lr")
         self.fields = ("step", "epoch", *self.keys, "images_per_s", "seconds")
         self.path = config.run_path() / "train.csv" if run.main else None
         if self.path is not None:

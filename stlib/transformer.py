@@ -18,6 +18,15 @@ the addition. Differences from the paper, each selectable in `TransformerConfig`
   checkerboard artefacts of Odena, Dumoulin, Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016)
   or ``"transposed"`` (the paper's stride-1/2 convolutions: ConvTranspose2d, kernel 3, stride 2, padding 1,
   output_padding 1).
+- ``downsample``: ``"strided"`` (default, the paper's 3x3 stride-2 convolutions) or ``"antialiased"``: a
+  [1, 3, 3, 1] binomial blur before each of them (R. Zhang, "Making Convolutional Networks Shift-Invariant
+  Again", ICML 2019; `AntialiasedConv`). A plain stride-2 convolution samples pixels 0, 2, 4 ... of an even
+  side: only its left and top edges read padding, and its samples sit half a pixel left of the two pixels that
+  nearest-neighbour upsampling writes back, 1.5 pixels over both stages. Trained networks paint a band along the
+  right edge from that asymmetry (`the_scream`: ~50 grey levels, on the network's right whichever way the photo
+  is turned), and the subsampling aliases: a 4-pixel grid locked to the pixel lattice, which moves against the
+  picture when the camera moves (`stlib.artifacts`). The antialiased stage is centred, mirror-symmetric and
+  low-pass, for 1 % more FLOPs; its weights have the same shapes, so strided networks' weights load into it.
 - ``output``: ``"linear+clamp"`` (default) or ``"tanh"``, the paper's scaled tanh, here ``(tanh(x) + 1) / 2``
   so that the output lies in [0, 1] (the paper scales to [0, 255]).
   With ``"linear+clamp"`` the network returns its raw (linear) output in training mode, unclamped: the
@@ -86,8 +95,10 @@ from torch import nn
 from .options import option
 
 __all__ = [
+    "DOWNSAMPLES",
     "NORMS",
     "OUTPUTS",
+    "AntialiasedConv",
     "InstanceNorm",
     "UPSAMPLINGS",
     "UPSCALES",
@@ -100,6 +111,7 @@ __all__ = [
 
 NORMS = ("instance", "batch", "none")
 UPSAMPLINGS = ("nearest+conv", "transposed")
+DOWNSAMPLES = ("strided", "antialiased")
 OUTPUTS = ("linear+clamp", "tanh")
 
 _BASE_CHANNELS = 32  # Johnson et al., supplementary Table 1: 32, then doubled by each stride-2 stage (64, 128)
@@ -116,6 +128,10 @@ class TransformerConfig:
     upsample: str = option(
         "nearest+conv", "upsampling: nearest+conv (Odena et al.) or transposed (paper)", choices=UPSAMPLINGS
     )
+    downsample: str = option(
+        "strided", "stride-2 stages: strided (paper: 3x3 conv, stride 2) or antialiased (binomial blur first: "
+        "centred and shift-stable)", choices=DOWNSAMPLES,
+    )  # fmt: skip
     output: str = option(
         "linear+clamp", "output layer: linear+clamp or tanh (paper's scaled tanh)", choices=OUTPUTS,
         flag="--output-activation",
@@ -132,7 +148,12 @@ class TransformerConfig:
     )
 
     def __post_init__(self) -> None:
-        for name, allowed in (("norm", NORMS), ("upsample", UPSAMPLINGS), ("output", OUTPUTS)):
+        for name, allowed in (
+            ("norm", NORMS),
+            ("upsample", UPSAMPLINGS),
+            ("downsample", DOWNSAMPLES),
+            ("output", OUTPUTS),
+        ):
             value = getattr(self, name)
             if value not in allowed:
                 choices = ", ".join(repr(a) for a in allowed)
@@ -205,6 +226,43 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
     )
 
 
+_BINOMIAL = (1.0, 3.0, 3.0, 1.0)  # Zhang 2019's 4-tap filter; even length: centred half a pixel right of its tap 1
+
+
+class AntialiasedConv(nn.Conv2d):
+    """A 3x3 stride-2 convolution behind a [1, 3, 3, 1] binomial blur: anti-aliased and centred (no shift).
+
+    R. Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019: low-pass filter before
+    subsampling. The even-length blur also moves the sample centres from 2i (where a plain stride-2 convolution
+    samples, so that only the left/top edge ever reads padding) to 2i + 1/2, the centre of the two pixels that
+    nearest-neighbour upsampling later writes: the encoder and decoder then agree, and a network whose kernels
+    are mirror-symmetric commutes with a mirror flip of its input (tested). The padding keeps that: the input is
+    reflected (1 before, 2 after) for the blur, whose samples lie between pixels, so the convolution's one
+    padded sample before is the first blurred one repeated. The weights are those of a 3x3 stride-2
+    `nn.Conv2d` (same names and shapes), so a strided network's weights load into this one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, stride=2)
+        taps = torch.tensor(_BINOMIAL)
+        kernel = torch.outer(taps, taps) / taps.sum() ** 2  # (4, 4), sums to 1
+        self.register_buffer("blur", kernel.expand(in_channels, 1, 4, 4).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) with even H, W -> (B, C_out, H/2, W/2)."""
+        x = F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), self.blur.to(x.dtype), groups=x.shape[1])  # (B, C, H, W)
+        return super().forward(F.pad(x, (1, 0, 1, 0), mode="replicate"))  # 3x3, stride 2: (B, C_out, H/2, W/2)
+
+
+def _downsample(kind: str, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A stride-2 stage's convolution: plain (the paper) or behind a binomial blur (`AntialiasedConv`)."""
+    return (
+        _conv(in_channels, out_channels, 3, stride=2)
+        if kind == "strided"
+        else AntialiasedConv(in_channels, out_channels)
+    )
+
+
 class InstanceNorm(nn.InstanceNorm2d):
     """Instance normalisation (Ulyanov et al. 2016, Eq. 2) with learnable scale and shift, in one kernel.
 
@@ -269,7 +327,10 @@ class TransformerNet(nn.Module):
             raise TypeError(f"config must be a TransformerConfig, got {type(self.config).__name__}")
         cfg = self.config
         channels = cfg.channels  # style: (32, 64, 128); super-resolution: (64,)
-        down = [(_conv(a, b, 3, stride=2), _norm(cfg.norm, b), nn.ReLU(inplace=True)) for a, b in pairwise(channels)]
+        down = [
+            (_downsample(cfg.downsample, a, b), _norm(cfg.norm, b), nn.ReLU(inplace=True))
+            for a, b in pairwise(channels)
+        ]
         self.encoder = nn.Sequential(
             _conv(3, channels[0], 9), _norm(cfg.norm, channels[0]), nn.ReLU(inplace=True), *chain(*down)
         )
@@ -350,6 +411,8 @@ class TransformerNet(nn.Module):
 
         macs = conv(3, channels[0], 9, pixels(0))
         macs += sum(conv(a, b, 3, pixels(-k - 1)) for k, (a, b) in enumerate(pairwise(channels)))
+        if cfg.downsample == "antialiased":  # the depthwise 4x4 blur, at each stride-2 stage's input resolution
+            macs += sum(a * 16 * pixels(-k) for k, a in enumerate(channels[:-1]))
         macs += 2 * cfg.num_residual_blocks * conv(channels[-1], channels[-1], 3, pixels(-cfg.downsampling))
         ups = _decoder_stages(cfg)
         into_output = ups.pop()[0] if cfg.subpixel_output else channels[0]
@@ -367,7 +430,8 @@ class TransformerNet(nn.Module):
     def describe(self) -> str:
         """One line: the configuration, parameter count and GFLOPs at 256x256 and 640x480."""
         cfg = self.config
-        skip = ", input_skip" if cfg.input_skip else ""
+        skip = ", antialiased" if cfg.downsample == "antialiased" else ""
+        skip += ", input_skip" if cfg.input_skip else ""
         skip += ", subpixel_output" if cfg.subpixel_output else ""
         shape = "" if (cfg.downsampling, cfg.upscale) == (2, 1) else f", downsampling={cfg.downsampling}"
         shape += f", upscale={cfg.upscale}" if cfg.upscale > 1 else ""

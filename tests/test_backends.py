@@ -21,11 +21,12 @@ HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnxruntime/onnxscript not installed (pip install 'stlib[fast]')")
 
 
-@pytest.fixture(scope="module")
-def net() -> TransformerNet:
+@pytest.fixture(scope="module", params=["strided", "antialiased"])
+def net(request) -> TransformerNet:
     """A small network that really changes the picture (its last layer is not the zero of a fresh input_skip)."""
     torch.manual_seed(0)
-    model = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=2, input_skip=True))
+    config = TransformerConfig(width=0.25, num_residual_blocks=2, input_skip=True, downsample=request.param)
+    model = TransformerNet(config)
     torch.nn.init.normal_(model.decoder[-1].weight, std=1.0)
     return model.eval()
 

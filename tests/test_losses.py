@@ -1,11 +1,11 @@
-"""Perceptual losses: Gram matrix, content, style and total variation."""
+"""Perceptual losses: Gram matrix, content, style, total variation and stability."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stlib.losses import content_loss, gram_matrix, style_loss, total_variation
+from stlib.losses import content_loss, gram_matrix, stability_loss, style_loss, total_variation
 
 
 def test_gram_symmetric_shape_and_scale():
@@ -81,3 +81,53 @@ def test_losses_are_differentiable():
     target = {"x": gram_matrix(torch.rand(1, 3, 8, 8))}
     (style_loss(feats, target) + content_loss(x, torch.rand(1, 3, 8, 8)) + total_variation(x)).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _lattice_pattern(x: torch.Tensor) -> torch.Tensor:
+    """A 'network' that adds a pattern of period 4 fixed to the pixel grid, as the stride-2 stages can."""
+    rows = torch.arange(x.shape[-2]) % 4 == 0
+    return x + 0.2 * rows.view(-1, 1).to(x.dtype)
+
+
+def test_stability_is_zero_for_a_network_that_moves_with_the_picture():
+    x = torch.rand(2, 3, 48, 40)
+    for shift in [(0, 0), (1, -2), (-4, 4)]:
+        assert stability_loss(lambda t: t, x, x, shift, 0.0, margin=4) == 0  # the identity follows every move
+        blur = torch.nn.AvgPool2d(3, stride=1, padding=1)  # convolutional: equivariant away from the borders
+        assert stability_loss(blur, x, blur(x), shift, 0.0, margin=4, border=1) < 1e-12
+
+
+def test_stability_measures_noise_and_a_pattern_locked_to_the_pixel_grid():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    noisy = stability_loss(lambda t: t, x, x, (0, 0), 0.05, margin=4)
+    assert noisy.item() == pytest.approx(0.05**2, rel=0.05)  # the identity passes the camera noise through
+    locked = _lattice_pattern
+    assert stability_loss(locked, x, locked(x), (4, 0), 0.0, margin=4) < 1e-12  # a whole period: invisible
+    moved = stability_loss(locked, x, locked(x), (1, 0), 0.0, margin=4)
+    assert moved.item() == pytest.approx(2 * 0.2**2 / 4, rel=0.01)  # the grid stays while the picture moves
+
+
+def test_stability_is_differentiable_and_rejects_a_move_beyond_the_margin():
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(1, 3, 40, 40)
+    loss = stability_loss(net, x, _lattice_pattern(net(x)), (1, 2), 0.01, margin=4)
+    loss.backward()
+    assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="shift \\(5, 0\\) needs"):
+        stability_loss(net, x, x, (5, 0), 0.0, margin=4)
+    with pytest.raises(ValueError, match="16x16 input"):
+        stability_loss(net, x[..., :16, :16], x[..., :16, :16], (0, 0), 0.0, margin=4, border=4)
+
+
+def test_stability_with_the_edges_punishes_a_band_along_the_frame_border():
+    def banded(t: torch.Tensor) -> torch.Tensor:  # paints a stripe along its right edge, whatever the picture
+        out = t.clone()
+        out[..., -3:] += 0.3
+        return out
+
+    x = torch.rand(1, 3, 48, 48)
+    with_edges = stability_loss(banded, x, banded(x), (1, 1), 0.0, margin=4)
+    without_edges = stability_loss(banded, x, banded(x), (1, 1), 0.0, margin=4, border=4)
+    assert with_edges > 1e-3  # the frame's edge is painted unlike the same place inside the larger frame
+    assert without_edges == pytest.approx(stability_loss(lambda t: t, x, x, (1, 1), 0.0, margin=4, border=4))

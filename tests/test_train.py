@@ -25,7 +25,7 @@ from stlib import assets, images, superres, train
 from stlib.checkpoint import load_model, read_metadata
 from stlib.perceptual import PerceptualLoss
 from stlib.train import ResumeError, TrainConfig, TrainingDiverged, lr_at
-from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.transformer import AntialiasedConv, TransformerConfig, TransformerNet
 
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
 
@@ -179,6 +179,53 @@ def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight
     wider = replace(cfg, transformer=replace(SLIM, width=SLIM.width * 2), out=str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="model.safetensors.*set the network options to match"):
         train.train(wider)
+
+
+def test_init_loads_the_weights_into_an_antialiased_variant_and_says_so(
+    straight, photos, tmp_path, offline_weights, capsys
+):
+    variant = replace(SLIM, downsample="antialiased")
+    cfg = small_config(
+        photos, tmp_path, offline_weights, steps=1, val_every=0, lr=1e-12, init=str(straight.checkpoint),
+        transformer=variant,
+    )  # fmt: skip
+    tuned = train.train(cfg)
+    assert "in a network variant: downsample 'strided' -> 'antialiased'" in capsys.readouterr().out
+    assert tuned.model.config == variant and isinstance(tuned.model.encoder[3], AntialiasedConv)
+    for name, value in straight.model.state_dict().items():
+        assert torch.allclose(tuned.model.state_dict()[name], value, atol=1e-6), name
+
+
+def test_stability_term_is_logged_added_to_the_total_and_resumes_exactly(photos, tmp_path, offline_weights):
+    cfg = small_config(photos, tmp_path / "a", offline_weights, steps=4, val_every=0, stability_weight=50.0)
+    whole = train.train(cfg)
+    for h in whole.history:
+        assert h["stability"] > 0
+        expected = h["content"] + cfg.style_weight * h["style"] + cfg.tv_weight * h["tv"] + 50.0 * h["stability"]
+        assert h["total"] == pytest.approx(expected, rel=1e-5)
+    with open(whole.log, newline="") as f:
+        assert "stability" in next(csv.DictReader(f))
+    halves = replace(cfg, out=str(tmp_path / "b.safetensors"), run_dir=str(tmp_path / "b"))
+    first = train.train(replace(halves, steps=2))
+    second = train.train(replace(halves, resume=True))  # the moves and the noise continue where they stopped
+    assert [h["stability"] for h in first.history + second.history] == [h["stability"] for h in whole.history]
+    assert read_metadata(whole.checkpoint)["info"]["train_config"]["stability_weight"] == 50.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"stability_weight": -1.0}, "stability_weight must be a finite number >= 0"),
+        ({"stability_weight": 1.0, "stability_shift": -2}, "stability_shift must be an integer >= 0"),
+        ({"stability_weight": 1.0, "stability_noise": float("inf")}, "stability_noise must be a finite"),
+        ({"stability_weight": 1.0, "size": 32, "stability_shift": 5, "stability_border": 8}, "size 32 is too small"),
+        ({"stability_weight": 1.0, "stability_border": -1}, "stability_border must be an integer >= 0"),
+        ({"stability_weight": 1.0, "task": "superres", "style": None}, "stability_weight is for style networks"),
+    ],
+)
+def test_stability_settings_are_checked(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{"style": "s.jpg", "data": "d", **overrides}).validate()
 
 
 def test_style_warmup_ramps_the_style_weight(photos, tmp_path, offline_weights):

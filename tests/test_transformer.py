@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stlib.transformer import InstanceNorm, ResidualBlock, TransformerConfig, TransformerNet, upscale_bicubic
+from stlib.transformer import (
+    AntialiasedConv,
+    InstanceNorm,
+    ResidualBlock,
+    TransformerConfig,
+    TransformerNet,
+    upscale_bicubic,
+)
 
 SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)  # 8/16/32 channels: fast shape tests
 
@@ -40,6 +47,8 @@ def _hook_flops(net: TransformerNet, height: int, width: int) -> int:
             total += 2 * x[0].numel() * module.out_channels * k // module.groups
         else:
             total += 2 * output[0].numel() * module.in_channels * k // module.groups  # (C_out, H_out, W_out)
+        if isinstance(module, AntialiasedConv):  # its depthwise 4x4 blur runs on the whole input first
+            total += 2 * inputs[0][0].numel() * 16
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
@@ -232,6 +241,7 @@ def test_norm_options_change_only_the_norm_layers():
     [
         ({"norm": "group"}, "norm must be one of 'instance', 'batch'"),
         ({"upsample": "bilinear"}, "upsample must be one of"),
+        ({"downsample": "maxpool"}, "downsample must be one of 'strided', 'antialiased'"),
         ({"output": "sigmoid"}, "output must be one of"),
         ({"width": 0}, "width must be a positive finite number"),
         ({"width": -1.0}, "width must be a positive"),
@@ -246,6 +256,53 @@ def test_bad_config_values_raise_a_clear_value_error(kwargs, match):
         TransformerConfig(**kwargs)
     message = str(info.value)
     assert message.endswith(".") and message.count(". ") == 0  # one sentence
+
+
+# --------------------------------------------------------------------------------------------------------
+# Antialiased downsampling: centred and mirror-symmetric
+# --------------------------------------------------------------------------------------------------------
+
+
+def _mirror_symmetric(net: TransformerNet) -> TransformerNet:
+    """Make every kernel left-right symmetric, (w + flipped w) / 2: only the sampling can then break the symmetry."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
+                if isinstance(m, nn.Conv2d):
+                    m.weight.mul_(1.5)  # a stronger signal than the default initialisation's, far from the clamp
+    return net
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (24, 40)])
+def test_antialiased_network_commutes_with_a_mirror_flip_and_the_strided_one_does_not(shape):
+    x = torch.rand(1, 3, *shape)
+
+    def asymmetry(downsample: str) -> float:
+        net = _mirror_symmetric(_net(TransformerConfig(width=0.5, downsample=downsample)))
+        with torch.no_grad():
+            return (net(x) - net(x.flip(-1)).flip(-1)).abs().max().item()
+
+    assert asymmetry("antialiased") < 1e-5  # sampled at 2i + 1/2: the centre of what upsampling writes back
+    assert asymmetry("strided") > 1e-3  # sampled at 2i: its right edge never reads padding
+
+
+def test_antialiased_stage_is_a_blurred_strided_convolution_with_the_same_weights():
+    torch.manual_seed(0)
+    plain = nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode="reflect")
+    blurred = AntialiasedConv(4, 6)
+    blurred.load_state_dict(plain.state_dict())  # the same names and shapes: strided weights load
+    assert set(blurred.state_dict()) == {"weight", "bias"}  # the blur is not a weight
+    flat = torch.full((1, 4, 16, 12), 0.3)
+    assert torch.allclose(blurred(flat), plain(flat), atol=1e-6)  # the blur keeps a constant
+    x = torch.rand(1, 4, 16, 12)
+    assert blurred(x).shape == plain(x).shape == (1, 6, 8, 6)
+    # A pattern at the Nyquist frequency (period 2) aliases into the plain stage's samples, not the blurred one's.
+    stripes = torch.zeros(1, 4, 16, 12)
+    stripes[..., ::2] = 1.0
+    plain_out, blurred_out = plain(stripes), blurred(stripes)
+    assert (plain_out - plain(torch.full_like(stripes, 0.5))).abs().max() > 0.1
+    assert (blurred_out - blurred(torch.full_like(stripes, 0.5)))[..., 1:-1, 1:-1].abs().max() < 1e-5
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -265,6 +322,8 @@ def test_bad_config_values_raise_a_clear_value_error(kwargs, match):
         TransformerConfig.superres(8, width=0.25, upsample="transposed"),
         TransformerConfig(width=0.25, downsampling=1, upscale=2),
         TransformerConfig(width=0.25, subpixel_output=True),
+        TransformerConfig(width=0.25, downsample="antialiased"),
+        TransformerConfig(width=0.25, downsampling=1, upscale=2, downsample="antialiased"),
     ],
 )
 @pytest.mark.parametrize("size", [(16, 16), (17, 23), (3, 5)])

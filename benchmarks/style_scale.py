@@ -1,0 +1,94 @@
+"""Stroke scale of trained style networks: at which size of the painting do their outputs match its style?
+
+    python benchmarks/style_scale.py                                   # every checkpoints/*.safetensors
+    python benchmarks/style_scale.py --models checkpoints/wave.safetensors --photos 2 --test-sizes 512
+
+A feed-forward network paints strokes of a fixed size in *pixels*: the Gram targets it was trained on come from
+the painting resized to the training config's ``style_size`` (256 by default, the crop size), and it paints that
+texture whatever the photo's size. So at 512 px or more its strokes are a fraction of the painting's own, relative
+to the picture (issue 15: "a fine ripple"). This script measures it: for each network, test size T and held-out
+photo (centre square, T px; the BSDS500 validation photos in ../shared, else the bundled sample photo), the
+network's output is compared with the painting resized to each size S of a ladder, by the network's own style
+term (`stlib.perceptual.PerceptualLoss`, its training objective's layers and weights); the matched size is the
+S with the lowest term (the median over the photos). A network that paints the painting as it looks at the
+photo's own size has matched size ~ T; the shipped networks match ~ their ``style_size`` at every T.
+
+It prints one Markdown table with the machine in its header: network, trained style size, then the matched size
+and the curve's minimum at each test size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from stlib import assets, images
+from stlib.checkpoint import load_model, read_metadata
+from stlib.data import ImageFolderDataset
+from stlib.hardware import describe_machine
+from stlib.perceptual import PerceptualLoss
+from stlib.stylize import stylize_image
+from stlib.train import TrainConfig, square_photo
+
+SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
+LADDER = (128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1024)
+
+
+def style_curves(outputs: list[torch.Tensor], style_file: Path, config: TrainConfig) -> list[list[float]]:
+    """For each output (1, 3, T, T), its style term against the painting at each longest side of `LADDER`."""
+    curves: list[list[float]] = [[] for _ in outputs]
+    for size in LADDER:
+        style = images.load_tensor(style_file, size=size)
+        with PerceptualLoss(style, config.objective(), precision="fp32") as objective, torch.no_grad():
+            for curve, output in zip(curves, outputs, strict=True):
+                curve.append(float(objective(output, output)["style"]))  # content and TV are not read
+    return curves
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, nargs="*", help="model files (default: checkpoints/*.safetensors)")
+    parser.add_argument("--val", type=Path, default=SHARED_VAL, help="held-out photos (default: BSDS500 val)")
+    parser.add_argument("--photos", type=int, default=4, help="how many held-out photos (default: 4)")
+    parser.add_argument("--test-sizes", type=int, nargs="+", default=[256, 512, 1024], help="photo sides (px)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.models or sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
+    if not models:
+        raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
+    if args.val.is_dir():
+        files = ImageFolderDataset(args.val, size=max(args.test_sizes)).files[: args.photos]
+    else:
+        print(f"({args.val} not found: the bundled sample photo only)")
+        files = [assets.content_image("tubingen")]
+    print(f"# {len(files)} photos from {files[0].parent}; painting sizes {', '.join(map(str, LADDER))}; "
+          f"{describe_machine()}")  # fmt: skip
+    heads = [f"matched at {t} px (term)" for t in args.test_sizes]
+    print("| network | trained style size | " + " | ".join(heads) + " |")
+    print("|---|---:|" + "---:|" * len(heads))
+    for path in models:
+        info = read_metadata(path)["info"]
+        if "train_config" not in info or "distilled_from" in info:
+            continue  # a distilled student carries its teacher's settings: score the teacher
+        config = TrainConfig.from_dict(info["train_config"])
+        if config.task != "style":
+            continue
+        model = load_model(path).eval()
+        style_file = assets.style_image(Path(config.style).stem)
+        outputs = [stylize_image(model, square_photo(f, t)) for t in args.test_sizes for f in files]
+        all_curves = style_curves(outputs, style_file, config)  # test size major, then photo
+        cells = []
+        for k, _ in enumerate(args.test_sizes):
+            curves = all_curves[k * len(files) : (k + 1) * len(files)]
+            matched = statistics.median(LADDER[min(range(len(c)), key=c.__getitem__)] for c in curves)
+            cells.append(f"{matched:g} ({statistics.mean(min(c) for c in curves):.3f})")
+        print(f"| {path.stem} | {config.style_size or 'file'} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
