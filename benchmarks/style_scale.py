@@ -9,8 +9,8 @@ texture whatever the photo's size. So at 512 px or more its strokes are a fracti
 to the picture (issue 15: "a fine ripple"). This script measures it: for each network, test size T and held-out
 photo (centre square, T px; the BSDS500 validation photos in ../shared, else the bundled sample photo), the
 network's output is compared with the painting resized to each size S of a ladder, by the network's own style
-term (`stlib.perceptual.PerceptualLoss`, its training objective's layers and weights); the matched size is the
-S with the lowest term (the median over the photos). A network that paints the painting as it looks at the
+term (`stlib.perceptual.style_size_curve`: its training objective's layers and weights); the matched size is the
+S with the lowest term (mean over the photos). A network that paints the painting as it looks at the
 photo's own size has matched size ~ T; the shipped networks match ~ their ``style_size`` at every T.
 
 It prints one Markdown table with the machine in its header: network, trained style size, then the matched size
@@ -20,32 +20,20 @@ and the curve's minimum at each test size.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
 
-from stlib import assets, images
+from stlib import assets
 from stlib.checkpoint import load_model, read_metadata
 from stlib.data import ImageFolderDataset
 from stlib.hardware import describe_machine
-from stlib.perceptual import PerceptualLoss
+from stlib.perceptual import style_size_curve
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig, square_photo
 
 SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
 LADDER = (128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1024)
-
-
-def style_curves(outputs: list[torch.Tensor], style_file: Path, config: TrainConfig) -> list[list[float]]:
-    """For each output (1, 3, T, T), its style term against the painting at each longest side of `LADDER`."""
-    curves: list[list[float]] = [[] for _ in outputs]
-    for size in LADDER:
-        style = images.load_tensor(style_file, size=size)
-        with PerceptualLoss(style, config.objective(), precision="fp32") as objective, torch.no_grad():
-            for curve, output in zip(curves, outputs, strict=True):
-                curve.append(float(objective(output, output)["style"]))  # content and TV are not read
-    return curves
 
 
 def main() -> None:
@@ -80,13 +68,12 @@ def main() -> None:
             continue
         model = load_model(path).eval()
         style_file = assets.style_image(Path(config.style).stem)
-        outputs = [stylize_image(model, square_photo(f, t)) for t in args.test_sizes for f in files]
-        all_curves = style_curves(outputs, style_file, config)  # test size major, then photo
         cells = []
-        for k, _ in enumerate(args.test_sizes):
-            curves = all_curves[k * len(files) : (k + 1) * len(files)]
-            matched = statistics.median(LADDER[min(range(len(c)), key=c.__getitem__)] for c in curves)
-            cells.append(f"{matched:g} ({statistics.mean(min(c) for c in curves):.3f})")
+        for test in args.test_sizes:
+            outputs = torch.cat([stylize_image(model, square_photo(f, test)) for f in files])  # (N, 3, T, T)
+            curve = style_size_curve(outputs, style_file, config.objective(), LADDER)  # mean over the photos
+            best = min(range(len(LADDER)), key=curve.__getitem__)
+            cells.append(f"{LADDER[best]} ({curve[best]:.3f})")
         print(f"| {path.stem} | {config.style_size or 'file'} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -121,6 +121,8 @@ CAPTIONS = {
     "03_lr.png": "Two short training runs, constant vs one-cycle learning rate: total loss (moving average).",
     "03_payoff.png": "The payoff: one forward pass of the network beside minutes of Gatys' L-BFGS.",
     "03_fig5_objective.png": "Johnson et al. Fig. 5: the objective along Gatys' L-BFGS, the network as a line.",
+    "03_style_scale.png": "Which size of the painting the network's output matches, for photos of three sizes: about "
+    "its training style_size every time (the stroke scale is fixed in pixels).",
     "03_pixel_vs_perceptual.png": "A 2-pixel shift and a blur: pixel error prefers the blur, deep features the shift.",
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
     GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",

@@ -28,6 +28,7 @@ positions: one set of weights means the same for every weight source and image s
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -37,7 +38,7 @@ from PIL import Image
 from torch import nn
 
 from .hardware import autocast, resolve_precision
-from .images import to_tensor
+from .images import load_tensor, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
 from .options import option
 from .vgg import VGGFeatures, layer_names
@@ -54,6 +55,7 @@ __all__ = [
     "blend_weights",
     "content_scale",
     "relative_style_weights",
+    "style_size_curve",
 ]
 
 CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
@@ -363,6 +365,25 @@ class FeatureError:
     def close(self) -> None:
         """Remove the loss network's hooks (`PerceptualLoss.close`)."""
         self.loss.close()
+
+
+def style_size_curve(
+    outputs: torch.Tensor, style: str | os.PathLike, config: ObjectiveConfig, sizes: Sequence[int]
+) -> list[float]:
+    """The style term of outputs (B, 3, H, W) against the style image file resized to each longest side in `sizes`.
+
+    Where the curve is lowest, the outputs match the painting as it looks at that size: a feed-forward network
+    paints strokes of a fixed size in pixels, that of its training ``style_size`` (benchmarks/style_scale.py).
+    The style term only (fp32, batch mean), with `config`'s layers and weights; the painting is resized as
+    training resizes it (`stlib.images.load_tensor`).
+    """
+    only_style = replace(config.objective(), content_weight=0.0, tv_weight=0.0, pixel_weight=0.0)
+    curve = []
+    for size in sizes:
+        resized = load_tensor(style, size=size, device=outputs.device)
+        with PerceptualLoss(resized, only_style, precision="fp32") as objective, torch.no_grad():
+            curve.append(float(objective(outputs, outputs)["style"]))
+    return curve
 
 
 def blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:

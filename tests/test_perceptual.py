@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stlib import vgg
+from stlib import assets, images, vgg
 from stlib.losses import content_loss, gram_matrix, style_loss, total_variation
 from stlib.perceptual import (
     JOHNSON_CONTENT_LAYER,
@@ -17,6 +17,7 @@ from stlib.perceptual import (
     blend_weights,
     content_scale,
     relative_style_weights,
+    style_size_curve,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -221,3 +222,14 @@ def test_feature_error_is_zero_for_the_target_and_grows_with_blur(offline_weight
     finally:
         metric.close()
     assert 0 < errors[0] < errors[1] < errors[2]  # l_feat's view: a blurrier picture is further from the photo
+
+
+def test_style_size_curve_finds_the_size_at_which_an_image_shows_the_painting(offline_weights):
+    painting = assets.style_image("starry_night")
+    config = johnson(offline_weights)
+    at_96 = images.load_tensor(painting, size=96)  # the painting itself, at 96 px
+    sizes = (48, 72, 96, 144, 192)
+    curve = style_size_curve(at_96, painting, config, sizes)
+    assert min(range(len(sizes)), key=curve.__getitem__) == sizes.index(96)
+    assert curve[sizes.index(96)] < 1e-6 < min(curve[:2] + curve[3:])  # the same image; other sizes differ
+    assert curve[0] > curve[1] and curve[4] > curve[3]  # further from 96 px, further from its texture
