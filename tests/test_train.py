@@ -313,8 +313,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_keeps_the_ranks_in_sync(photos, tmp_path, offline_weights):
-    cfg = small_config(photos, tmp_path, offline_weights, steps=3, batch_size=1, val_every=0, device="cpu")
+@pytest.mark.parametrize("stability_weight", [0.0, 50.0])  # with it, two forward passes before one backward
+def test_two_process_ddp_keeps_the_ranks_in_sync(photos, tmp_path, offline_weights, stability_weight):
+    cfg = small_config(
+        photos, tmp_path, offline_weights, steps=3, batch_size=1, val_every=0, device="cpu",
+        stability_weight=stability_weight,
+    )  # fmt: skip
     port = _free_port()
     children = []
     for rank in range(2):
