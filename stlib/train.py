@@ -28,6 +28,17 @@ paper's second task, single-image super-resolution (Sec. 4.2: the same network f
 feature reconstruction at relu2_2 on (low-resolution input, high-resolution target) pairs), trains with the
 same loop.
 
+Stability (not in the paper; off unless ``stability_weight`` > 0): a network applied frame by frame to video
+flickers when nothing in training asks its output to follow the picture (A. Gupta, J. Johnson, A. Alahi,
+L. Fei-Fei, "Characterizing and Improving Stability in Neural Style Transfer", ICCV 2017). With a weight, each
+step also runs the network on a second frame, the inputs moved by up to ``stability_shift`` pixels plus camera
+noise (``stability_noise`` grey levels), and adds the weight times the mean squared difference between that output
+and the first output moved the same way (`stlib.losses.stability_loss`; a known move, so no optical flow). With
+``stability_border`` 0 the frame's edges count too. One term answers three defects that `stlib.artifacts` measures:
+flicker under noise and motion, patterns locked to the pixel lattice (they stay while the picture moves) and bands
+along the borders (the frame's edge must look like the same place inside a larger frame). It costs one more
+forward and backward pass of the transformation network, not of the VGG.
+
 Slow start (measured on a CPU, 96 px crops, batch 4): the network's first few hundred steps produce blobs
 in the style's colours, with the content term near its value for a flat image (~1); on the same batches a
 plain 4-layer convolutional net learns the identity in 60 steps while `TransformerNet` (the same
