@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
 from stlib import artifacts, assets
-from stlib.data import ImageFolderDataset
 from stlib.hardware import describe_machine
 from stlib.stylize import load_model, read_metadata, stylize_image
 from stlib.train import TrainConfig, square_photo
 
-SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
+if __package__ in (None, ""):  # python benchmarks/NAME.py: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_model_options, held_out_files, model_files  # noqa: E402
 
 
 def measure(run, photo: torch.Tensor) -> dict[str, float]:
@@ -48,22 +51,11 @@ def measure(run, photo: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, nargs="*", help="model files (default: checkpoints/*.safetensors)")
-    parser.add_argument("--val", type=Path, default=SHARED_VAL, help="held-out photos (default: BSDS500 val)")
-    parser.add_argument("--photos", type=int, default=8, help="how many held-out photos (default: 8)")
+    add_model_options(parser, photos=8)
     parser.add_argument("--size", type=int, default=512, help="photo side in pixels (default: 512)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = args.models or sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
-    if not models:
-        raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
-    if args.val.is_dir():
-        files = ImageFolderDataset(args.val, size=args.size).files[: args.photos]
-    else:
-        print(f"({args.val} not found: the bundled sample photo only)")
-        files = [assets.content_image("tubingen")]
+    models = model_files(args)
+    files = held_out_files(args, args.size)
     photos = [square_photo(f, args.size) for f in files]
     print(f"# {len(photos)} photos from {files[0].parent} at {args.size}x{args.size}; {describe_machine()}")
     keys = ("grid p2", "grid p4", "border", "noise flicker", "warp error")

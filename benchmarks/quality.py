@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,13 +32,15 @@ import torch
 
 from stlib import assets, gatys, images
 from stlib.checkpoint import load_model, read_metadata
-from stlib.data import ImageFolderDataset
 from stlib.hardware import default_device
 from stlib.perceptual import PerceptualLoss
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig, square_photo
 
-SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
+if __package__ in (None, ""):  # python benchmarks/NAME.py: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_model_options, held_out_files, model_files  # noqa: E402
 
 
 def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, device: str) -> dict:
@@ -96,23 +99,14 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
 def main() -> None:
     """Run the comparison and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", type=Path, help="model files (default: checkpoints/*.safetensors)")
-    parser.add_argument("--val", type=Path, default=SHARED_VAL, help="held-out photos (default: %(default)s)")
-    parser.add_argument("--photos", type=int, default=4, help="how many of them (default: %(default)s)")
+    add_model_options(parser, photos=4)
     parser.add_argument("--size", type=int, default=512, help="square photo size (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=100, help="Gatys L-BFGS iterations (default: 100)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--grid", type=Path, help="also write a picture grid (.jpg)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = args.models or sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
-    if not models:
-        raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
-    if not args.val.is_dir():
-        raise SystemExit(f"Held-out photo folder '{args.val}' does not exist; pass --val.")
+    models = model_files(args)
+    files = held_out_files(args, args.size, fallback=False)
     device = default_device()
-    files = ImageFolderDataset(args.val, size=args.size).files[: args.photos]
     photos = [square_photo(f, args.size) for f in files]
     print(f"{len(photos)} photos from {args.val} at {args.size}x{args.size}, Gatys: {args.iterations} L-BFGS "
           f"iterations from noise, on {device} ({torch.get_num_threads()} threads)", flush=True)  # fmt: skip

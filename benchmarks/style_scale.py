@@ -20,40 +20,33 @@ and the curve's minimum at each test size.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from stlib import assets
 from stlib.checkpoint import load_model, read_metadata
-from stlib.data import ImageFolderDataset
 from stlib.hardware import describe_machine
 from stlib.perceptual import style_size_curve
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig, square_photo
 
-SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
+if __package__ in (None, ""):  # python benchmarks/NAME.py: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_model_options, held_out_files, model_files  # noqa: E402
+
 LADDER = (128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, nargs="*", help="model files (default: checkpoints/*.safetensors)")
-    parser.add_argument("--val", type=Path, default=SHARED_VAL, help="held-out photos (default: BSDS500 val)")
-    parser.add_argument("--photos", type=int, default=4, help="how many held-out photos (default: 4)")
+    add_model_options(parser, photos=4)
     parser.add_argument("--test-sizes", type=int, nargs="+", default=[256, 512, 1024], help="photo sides (px)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = args.models or sorted((assets.repo_root() / "checkpoints").glob("*.safetensors"))
-    if not models:
-        raise SystemExit("No model files: train one (python -m stlib train ...) or pass --models.")
-    if args.val.is_dir():
-        files = ImageFolderDataset(args.val, size=max(args.test_sizes)).files[: args.photos]
-    else:
-        print(f"({args.val} not found: the bundled sample photo only)")
-        files = [assets.content_image("tubingen")]
+    models = model_files(args)
+    files = held_out_files(args, max(args.test_sizes))
     print(f"# {len(files)} photos from {files[0].parent}; painting sizes {', '.join(map(str, LADDER))}; "
           f"{describe_machine()}")  # fmt: skip
     heads = [f"matched at {t} px (term)" for t in args.test_sizes]
