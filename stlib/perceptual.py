@@ -377,12 +377,14 @@ def style_size_curve(
     The style term only (fp32, batch mean), with `config`'s layers and weights; the painting is resized as
     training resizes it (`stlib.images.load_tensor`).
     """
-    only_style = replace(config.objective(), content_weight=0.0, tv_weight=0.0, pixel_weight=0.0)
-    curve = []
+    only_style = replace(config.objective(), content_layers=(), content_weight=0.0, tv_weight=0.0, pixel_weight=0.0)
+    curve: list[float] = []
+    feats = None  # the outputs' features: computed once, judged against each size's Gram matrices
     for size in sizes:
         resized = load_tensor(style, size=size, device=outputs.device)
         with PerceptualLoss(resized, only_style, precision="fp32") as objective, torch.no_grad():
-            curve.append(float(objective(outputs, outputs)["style"]))
+            feats = objective.features(outputs) if feats is None else feats
+            curve.append(float(objective.judge(outputs, {}, feats)["style"]))
     return curve
 
 
