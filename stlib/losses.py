@@ -15,7 +15,7 @@ content image and G_l = F_l F_l^T / (C_l H_l W_l) its normalised Gram matrix:
   picture and not react to camera noise (A. Gupta, J. Johnson, A. Alahi, L. Fei-Fei, "Characterizing and
   Improving Stability in Neural Style Transfer", ICCV 2017, Sec. 4: a noisy copy of the frame; here also a
   known move, so no optical flow is needed): ``||f(T(x) + n) - T(f(x))||^2`` averaged over the pixels, with T
-  an integer translation and n Gaussian noise, away from the borders.
+  an integer translation and n Gaussian noise, the frame's edges included unless a border is left out.
 
 All losses average over the batch and return a scalar tensor.
 """
