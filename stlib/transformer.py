@@ -24,9 +24,10 @@ the addition. Differences from the paper, each selectable in `TransformerConfig`
   side: only its left and top edges read padding, and its samples sit half a pixel left of the two pixels that
   nearest-neighbour upsampling writes back, 1.5 pixels over both stages. Trained networks paint a band along the
   right edge from that asymmetry (`the_scream`: ~50 grey levels, on the network's right whichever way the photo
-  is turned), and the subsampling aliases: a 4-pixel grid locked to the pixel lattice, which moves against the
-  picture when the camera moves (`stlib.artifacts`). The antialiased stage is centred, mirror-symmetric and
-  low-pass, for 0.5 % more FLOPs; its weights have the same shapes, so strided networks' weights load into it.
+  is turned), and a subsampling without a low-pass filter aliases. The antialiased stage is centred,
+  mirror-symmetric and low-pass, for 0.5 % more FLOPs; its weights have the same shapes, so strided networks'
+  weights load into it. (The shipped networks' 4-pixel grid and flicker also need a training signal: `stlib.train`'s
+  stability term; `stlib.artifacts` measures all three.)
 - ``output``: ``"linear+clamp"`` (default) or ``"tanh"``, the paper's scaled tanh, here ``(tanh(x) + 1) / 2``
   so that the output lies in [0, 1] (the paper scales to [0, 255]).
   With ``"linear+clamp"`` the network returns its raw (linear) output in training mode, unclamped: the
