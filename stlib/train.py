@@ -344,7 +344,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be None or an integer >= {low}, got {value!r}.")
         if self.size < 16:
             raise ValueError(f"TrainConfig.size must be at least 16 pixels (VGG pools 4 times), got {self.size}.")
-        self._validate_stability()
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
@@ -358,6 +357,7 @@ class TrainConfig:
             raise ValueError("TrainConfig.style_layers is empty; name layers such as 'relu1_2'.")
         if not isinstance(self.transformer, TransformerConfig):
             raise ValueError(f"TrainConfig.transformer must be a TransformerConfig, got {self.transformer!r}.")
+        self._validate_stability()  # its margin needs the network's multiple
         self.objective().validate()  # weights and layers, one sentence naming the setting
 
     def _validate_stability(self) -> None:
@@ -382,7 +382,7 @@ class TrainConfig:
     @property
     def stability_margin(self) -> int:
         """The stability term's margin: the largest move, rounded up to a multiple of the network's `multiple`."""
-        multiple = self.transformer.multiple if isinstance(self.transformer, TransformerConfig) else 4
+        multiple = self.transformer.multiple
         return -(-self.stability_shift // multiple) * multiple
 
     def _validate_superres(self) -> None:
