@@ -220,9 +220,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    """Distil a slim, fast network from a trained one (no VGG needed).
+    """Distil a slim, fast network from a trained one.
 
-    A slim student (width 0.25, 3 residual blocks: 7%% of the FLOPs) learns a trained network's output (L1).
+    A slim student (width 0.25, 3 residual blocks: 7%% of the FLOPs) learns a trained network's output: its pixels
+    (L1), and its features and Gram matrices in the teacher's own loss network (VGG).
 
     example: python -m stlib distill checkpoints/wave.safetensors --data photos/ -o checkpoints/wave_slim.safetensors
     """
@@ -234,7 +235,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     result = distill(config_from(DistillConfig, args, output=str(output)))
     difference = f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels"
     print(f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; {difference}")
-    print(f"{result.steps} steps in {result.seconds:.0f} s")
+    print(f"{result.steps} steps in {result.seconds:.0f} s; final loss {result.loss:.4g}")
     return 0
 
 

@@ -3,17 +3,25 @@
 Knowledge distillation (G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network",
 2015) applied to the image transformation network of Johnson et al. (ECCV 2016, Sec. 3.1): a small student
 `TransformerNet` (`slim_config`: width 0.25 and 3 residual blocks, 7 % of the teacher's FLOPs) learns to
-reproduce the trained teacher's output pixel by pixel,
+reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss, for the student's output y_s,
 
-    L(student) = mean over photos x of  || student(x) - teacher(x) ||_1            (outputs in [0, 1])
+    L = l1_weight * ||y_s - y_t||_1                                         (pixels in [0, 1], mean)
+      + feature_weight * mean_l ||F_l(y_s) - F_l(y_t)||^2 / ||F_l(y_t)||^2   (Johnson Eq. 2, target y_t)
+      + gram_weight * sum_l w_l ||G_l(y_s) - G_l(y_t)||_F^2 / ||G_l(y_t)||_F^2  (Johnson Eq. 4, target y_t)
 
-No loss network (VGG) is needed: the teacher already encodes the perceptual objective, and one L1 step costs
-the student's forward and backward pass only, because the teacher's outputs are computed once per photo and
-cached in memory as 8-bit images, like the photos (`DistillConfig.size` sets the photo size, whole photos
-rather than crops, so that the teacher's instance-norm statistics are those of the image the student sees;
-`DistillConfig.limit` caps the number of photos, 1000 by default, about 1.3 GB at 384 px). The student copies
-the teacher's normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the
-identity).
+with F_l the activations of the teacher's own loss network (its VGG, weights and layers, read from the
+teacher's training metadata) and G_l their Gram matrices (`stlib.losses.gram_matrix`), w_l the teacher's
+style-layer weights scaled to sum to 1. L1 alone (``--feature-weight 0 --gram-weight 0``, no VGG is run)
+regresses a narrow student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose
+style term is several times the teacher's. The perceptual terms ask instead for the same features and the
+same texture statistics as the teacher's picture of that photo, which a small network can meet without
+copying every stroke in place (`benchmarks/RESULTS.md`, "Slim students").
+
+The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
+(`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
+instance-norm statistics are those of the image the student sees; `DistillConfig.limit` caps the number of
+photos). The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
+``input_skip`` it starts as the identity).
 The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
 configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
@@ -24,8 +32,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +44,15 @@ from stlib import __version__
 
 from .assets import file_sha256
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
+from .hardware import autocast, resolve_precision
 from .images import ImageError, list_images, load_image, to_tensor
+from .losses import content_loss, gram_matrix
 from .options import option
+from .perceptual import ObjectiveConfig, content_scale
 from .transformer import TransformerConfig, TransformerNet
+from .vgg import VGGFeatures
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
+__all__ = ["DistillConfig", "DistillResult", "distill", "feature_distance", "gram_distance", "slim_config"]
 
 _INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
 
@@ -59,10 +71,20 @@ class DistillConfig:
     output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
     width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
     num_residual_blocks: int = option(3, "student residual blocks", flag="--blocks")
-    size: int = option(384, "shorter photo side", check="positive")
+    size: int = option(256, "shorter photo side", check="positive")
     limit: int | None = option(
-        1000, "use at most N photos (cached in memory as uint8: ~1.3 MB each at 384 px)", check="positive", metavar="N"
+        1000, "use at most N photos (cached in memory as uint8: ~0.6 MB each at 256 px)", check="positive", metavar="N"
     )
+    l1_weight: float = option(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
+    feature_weight: float = option(
+        1.0, "weight of the VGG feature term (0 with --gram-weight 0: L1 alone, no VGG)", check="non_negative"
+    )
+    gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
+    l1_steps: int = option(
+        0, "first N steps with L1 alone (no VGG: ~15x cheaper a step)", check="non_negative", metavar="N"
+    )
+    precision: str = option("auto", "autocast of the student and VGG (auto: bf16 on CPUs with native bf16)",
+                            choices=("auto", "fp32", "bf16"))  # fmt: skip
     steps: int = option(3000, "optimiser steps", check="positive")
     lr: float = option(2e-3, "Adam learning rate (cosine decay to lr / 20)", check="positive")
     seed: int = option(0, "student initialisation and photo order")
@@ -81,10 +103,27 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.size must be at least 16 pixels, got {self.size}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"DistillConfig.lr must be a positive number, got {self.lr!r}.")
+        weights = {name: getattr(self, name) for name in ("l1_weight", "feature_weight", "gram_weight")}
+        for name, value in weights.items():
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"DistillConfig.{name} must be a finite number >= 0, got {value!r}.")
+        if not any(weights.values()):
+            raise ValueError("DistillConfig has no loss: give l1_weight, feature_weight or gram_weight a value > 0.")
+        if isinstance(self.l1_steps, bool) or not isinstance(self.l1_steps, int) or self.l1_steps < 0:
+            raise ValueError(f"DistillConfig.l1_steps must be an integer >= 0, got {self.l1_steps!r}.")
+        if self.l1_steps > 0 and self.l1_weight == 0:
+            raise ValueError("DistillConfig.l1_steps needs l1_weight > 0: the first steps train with L1 alone.")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"DistillConfig.precision must be auto, fp32 or bf16, got {self.precision!r}.")
         if Path(self.output).suffix != ".safetensors":
             raise ValueError(f"Cannot write the student to '{self.output}': the file name must end in .safetensors.")
         if Path(self.output).resolve() == Path(self.teacher).resolve():
             raise ValueError(f"The student would overwrite its teacher '{self.teacher}'; choose another output.")
+
+    @property
+    def perceptual(self) -> bool:
+        """Whether the loss has a VGG term (feature or Gram)."""
+        return self.feature_weight > 0 or self.gram_weight > 0
 
     def state_path(self) -> Path:
         """Where the resumable training state is kept: beside the output, ``NAME.distill.pt``."""
@@ -94,11 +133,12 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class DistillResult:
-    """What `distill` did: the student file, its size and cost relative to the teacher, the final L1 loss."""
+    """What `distill` did: the student file, its size and cost relative to the teacher, the final losses."""
 
     path: Path
     steps: int
     l1: float  # mean absolute difference from the teacher over the last `log_every` steps, in [0, 1] units
+    loss: float  # the weighted total (module docstring) over the same steps
     seconds: float
     student: str  # TransformerNet.describe() of the student
     flops_ratio: float  # student / teacher FLOPs at 640 x 480
@@ -127,6 +167,46 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def _from_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255)
+
+
+def feature_distance(
+    student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], layers: Sequence[str]
+) -> torch.Tensor:
+    """Mean over `layers` of the relative squared feature error ||S_l - T_l||^2 / ||T_l||^2 (each (B, C, H, W))."""
+    total = sum(content_loss(student[name], teacher[name]) / content_scale(teacher[name]) for name in layers)
+    return total / max(1, len(layers))
+
+
+def gram_distance(
+    student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> torch.Tensor:
+    """sum_l w_l ||G(S_l) - G(T_l)||_F^2 / ||G(T_l)||_F^2 per image, batch mean, `weights` scaled to sum to 1."""
+    norm = sum(weights.values())
+    total = torch.zeros(())
+    for name, weight in weights.items():
+        target = gram_matrix(teacher[name])  # (B, C, C)
+        error = (gram_matrix(student[name]) - target).pow(2).sum(dim=(1, 2))  # (B,)
+        total = total + weight / norm * (error / target.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)).mean()
+    return total
+
+
+class _LossNetwork:
+    """The teacher's loss network and layers, read from its training metadata (`ObjectiveConfig`)."""
+
+    def __init__(self, teacher_file: str, teacher_info: Mapping[str, Any]) -> None:
+        settings = teacher_info.get("train_config")
+        if not isinstance(settings, Mapping):
+            raise ValueError(
+                f"'{teacher_file}' has no training settings in its metadata, so its loss network is unknown; "
+                "distil it with L1 alone (--feature-weight 0 --gram-weight 0)."
+            )
+        known = {f.name for f in fields(ObjectiveConfig)}
+        objective = ObjectiveConfig(**{k: v for k, v in settings.items() if k in known}).active()
+        self.style_layers = dict(objective.style_layers)
+        self.layers = list(dict.fromkeys([*objective.content_layers, *self.style_layers]))
+        if not self.layers:
+            raise ValueError(f"'{teacher_file}' was trained without VGG layers; distil it with L1 alone.")
+        self.vgg = VGGFeatures(self.layers, arch=objective.arch, weights=objective.vgg_weights, pool=objective.pool)
 
 
 def _lr(config: DistillConfig, step: int) -> float:
@@ -159,7 +239,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None = None) -> DistillResult:
     """Train a slim student to reproduce a trained network's output (see the module docstring); resumable.
 
-    `callback(step, l1)` runs after every step (and after that step's checkpoint); returning True stops.
+    `callback(step, loss)` runs after every step (and after that step's checkpoint); returning True stops.
     """
     from tqdm.auto import tqdm
 
@@ -167,6 +247,8 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     teacher = load_model(config.teacher, task="style")
     teacher_info = read_metadata(config.teacher)["info"]
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
+    loss_network = _LossNetwork(config.teacher, teacher_info) if config.perceptual else None
+    precision = resolve_precision(config.precision, "cpu")
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
@@ -188,39 +270,75 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
             targets.append(_to_uint8(teacher(photo)))
 
     student.train()
-    losses: list[float] = []
+    history: list[dict[str, float]] = []  # the terms of the last `log_every` steps
     start = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="distil", unit="step")
     while step < config.steps:
         index = int(torch.randint(len(photos), (1,)))
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step)
-        loss = F.l1_loss(student(_from_uint8(photos[index])), _from_uint8(targets[index]))
+        network = loss_network if step >= config.l1_steps else None  # the first l1_steps: L1 alone
+        terms = _loss_terms(student, _from_uint8(photos[index]), _from_uint8(targets[index]), network, precision)
+        loss = (
+            config.l1_weight * terms["l1"]
+            + config.feature_weight * terms.get("feature", 0.0)
+            + config.gram_weight * terms.get("gram", 0.0)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        losses = (losses + [loss.item()])[-config.log_every :]
+        history = (history + [{"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}])[-config.log_every :]
         bar.update(1)
         if step % config.log_every == 0:
-            bar.set_postfix(l1_levels=f"{255 * sum(losses) / len(losses):.2f}")
+            bar.set_postfix({k: f"{v:.4g}" for k, v in _means(history).items()})
         saved = step % config.checkpoint_every == 0 or step == config.steps
         if saved:
-            _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, losses)
-        if callback is not None and callback(step, losses[-1]):  # after the checkpoint; True stops the run
+            _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
+        if callback is not None and callback(step, history[-1]["loss"]):  # after the checkpoint; True stops the run
             if not saved:
-                _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, losses)
+                _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
             break
     bar.close()
+    if loss_network is not None:
+        loss_network.vgg.close()
     student.eval()
+    means = _means(history)
     return DistillResult(
         Path(config.output),
         step,
-        sum(losses) / max(1, len(losses)),
+        means.get("l1", float("nan")),
+        means.get("loss", float("nan")),
         time.perf_counter() - start,
         student.describe(),
         student.flops(480, 640) / teacher.flops(480, 640),
     )
+
+
+def _loss_terms(
+    student: TransformerNet,
+    photo: torch.Tensor,
+    target: torch.Tensor,
+    loss_network: _LossNetwork | None,
+    precision: str,
+) -> dict[str, torch.Tensor]:
+    """The unweighted terms for one photo (1, 3, H, W) and the teacher's output: "l1" [, "feature", "gram"]."""
+    with autocast("cpu", precision):
+        output = student(photo)  # (1, 3, H, W)
+        terms = {"l1": F.l1_loss(output.float(), target)}
+        if loss_network is not None:
+            with torch.no_grad():
+                wanted = loss_network.vgg(target)
+            got = loss_network.vgg(output)
+            terms["feature"] = feature_distance(got, wanted, loss_network.layers)
+            terms["gram"] = gram_distance(got, wanted, loss_network.style_layers)
+    return terms
+
+
+def _means(history: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each logged term over the steps of `history` that have it (empty: {})."""
+    keys = dict.fromkeys(key for h in history for key in h)
+    return {key: sum(h[key] for h in history if key in h) / sum(key in h for h in history) for key in keys}
 
 
 def _checkpoint(
@@ -231,7 +349,7 @@ def _checkpoint(
     teacher_info: dict[str, Any],
     teacher_sha256: str,
     step: int,
-    losses: list[float],
+    history: list[dict[str, float]],
 ) -> None:
     """Write the student's model file (metadata naming its teacher) and the resumable state, each atomically."""
     was_training = student.training
@@ -243,7 +361,8 @@ def _checkpoint(
         "teacher_transformer": teacher.config_dict(),
         "distill_config": asdict(config),
         "step": step,
-        "l1": sum(losses) / max(1, len(losses)),
+        "l1": _means(history).get("l1"),
+        "losses": _means(history),  # the terms' means over the last log_every steps
         "stlib_version": __version__,
         # the teacher's training settings: the objective the student is scored with (benchmarks/quality.py)
         **{key: teacher_info[key] for key in _INHERITED if key in teacher_info},

@@ -83,6 +83,7 @@ non_negative_float = _number(float, "a finite number >= 0", low=0)
 _TYPES: dict[tuple[type, str | None], Callable[[str], Any]] = {
     (int, None): int,
     (int, "positive"): positive_int,
+    (int, "non_negative"): _number(int, "an integer >= 0", low=0),
     (float, None): float,
     (float, "positive"): _number(float, "a number > 0", low=0, low_ok=False),
     (float, "non_negative"): non_negative_float,

@@ -1,4 +1,5 @@
-"""Tests for stlib.distill: a slim student learns its teacher's output, keeps its metadata, resumes exactly."""
+"""Tests for stlib.distill: a slim student learns its teacher's output (pixels, VGG features and Gram matrices),
+keeps its metadata, resumes exactly."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from PIL import Image
 from stlib import cli
 from stlib.assets import content_image
 from stlib.checkpoint import load_model, read_metadata, save_model
-from stlib.distill import DistillConfig, _photos, distill, slim_config
+from stlib.distill import DistillConfig, _photos, distill, feature_distance, gram_distance, slim_config
+from stlib.losses import style_loss
+from stlib.perceptual import ObjectiveConfig, PerceptualLoss, relative_style_weights
 from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.vgg import VGGFeatures
+
+# The teacher's objective, as `train` writes it into the metadata: small layers keep the tests fast.
+TEACHER_OBJECTIVE = {"vgg_weights": "offline", "content_layers": ["relu2_2"], "style_layers": ["relu1_2", "relu2_2"]}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +31,8 @@ def teacher_file(tmp_path_factory) -> Path:
     net = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=1, input_skip=True))
     torch.nn.init.normal_(net.decoder[-1].weight, std=0.6)
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    info = {"style": "wave.jpg", "style_sha256": "ab" * 32, "train_config": {"style": "style_images/wave.jpg"}}
+    train_config = {"style": "style_images/wave.jpg", **TEACHER_OBJECTIVE}
+    info = {"style": "wave.jpg", "style_sha256": "ab" * 32, "train_config": train_config}
     return save_model(net.eval(), path, info=info)
 
 
@@ -42,6 +50,7 @@ def photos(tmp_path_factory) -> Path:
 
 def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillConfig:
     settings = dict(size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25)
+    settings.update(feature_weight=0, gram_weight=0)  # L1 alone (no VGG) unless a test asks for the VGG terms
     return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
 
 
@@ -72,7 +81,10 @@ def test_student_file_names_its_teacher_and_carries_the_teachers_objective(teach
     assert meta["transformer"] == {**teacher_config.__dict__, "width": 0.25, "num_residual_blocks": 3}
     info = meta["info"]
     assert info["kind"] == "distilled" and info["distilled_from"] == "teacher.safetensors"
-    assert info["train_config"] == {"style": "style_images/wave.jpg"} and info["style"] == "wave.jpg"
+    assert (
+        info["train_config"] == {"style": "style_images/wave.jpg", **TEACHER_OBJECTIVE} and info["style"] == "wave.jpg"
+    )
+    assert set(info["losses"]) == {"loss", "l1"}  # L1 alone: no VGG term was computed
     assert info["step"] == 20 and len(info["teacher_sha256"]) == 64
 
 
@@ -121,7 +133,7 @@ def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
         distill(_config(teacher_file, photos, tmp_path / "s.safetensors", size=8))
 
 
-def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys):
+def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys, offline_weights):
     student = tmp_path / "slim.safetensors"
     argv = ["distill", str(teacher_file), "--data", str(photos), "-o", str(student), "--size", "32"]
     assert cli.main([*argv, "--steps", "10", "--quiet"]) == 0
@@ -131,3 +143,94 @@ def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_pat
     assert Image.open(out).size == Image.open(content_image("tubingen")).size
     assert cli.main(["distill", str(tmp_path / "none.safetensors"), "--data", str(photos), "-o", str(student)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _vgg_features(image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    with VGGFeatures(layers, weights="offline") as vgg, torch.no_grad():
+        return vgg(image)
+
+
+def test_distances_are_zero_for_the_teachers_picture_and_ignore_its_scale(photo, offline_weights):
+    layers = ["relu1_2", "relu2_2", "relu3_3"]
+    teacher = _vgg_features(photo, layers)
+    other = _vgg_features(photo.flip(-1).roll(5, -2), layers)
+    assert float(feature_distance(teacher, teacher, layers)) == 0.0
+    assert float(gram_distance(teacher, teacher, dict.fromkeys(layers, 1.0))) == 0.0
+    assert float(feature_distance(other, teacher, layers)) > 0.05
+    assert float(gram_distance(other, teacher, dict.fromkeys(layers, 1.0))) > 0
+    # relative errors: scaling both feature maps by 3 (e.g. another VGG's activation scale) changes nothing
+    scaled = ({k: 3 * v for k, v in d.items()} for d in (other, teacher))
+    a, b = next(scaled), next(scaled)
+    assert float(feature_distance(a, b, layers)) == pytest.approx(float(feature_distance(other, teacher, layers)))
+    assert float(gram_distance(a, b, {"relu1_2": 1.0})) == pytest.approx(
+        float(gram_distance(other, teacher, {"relu1_2": 1.0}))
+    )
+
+
+def test_gram_distance_is_the_objectives_style_term_with_the_teachers_picture_as_painting(
+    photo, painting, offline_weights
+):
+    weights = {"relu1_2": 2.0, "relu2_2": 1.0, "relu3_3": 1.0}
+    config = ObjectiveConfig(vgg_weights="offline", content_layers=(), content_weight=0, style_layers=weights)
+    with PerceptualLoss(painting, config) as objective:
+        expected = objective.judge(photo, {})["style"]
+    picture, judged = _vgg_features(painting, list(weights)), _vgg_features(photo, list(weights))
+    assert float(gram_distance(judged, picture, weights)) == pytest.approx(float(expected), rel=1e-4)
+    grams = {name: objective.style_grams[name] for name in weights}
+    assert float(style_loss(judged, grams, relative_style_weights(weights, grams))) == pytest.approx(
+        float(expected), rel=1e-4
+    )
+
+
+def test_perceptual_distillation_brings_the_students_texture_closer_to_the_teachers_than_l1(
+    teacher_file, photos, tmp_path, offline_weights
+):
+    config = _config(teacher_file, photos, tmp_path / "p.safetensors", steps=120, feature_weight=1.0, gram_weight=10.0)
+    result = distill(config)
+    l1_only = distill(_config(teacher_file, photos, tmp_path / "l1.safetensors", steps=120))
+    teacher = load_model(teacher_file)
+    before = TransformerNet(slim_config(teacher.config, 0.25, 3)).eval()
+    layers = TEACHER_OBJECTIVE["style_layers"]
+
+    def distances(model: TransformerNet) -> tuple[float, float]:
+        feature = gram = 0.0
+        for p in _photos(config):
+            with torch.inference_mode():
+                got, wanted = _vgg_features(model(p), layers), _vgg_features(teacher(p), layers)
+            feature += float(feature_distance(got, wanted, layers))
+            gram += float(gram_distance(got, wanted, dict.fromkeys(layers, 1.0)))
+        return feature, gram
+
+    (f0, g0), (f1, g1), (_, g_l1) = (distances(m) for m in (before, load_model(result.path), load_model(l1_only.path)))
+    assert f1 < f0 and g1 < 0.5 * g0
+    assert g1 < 0.5 * g_l1  # the texture statistics: what L1 alone leaves far off
+    info = read_metadata(result.path)["info"]
+    assert set(info["losses"]) == {"loss", "l1", "feature", "gram"}
+    terms = info["losses"]
+    assert terms["loss"] == pytest.approx(terms["l1"] + terms["feature"] + 10 * terms["gram"], rel=1e-5)
+    assert result.loss == pytest.approx(terms["loss"])
+
+
+def test_perceptual_terms_need_the_teachers_objective_and_some_weight(photos, tmp_path):
+    bare = save_model(
+        TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), tmp_path / "bare.safetensors"
+    )
+    with pytest.raises(ValueError, match=r"bare\.safetensors' has no training settings.*--feature-weight 0"):
+        distill(_config(bare, photos, tmp_path / "s.safetensors", feature_weight=1.0))
+    with pytest.raises(ValueError, match="has no loss"):
+        distill(_config(bare, photos, tmp_path / "s.safetensors", l1_weight=0))
+    with pytest.raises(ValueError, match=r"gram_weight must be a finite number >= 0, got -1"):
+        distill(_config(bare, photos, tmp_path / "s.safetensors", gram_weight=-1))
+
+
+def test_the_first_l1_steps_are_an_l1_run_then_the_vgg_terms_join(teacher_file, photos, tmp_path, offline_weights):
+    l1 = distill(_config(teacher_file, photos, tmp_path / "l1.safetensors", steps=20))
+    perceptual = dict(feature_weight=1.0, gram_weight=10.0)
+    warm = distill(_config(teacher_file, photos, tmp_path / "w.safetensors", steps=20, l1_steps=20, **perceptual))
+    a, b = load_model(l1.path).state_dict(), load_model(warm.path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same steps: the VGG was not run
+    assert set(read_metadata(warm.path)["info"]["losses"]) == {"loss", "l1"}
+    both = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=30, l1_steps=20, **perceptual))
+    assert set(read_metadata(both.path)["info"]["losses"]) == {"loss", "l1", "feature", "gram"}
+    with pytest.raises(ValueError, match="l1_steps needs l1_weight > 0"):
+        distill(_config(teacher_file, photos, tmp_path / "x.safetensors", l1_steps=5, l1_weight=0, **perceptual))
