@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,14 @@ import torch.nn.functional as F
 
 from stlib import __version__
 
-from .assets import file_sha256
+from .assets import file_sha256, style_image
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
 from .hardware import autocast, resolve_precision
-from .images import ImageError, list_images, load_image, to_tensor
+from .images import ImageError, list_images, load_image, load_tensor, to_tensor
 from .losses import content_loss, gram_matrix
 from .options import option
-from .perceptual import ObjectiveConfig, content_scale
+from .perceptual import PerceptualLoss, content_scale
 from .transformer import TransformerConfig, TransformerNet
-from .vgg import VGGFeatures
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "feature_distance", "gram_distance", "slim_config"]
 
@@ -80,6 +79,10 @@ class DistillConfig:
         1.0, "weight of the VGG feature term (0 with --gram-weight 0: L1 alone, no VGG)", check="non_negative"
     )
     gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
+    objective_weight: float = option(
+        1.0, "weight of the teacher's own objective (content vs the photo, style vs the painting)", check="non_negative"
+    )
+    init: str | None = option(None, "start the student from this model file (the same architecture)", metavar="FILE")
     l1_steps: int = option(
         0, "first N steps with L1 alone (no VGG: ~15x cheaper a step)", check="non_negative", metavar="N"
     )
@@ -103,12 +106,14 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.size must be at least 16 pixels, got {self.size}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"DistillConfig.lr must be a positive number, got {self.lr!r}.")
-        weights = {name: getattr(self, name) for name in ("l1_weight", "feature_weight", "gram_weight")}
+        weights = {
+            name: getattr(self, name) for name in ("l1_weight", "feature_weight", "gram_weight", "objective_weight")
+        }
         for name, value in weights.items():
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"DistillConfig.{name} must be a finite number >= 0, got {value!r}.")
         if not any(weights.values()):
-            raise ValueError("DistillConfig has no loss: give l1_weight, feature_weight or gram_weight a value > 0.")
+            raise ValueError("DistillConfig has no loss: give one of the four *_weight settings a value > 0.")
         if isinstance(self.l1_steps, bool) or not isinstance(self.l1_steps, int) or self.l1_steps < 0:
             raise ValueError(f"DistillConfig.l1_steps must be an integer >= 0, got {self.l1_steps!r}.")
         if self.l1_steps > 0 and self.l1_weight == 0:
@@ -122,8 +127,8 @@ class DistillConfig:
 
     @property
     def perceptual(self) -> bool:
-        """Whether the loss has a VGG term (feature or Gram)."""
-        return self.feature_weight > 0 or self.gram_weight > 0
+        """Whether the loss has a VGG term (feature, Gram or the teacher's objective)."""
+        return self.feature_weight > 0 or self.gram_weight > 0 or self.objective_weight > 0
 
     def state_path(self) -> Path:
         """Where the resumable training state is kept: beside the output, ``NAME.distill.pt``."""
@@ -191,22 +196,45 @@ def gram_distance(
 
 
 class _LossNetwork:
-    """The teacher's loss network and layers, read from its training metadata (`ObjectiveConfig`)."""
+    """The teacher's training objective (`PerceptualLoss` of the settings in its metadata) and its layers."""
 
-    def __init__(self, teacher_file: str, teacher_info: Mapping[str, Any]) -> None:
+    def __init__(
+        self, teacher_file: str, teacher_info: Mapping[str, Any], precision: str, with_objective: bool
+    ) -> None:
+        from .train import TrainConfig  # stlib.train is the heavier module; only the perceptual terms need it
+
         settings = teacher_info.get("train_config")
         if not isinstance(settings, Mapping):
             raise ValueError(
                 f"'{teacher_file}' has no training settings in its metadata, so its loss network is unknown; "
-                "distil it with L1 alone (--feature-weight 0 --gram-weight 0)."
+                "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)."
             )
-        known = {f.name for f in fields(ObjectiveConfig)}
-        objective = ObjectiveConfig(**{k: v for k, v in settings.items() if k in known}).active()
-        self.style_layers = dict(objective.style_layers)
-        self.layers = list(dict.fromkeys([*objective.content_layers, *self.style_layers]))
-        if not self.layers:
-            raise ValueError(f"'{teacher_file}' was trained without VGG layers; distil it with L1 alone.")
-        self.vgg = VGGFeatures(self.layers, arch=objective.arch, weights=objective.vgg_weights, pool=objective.pool)
+        config = TrainConfig.from_dict(settings)
+        try:
+            painting = style_image(Path(config.style or "").stem)
+        except KeyError:
+            raise ValueError(
+                f"'{teacher_file}' was trained on '{config.style}', which is not a painting in style_images/; "
+                "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)."
+            ) from None
+        style = load_tensor(painting, size=config.style_size)  # (1, 3, H, W), as the teacher was trained
+        self.objective = PerceptualLoss.from_config(style, config, precision=precision)
+        self.style_layers = dict(self.objective.style_layers)
+        self.layers = list(dict.fromkeys([*self.objective.content_layers, *self.style_layers]))
+        self.with_objective = with_objective  # the objective's content targets cost a (truncated) VGG pass
+
+    def terms(self, photo: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student's VGG terms: "feature" and "gram" against the teacher's picture [, "objective": its total]."""
+        with torch.no_grad():
+            wanted = self.objective.features(target)
+        got = self.objective.features(output)
+        terms = {
+            "feature": feature_distance(got, wanted, self.layers),
+            "gram": gram_distance(got, wanted, self.style_layers),
+        }
+        if self.with_objective:
+            terms["objective"] = self.objective.judge(output, self.objective.content_targets(photo), feats=got)["total"]
+        return terms
 
 
 def _lr(config: DistillConfig, step: int) -> float:
@@ -247,11 +275,17 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     teacher = load_model(config.teacher, task="style")
     teacher_info = read_metadata(config.teacher)["info"]
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
-    loss_network = _LossNetwork(config.teacher, teacher_info) if config.perceptual else None
     precision = resolve_precision(config.precision, "cpu")
+    loss_network = (
+        _LossNetwork(config.teacher, teacher_info, precision, config.objective_weight > 0)
+        if config.perceptual
+        else None
+    )
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
+    if config.init is not None and not config.resume:
+        _load_init(student, config.init)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     step, state_path = 0, config.state_path()
     if config.resume:
@@ -279,11 +313,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
             group["lr"] = _lr(config, step)
         network = loss_network if step >= config.l1_steps else None  # the first l1_steps: L1 alone
         terms = _loss_terms(student, _from_uint8(photos[index]), _from_uint8(targets[index]), network, precision)
-        loss = (
-            config.l1_weight * terms["l1"]
-            + config.feature_weight * terms.get("feature", 0.0)
-            + config.gram_weight * terms.get("gram", 0.0)
-        )
+        loss = sum(getattr(config, f"{name}_weight") * value for name, value in terms.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -301,7 +331,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
             break
     bar.close()
     if loss_network is not None:
-        loss_network.vgg.close()
+        loss_network.objective.close()
     student.eval()
     means = _means(history)
     return DistillResult(
@@ -315,6 +345,16 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     )
 
 
+def _load_init(student: TransformerNet, path: str) -> None:
+    """Copy the weights of the model file `path` into `student`; a ValueError when its architecture differs."""
+    start = load_model(path, task="style")
+    if start.config != student.config:
+        raise ValueError(
+            f"Cannot start the student from '{path}': it is {start.describe()}, the student {student.describe()}."
+        )
+    student.load_state_dict(start.state_dict())
+
+
 def _loss_terms(
     student: TransformerNet,
     photo: torch.Tensor,
@@ -322,16 +362,12 @@ def _loss_terms(
     loss_network: _LossNetwork | None,
     precision: str,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted terms for one photo (1, 3, H, W) and the teacher's output: "l1" [, "feature", "gram"]."""
+    """The unweighted terms for one photo (1, 3, H, W) and the teacher's output: "l1" and the VGG terms."""
     with autocast("cpu", precision):
         output = student(photo)  # (1, 3, H, W)
         terms = {"l1": F.l1_loss(output.float(), target)}
         if loss_network is not None:
-            with torch.no_grad():
-                wanted = loss_network.vgg(target)
-            got = loss_network.vgg(output)
-            terms["feature"] = feature_distance(got, wanted, loss_network.layers)
-            terms["gram"] = gram_distance(got, wanted, loss_network.style_layers)
+            terms.update(loss_network.terms(photo, output, target))
     return terms
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stlib import cli
+from stlib import assets, cli, images
 from stlib.assets import content_image
 from stlib.checkpoint import load_model, read_metadata, save_model
 from stlib.distill import DistillConfig, _photos, distill, feature_distance, gram_distance, slim_config
@@ -19,7 +19,7 @@ from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.vgg import VGGFeatures
 
 # The teacher's objective, as `train` writes it into the metadata: small layers keep the tests fast.
-TEACHER_OBJECTIVE = {"vgg_weights": "offline", "content_layers": ["relu2_2"], "style_layers": ["relu1_2", "relu2_2"]}
+TEACHER_OBJECTIVE = {"vgg_weights": "offline", "content_layer": "relu2_2", "style_layers": ["relu1_2", "relu2_2"]}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def photos(tmp_path_factory) -> Path:
 
 def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillConfig:
     settings = dict(size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25)
-    settings.update(feature_weight=0, gram_weight=0)  # L1 alone (no VGG) unless a test asks for the VGG terms
+    settings.update(feature_weight=0, gram_weight=0, objective_weight=0)  # L1 alone (no VGG) unless a test asks
     return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
 
 
@@ -185,7 +185,8 @@ def test_gram_distance_is_the_objectives_style_term_with_the_teachers_picture_as
 def test_perceptual_distillation_brings_the_students_texture_closer_to_the_teachers_than_l1(
     teacher_file, photos, tmp_path, offline_weights
 ):
-    config = _config(teacher_file, photos, tmp_path / "p.safetensors", steps=120, feature_weight=1.0, gram_weight=10.0)
+    perceptual = dict(feature_weight=1.0, gram_weight=10.0)  # the teacher's picture only: no objective term here
+    config = _config(teacher_file, photos, tmp_path / "p.safetensors", steps=120, **perceptual)
     result = distill(config)
     l1_only = distill(_config(teacher_file, photos, tmp_path / "l1.safetensors", steps=120))
     teacher = load_model(teacher_file)
@@ -215,8 +216,18 @@ def test_perceptual_terms_need_the_teachers_objective_and_some_weight(photos, tm
     bare = save_model(
         TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), tmp_path / "bare.safetensors"
     )
-    with pytest.raises(ValueError, match=r"bare\.safetensors' has no training settings.*--feature-weight 0"):
-        distill(_config(bare, photos, tmp_path / "s.safetensors", feature_weight=1.0))
+    with pytest.raises(ValueError, match=r"bare\.safetensors' has no training settings.*--objective-weight 0"):
+        distill(_config(bare, photos, tmp_path / "s.safetensors", objective_weight=1.0))
+    unknown_painting = {"style": "elsewhere/mona_lisa.jpg", **TEACHER_OBJECTIVE}
+    odd = save_model(
+        TransformerNet(TransformerConfig(width=0.25)),
+        tmp_path / "odd.safetensors",
+        info={"train_config": unknown_painting},
+    )
+    with pytest.raises(
+        ValueError, match=r"trained on 'elsewhere/mona_lisa.jpg', which is not a painting in style_images"
+    ):
+        distill(_config(odd, photos, tmp_path / "s.safetensors", gram_weight=1.0))
     with pytest.raises(ValueError, match="has no loss"):
         distill(_config(bare, photos, tmp_path / "s.safetensors", l1_weight=0))
     with pytest.raises(ValueError, match=r"gram_weight must be a finite number >= 0, got -1"):
@@ -225,12 +236,46 @@ def test_perceptual_terms_need_the_teachers_objective_and_some_weight(photos, tm
 
 def test_the_first_l1_steps_are_an_l1_run_then_the_vgg_terms_join(teacher_file, photos, tmp_path, offline_weights):
     l1 = distill(_config(teacher_file, photos, tmp_path / "l1.safetensors", steps=20))
-    perceptual = dict(feature_weight=1.0, gram_weight=10.0)
+    perceptual = dict(feature_weight=1.0, gram_weight=10.0, objective_weight=1.0)
     warm = distill(_config(teacher_file, photos, tmp_path / "w.safetensors", steps=20, l1_steps=20, **perceptual))
     a, b = load_model(l1.path).state_dict(), load_model(warm.path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same steps: the VGG was not run
     assert set(read_metadata(warm.path)["info"]["losses"]) == {"loss", "l1"}
     both = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=30, l1_steps=20, **perceptual))
-    assert set(read_metadata(both.path)["info"]["losses"]) == {"loss", "l1", "feature", "gram"}
+    assert set(read_metadata(both.path)["info"]["losses"]) == {"loss", "l1", "feature", "gram", "objective"}
     with pytest.raises(ValueError, match="l1_steps needs l1_weight > 0"):
         distill(_config(teacher_file, photos, tmp_path / "x.safetensors", l1_steps=5, l1_weight=0, **perceptual))
+
+
+def test_the_objective_term_is_the_teachers_training_objective(teacher_file, photos, tmp_path, offline_weights):
+    from stlib.distill import _LossNetwork
+    from stlib.train import TrainConfig
+
+    info = read_metadata(teacher_file)["info"]
+    network = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True)
+    config = TrainConfig.from_dict(info["train_config"])
+    painting = images.load_tensor(assets.style_image("wave"), size=config.style_size)
+    photo = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))[0]
+    output = load_model(teacher_file)(photo).detach()
+    with PerceptualLoss.from_config(painting, config, precision="fp32") as objective, torch.no_grad():
+        expected = objective(photo, output)["total"]
+        terms = network.terms(photo, output, output)
+    assert float(terms["objective"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms["feature"]) == 0 and float(terms["gram"]) == 0  # the teacher's own picture
+
+
+def test_init_starts_the_student_from_a_model_file_of_its_shape(teacher_file, photos, tmp_path):
+    trained = distill(_config(teacher_file, photos, tmp_path / "a.safetensors", steps=150))
+    first: dict[str, float] = {}
+
+    def record(step: int, loss: float) -> bool:
+        first.setdefault("loss", loss)
+        return True  # one step is enough
+
+    distill(_config(teacher_file, photos, tmp_path / "scratch.safetensors"), callback=record)
+    scratch, first = first["loss"], {}
+    distill(_config(teacher_file, photos, tmp_path / "b.safetensors", init=str(trained.path)), callback=record)
+    assert first["loss"] < 0.75 * scratch
+    other = save_model(TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=3)), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match=r"Cannot start the student from '.*w\.safetensors': it is TransformerNet"):
+        distill(_config(teacher_file, photos, tmp_path / "c.safetensors", init=str(other)))
