@@ -8,14 +8,19 @@ reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss, 
     L = l1_weight * ||y_s - y_t||_1                                         (pixels in [0, 1], mean)
       + feature_weight * mean_l ||F_l(y_s) - F_l(y_t)||^2 / ||F_l(y_t)||^2   (Johnson Eq. 2, target y_t)
       + gram_weight * sum_l w_l ||G_l(y_s) - G_l(y_t)||_F^2 / ||G_l(y_t)||_F^2  (Johnson Eq. 4, target y_t)
+      + objective_weight * J(x, y_s)                                         (Johnson Eq. 1: the teacher's own)
 
 with F_l the activations of the teacher's own loss network (its VGG, weights and layers, read from the
-teacher's training metadata) and G_l their Gram matrices (`stlib.losses.gram_matrix`), w_l the teacher's
-style-layer weights scaled to sum to 1. L1 alone (``--feature-weight 0 --gram-weight 0``, no VGG is run)
-regresses a narrow student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose
-style term is several times the teacher's. The perceptual terms ask instead for the same features and the
-same texture statistics as the teacher's picture of that photo, which a small network can meet without
-copying every stroke in place (`benchmarks/RESULTS.md`, "Slim students").
+teacher's training metadata), G_l their Gram matrices (`stlib.losses.gram_matrix`), w_l the teacher's
+style-layer weights scaled to sum to 1, and J the objective the teacher was trained with (`PerceptualLoss`:
+content against the photo, style against the painting, TV), which is also the score `benchmarks/quality.py`
+compares student and teacher by. L1 alone (the three other weights 0: no VGG is run) regresses a narrow
+student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose objective is several
+times the teacher's. The feature and Gram terms ask instead for the features and texture statistics of the
+teacher's picture of that photo, which a small network can meet without copying every stroke in place, and J
+keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Slim students"). The first
+`DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the teacher's
+colours and layout before the VGG terms refine its texture; `DistillConfig.init` starts from a student file.
 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
@@ -63,16 +68,16 @@ def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_bl
 
 @dataclass
 class DistillConfig:
-    """Settings of `distill`; the defaults make the slim networks shipped in ``checkpoints/``."""
+    """Settings of `distill`; the defaults are the recipe measured in ``benchmarks/RESULTS.md`` ("Slim students")."""
 
     teacher: str = option(help="the trained network (.safetensors)", positional=True, metavar="FILE")
     data: str = option(help="a folder of photos (any tree)", metavar="DIR")
     output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
     width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
     num_residual_blocks: int = option(3, "student residual blocks", flag="--blocks")
-    size: int = option(256, "shorter photo side", check="positive")
+    size: int = option(192, "shorter photo side", check="positive")
     limit: int | None = option(
-        1000, "use at most N photos (cached in memory as uint8: ~0.6 MB each at 256 px)", check="positive", metavar="N"
+        1000, "use at most N photos (cached in memory as uint8: ~0.3 MB each at 192 px)", check="positive", metavar="N"
     )
     l1_weight: float = option(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
     feature_weight: float = option(
@@ -84,11 +89,11 @@ class DistillConfig:
     )
     init: str | None = option(None, "start the student from this model file (the same architecture)", metavar="FILE")
     l1_steps: int = option(
-        0, "first N steps with L1 alone (no VGG: ~15x cheaper a step)", check="non_negative", metavar="N"
+        2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
     precision: str = option("auto", "autocast of the student and VGG (auto: bf16 on CPUs with native bf16)",
                             choices=("auto", "fp32", "bf16"))  # fmt: skip
-    steps: int = option(3000, "optimiser steps", check="positive")
+    steps: int = option(5000, "optimiser steps", check="positive")
     lr: float = option(2e-3, "Adam learning rate (cosine decay to lr / 20)", check="positive")
     seed: int = option(0, "student initialisation and photo order")
     checkpoint_every: int = option(250, "model file + state every N steps", check="positive")

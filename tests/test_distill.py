@@ -49,7 +49,9 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillConfig:
-    settings = dict(size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25)
+    settings = dict(
+        size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25, l1_steps=0
+    )
     settings.update(feature_weight=0, gram_weight=0, objective_weight=0)  # L1 alone (no VGG) unless a test asks
     return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
 
@@ -136,7 +138,7 @@ def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
 def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys, offline_weights):
     student = tmp_path / "slim.safetensors"
     argv = ["distill", str(teacher_file), "--data", str(photos), "-o", str(student), "--size", "32"]
-    assert cli.main([*argv, "--steps", "10", "--quiet"]) == 0
+    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet"]) == 0
     assert "of the teacher's FLOPs" in capsys.readouterr().out
     out = tmp_path / "styled.png"
     assert cli.main(["stylize", "--model", str(student), str(content_image("tubingen")), "-o", str(out)]) == 0
