@@ -223,7 +223,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a slim, fast network from a trained one.
 
     A slim student (width 0.25, 3 residual blocks: 7%% of the FLOPs) learns a trained network's output: its pixels
-    (L1), and its features and Gram matrices in the teacher's own loss network (VGG).
+    (L1), its features and Gram matrices in the teacher's own loss network (VGG), and the teacher's objective.
 
     example: python -m stlib distill checkpoints/wave.safetensors --data photos/ -o checkpoints/wave_slim.safetensors
     """
