@@ -18,7 +18,7 @@ compares student and teacher by. L1 alone (the three other weights 0: no VGG is 
 student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose objective is several
 times the teacher's. The feature and Gram terms ask instead for the features and texture statistics of the
 teacher's picture of that photo, which a small network can meet without copying every stroke in place, and J
-keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Slim students"). The first
+keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation"). The first
 `DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the teacher's
 colours and layout before the VGG terms refine its texture; `DistillConfig.init` starts from a student file.
 
@@ -68,7 +68,7 @@ def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_bl
 
 @dataclass
 class DistillConfig:
-    """Settings of `distill`; the defaults are the recipe measured in ``benchmarks/RESULTS.md`` ("Slim students")."""
+    """Settings of `distill`; the defaults are the recipe of ``benchmarks/RESULTS.md`` ("Perceptual distillation")."""
 
     teacher: str = option(help="the trained network (.safetensors)", positional=True, metavar="FILE")
     data: str = option(help="a folder of photos (any tree)", metavar="DIR")
@@ -81,7 +81,7 @@ class DistillConfig:
     )
     l1_weight: float = option(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
     feature_weight: float = option(
-        1.0, "weight of the VGG feature term (0 with --gram-weight 0: L1 alone, no VGG)", check="non_negative"
+        1.0, "weight of the VGG feature term (all three VGG weights 0: L1 alone, no VGG)", check="non_negative"
     )
     gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
     objective_weight: float = option(
@@ -192,7 +192,7 @@ def gram_distance(
 ) -> torch.Tensor:
     """sum_l w_l ||G(S_l) - G(T_l)||_F^2 / ||G(T_l)||_F^2 per image, batch mean, `weights` scaled to sum to 1."""
     norm = sum(weights.values())
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(iter(student.values())).device)
     for name, weight in weights.items():
         target = gram_matrix(teacher[name])  # (B, C, C)
         error = (gram_matrix(student[name]) - target).pow(2).sum(dim=(1, 2))  # (B,)
