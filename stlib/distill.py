@@ -10,17 +10,18 @@ reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss, 
       + gram_weight * sum_l w_l ||G_l(y_s) - G_l(y_t)||_F^2 / ||G_l(y_t)||_F^2  (Johnson Eq. 4, target y_t)
       + objective_weight * J(x, y_s)                                         (Johnson Eq. 1: the teacher's own)
 
-with F_l the activations of the teacher's own loss network (its VGG, weights and layers, read from the
-teacher's training metadata), G_l their Gram matrices (`stlib.losses.gram_matrix`), w_l the teacher's
-style-layer weights scaled to sum to 1, and J the objective the teacher was trained with (`PerceptualLoss`:
-content against the photo, style against the painting, TV), which is also the score `benchmarks/quality.py`
-compares student and teacher by. L1 alone (the three other weights 0: no VGG is run) regresses a narrow
-student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose objective is several
-times the teacher's. The feature and Gram terms ask instead for the features and texture statistics of the
-teacher's picture of that photo, which a small network can meet without copying every stroke in place, and J
-keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation"). The first
-`DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the teacher's
-colours and layout before the VGG terms refine its texture; `DistillConfig.init` starts from a student file.
+with F_l the activations of the teacher's own loss network (its VGG, weights and layers, read from the teacher's
+training metadata), G_l their Gram matrices, w_l the teacher's style-layer weights scaled to sum to 1 (the terms:
+`stlib.perceptual.feature_distance`, `gram_distance`), and J the objective the teacher was trained with
+(`PerceptualLoss`: content against the photo, style against the painting, TV), which is also the score
+`benchmarks/quality.py` compares student and teacher by. L1 alone (the three other weights 0: no VGG is run)
+regresses a narrow student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose
+objective is several times the teacher's. The feature and Gram terms ask instead for the features and texture
+statistics of the teacher's picture of that photo, which a small network can meet without copying every stroke in
+place, and J keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation").
+The first `DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the
+teacher's colours and layout before the VGG terms refine its texture; `DistillConfig.init` starts from a student
+file.
 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
@@ -37,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,11 @@ from .assets import file_sha256, style_image
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
 from .hardware import autocast, resolve_precision
 from .images import ImageError, list_images, load_image, load_tensor, to_tensor
-from .losses import content_loss, gram_matrix
 from .options import option
-from .perceptual import PerceptualLoss, content_scale
+from .perceptual import PerceptualLoss, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "feature_distance", "gram_distance", "slim_config"]
+__all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
 
 _INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
 
@@ -177,27 +177,6 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def _from_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255)
-
-
-def feature_distance(
-    student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], layers: Sequence[str]
-) -> torch.Tensor:
-    """Mean over `layers` of the relative squared feature error ||S_l - T_l||^2 / ||T_l||^2 (each (B, C, H, W))."""
-    total = sum(content_loss(student[name], teacher[name]) / content_scale(teacher[name]) for name in layers)
-    return total / max(1, len(layers))
-
-
-def gram_distance(
-    student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor], weights: Mapping[str, float]
-) -> torch.Tensor:
-    """sum_l w_l ||G(S_l) - G(T_l)||_F^2 / ||G(T_l)||_F^2 per image, batch mean, `weights` scaled to sum to 1."""
-    norm = sum(weights.values())
-    total = torch.zeros((), device=next(iter(student.values())).device)
-    for name, weight in weights.items():
-        target = gram_matrix(teacher[name])  # (B, C, C)
-        error = (gram_matrix(student[name]) - target).pow(2).sum(dim=(1, 2))  # (B,)
-        total = total + weight / norm * (error / target.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)).mean()
-    return total
 
 
 class _LossNetwork:

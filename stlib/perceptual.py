@@ -54,6 +54,8 @@ __all__ = [
     "PerceptualLoss",
     "blend_weights",
     "content_scale",
+    "feature_distance",
+    "gram_distance",
     "relative_style_weights",
     "style_size_curve",
 ]
@@ -157,6 +159,27 @@ def relative_style_weights(layer_weights: Mapping[str, float], grams: Mapping[st
     """w_l / (sum_l w_l * ||A_l||_F^2) for target Gram matrices A_l (1, C, C): each layer's error relative to A_l."""
     total = sum(layer_weights.values())
     return {name: w / (total * (float(grams[name].pow(2).sum()) or 1.0)) for name, w in layer_weights.items()}
+
+
+def feature_distance(
+    features: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], layers: Sequence[str]
+) -> torch.Tensor:
+    """Mean over `layers` of ||F_l - T_l||^2 / ||T_l||^2 (each (B, C, H, W)): the content term, target T."""
+    total = sum(content_loss(features[name], target[name]) / content_scale(target[name]) for name in layers)
+    return total / max(1, len(layers))
+
+
+def gram_distance(
+    features: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> torch.Tensor:
+    """sum_l w_l ||G(F_l) - G(T_l)||_F^2 / ||G(T_l)||_F^2 per image, batch mean, `weights` scaled to sum to 1."""
+    norm = sum(weights.values())
+    total = torch.zeros((), device=next(iter(features.values())).device)
+    for name, weight in weights.items():
+        gram = gram_matrix(target[name])  # (B, C, C)
+        error = (gram_matrix(features[name]) - gram).pow(2).sum(dim=(1, 2))  # (B,)
+        total = total + weight / norm * (error / gram.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)).mean()
+    return total
 
 
 ContentTargets = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {layer: (features (B, C, H, W), scale ())}

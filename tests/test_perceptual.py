@@ -16,6 +16,8 @@ from stlib.perceptual import (
     PerceptualLoss,
     blend_weights,
     content_scale,
+    feature_distance,
+    gram_distance,
     relative_style_weights,
     style_size_curve,
 )
@@ -233,3 +235,43 @@ def test_style_size_curve_finds_the_size_at_which_an_image_shows_the_painting(of
     assert min(range(len(sizes)), key=curve.__getitem__) == sizes.index(96)
     assert curve[sizes.index(96)] < 1e-6 < min(curve[:2] + curve[3:])  # the same image; other sizes differ
     assert curve[0] > curve[1] and curve[4] > curve[3]  # further from 96 px, further from its texture
+
+
+# Distances to a per-image target (stlib.distill: the teacher's picture of the same photo)
+
+
+def _vgg_features(image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    with vgg.VGGFeatures(layers, weights="offline") as network, torch.no_grad():
+        return network(image)
+
+
+def test_distances_are_zero_for_the_teachers_picture_and_ignore_its_scale(photo, offline_weights):
+    layers = ["relu1_2", "relu2_2", "relu3_3"]
+    teacher = _vgg_features(photo, layers)
+    other = _vgg_features(photo.flip(-1).roll(5, -2), layers)
+    assert float(feature_distance(teacher, teacher, layers)) == 0.0
+    assert float(gram_distance(teacher, teacher, dict.fromkeys(layers, 1.0))) == 0.0
+    assert float(feature_distance(other, teacher, layers)) > 0.05
+    assert float(gram_distance(other, teacher, dict.fromkeys(layers, 1.0))) > 0
+    # relative errors: scaling both feature maps by 3 (e.g. another VGG's activation scale) changes nothing
+    scaled = ({k: 3 * v for k, v in d.items()} for d in (other, teacher))
+    a, b = next(scaled), next(scaled)
+    assert float(feature_distance(a, b, layers)) == pytest.approx(float(feature_distance(other, teacher, layers)))
+    assert float(gram_distance(a, b, {"relu1_2": 1.0})) == pytest.approx(
+        float(gram_distance(other, teacher, {"relu1_2": 1.0}))
+    )
+
+
+def test_gram_distance_is_the_objectives_style_term_with_the_teachers_picture_as_painting(
+    photo, painting, offline_weights
+):
+    weights = {"relu1_2": 2.0, "relu2_2": 1.0, "relu3_3": 1.0}
+    config = ObjectiveConfig(vgg_weights="offline", content_layers=(), content_weight=0, style_layers=weights)
+    with PerceptualLoss(painting, config) as objective:
+        expected = objective.judge(photo, {})["style"]
+    picture, judged = _vgg_features(painting, list(weights)), _vgg_features(photo, list(weights))
+    assert float(gram_distance(judged, picture, weights)) == pytest.approx(float(expected), rel=1e-4)
+    grams = {name: objective.style_grams[name] for name in weights}
+    assert float(style_loss(judged, grams, relative_style_weights(weights, grams))) == pytest.approx(
+        float(expected), rel=1e-4
+    )
