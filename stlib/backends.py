@@ -23,6 +23,10 @@ name                      engine                                             whe
                           (`export_onnx`; cached per network)                 (CPU)
 ========================  =================================================  ===================================
 
+Every engine but ``"eager"`` runs a copy of the network whose nearest+conv upsampling stages are folded into
+sub-pixel convolutions at the lower resolution (`stlib.transformer.fold_upsampling`: the same function, 13 % fewer
+FLOPs for the style network, 2.25x fewer in its two upsampling stages, and no upsampled copies of the activations).
+
 Each backend computes the same function as ``"eager"`` within `TOLERANCE` (the largest absolute difference
 of output pixels in [0, 1]; fp32 engines only sum in another order, reduced precision engines round every
 activation). ``backend="auto"`` (`choose_backend`) times every backend that is *fast on this machine* on a
@@ -36,7 +40,6 @@ Asked for by name, a backend the machine can run slowly (emulated bf16) still ru
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -55,7 +58,7 @@ import torch.nn.functional as F
 
 from .assets import cache_dir
 from .hardware import cpu_has_fast_bf16
-from .transformer import TransformerNet, pad_to_multiple
+from .transformer import TransformerNet, fold_upsampling, pad_to_multiple
 
 __all__ = [
     "BACKENDS",
@@ -222,7 +225,7 @@ def export_onnx(model: TransformerNet, path: str | os.PathLike) -> Path:
         import onnxscript  # noqa: F401
     except ImportError:
         raise BackendError("ONNX export needs the onnx and onnxscript packages: pip install 'stlib[fast]'.") from None
-    module = _Padded(copy.deepcopy(model).float().cpu()).eval()
+    module = _Padded(fold_upsampling(model).float().cpu()).eval()
     multiple = model.config.multiple
     low = max(2, -(-8 // multiple))  # at least 8 pixels
     quarter_h = torch.export.Dim("quarter_height", min=low, max=4096)
@@ -269,7 +272,7 @@ def check_onnx_export(model: TransformerNet, path: str | os.PathLike, image: tor
 def _fingerprint(model: TransformerNet) -> str:
     """A hash of the architecture and weights (and the torch version that exports them)."""
     digest = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True).encode())
-    digest.update(f"{torch.__version__}-opset{_ONNX_OPSET}".encode())
+    digest.update(f"{torch.__version__}-opset{_ONNX_OPSET}-folded".encode())
     for name, value in model.state_dict().items():
         digest.update(name.encode())
         digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
@@ -322,8 +325,8 @@ def _model_device(model: TransformerNet) -> torch.device:
 
 
 def _channels_last_runner(model: TransformerNet, dtype: torch.dtype | None, compiled: bool):
-    """A channels_last copy of `model`; bf16: its weights converted once, fp16: autocast (CUDA)."""
-    net = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    """A channels_last copy of `model`, upsampling folded; bf16: weights converted once, fp16: autocast (CUDA)."""
+    net = fold_upsampling(model).to(memory_format=torch.channels_last)
     device = _model_device(model)
     native = dtype == torch.bfloat16  # bf16 has fp32's range: the whole network can run in it
     if native:

@@ -83,6 +83,7 @@ parameters and 5.5 / 26.0 GFLOPs.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -97,6 +98,7 @@ from .options import option
 
 __all__ = [
     "DOWNSAMPLES",
+    "FoldedUpsample",
     "NORMS",
     "OUTPUTS",
     "AntialiasedConv",
@@ -106,6 +108,7 @@ __all__ = [
     "ResidualBlock",
     "TransformerConfig",
     "TransformerNet",
+    "fold_upsampling",
     "pad_to_multiple",
     "upscale_bicubic",
 ]
@@ -298,6 +301,81 @@ def _upsample(kind: str, in_channels: int, out_channels: int) -> nn.Module:
     if kind == "nearest+conv":
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _conv(in_channels, out_channels, 3))
     return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+
+
+# Which low-resolution pixel each tap of a 3x3 kernel reads after nearest-neighbour x2 upsampling, per output
+# phase (even, odd) along one axis: (phase, offset of the 2-tap window, tap -1/0/+1). Even output 2j reads upsampled
+# pixels 2j-1, 2j, 2j+1 = input j-1, j, j; odd output 2j+1 reads 2j, 2j+1, 2j+2 = input j, j, j+1.
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) phase of each of the four channel groups, in order
+
+
+class FoldedUpsample(nn.Module):
+    """Nearest-neighbour x2 upsampling + a 3x3 reflection-padded convolution, computed at the low resolution.
+
+    The same function as ``nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)`` (up to the order of
+    the float sums), for inference engines. Each output pixel of a resize-convolution reads only 2x2 distinct input
+    pixels, so it is a sub-pixel convolution with four tied 2x2 kernels (Odena, Dumoulin, Olah, "Deconvolution and
+    Checkerboard Artifacts", Distill 2016; Shi et al. 2016): one 2x2 convolution to 4 x C_out channels on the
+    low-resolution input, whose four channel groups are the four pixels of each 2x2 output block. That is 4/9 of
+    the multiply-adds, and the 4x larger upsampled tensor and its padded copy are never made. Reflection padding of
+    the upsampled picture by one pixel is replication padding of the input (both repeat the edge pixel), so the
+    borders agree too. The folded weights are buffers computed once from `conv`'s; train the unfolded network.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if (conv.kernel_size, conv.stride, conv.padding, conv.padding_mode, conv.groups) != (
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            "reflect",
+            1,
+        ):
+            raise ValueError("FoldedUpsample folds a 3x3, stride-1, reflection-padded convolution only.")
+        taps = torch.tensor(_PHASE_TAPS, dtype=conv.weight.dtype, device=conv.weight.device)  # (2, 2, 3)
+        with torch.no_grad():
+            # weight[p, q, o, i, dy, dx] = sum over ty, tx of taps[p, dy, ty] taps[q, dx, tx] w[o, i, ty, tx]
+            weight = torch.einsum("pys,qxt,oist->pqoiyx", taps, taps, conv.weight)  # (2, 2, C_out, C_in, 2, 2)
+            bias = torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach()
+        self.out_channels = conv.out_channels
+        self.register_buffer("weight", weight.flatten(0, 2).contiguous())  # (4 C_out, C_in, 2, 2), phase-major
+        self.register_buffer("bias", bias.repeat(4).to(weight))  # (4 C_out,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, 2H, 2W), in x's memory format."""
+        batch, _, height, width = x.shape
+        channels_last = _is_channels_last(x)
+        weight = self.weight.to(memory_format=torch.channels_last) if channels_last else self.weight
+        z = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, self.bias)  # (B, 4 C_out, H+1, W+1)
+        # Output pixel (2j + p, 2k + q) is z's phase-(p, q) channel group at (j + p, k + q).
+        phases = [g[:, :, p : p + height, q : q + width] for g, (p, q) in zip(z.chunk(4, 1), _PHASES, strict=True)]
+        if torch.onnx.is_in_onnx_export():  # onnxruntime: one DepthToSpace (a scatter into a view is slow there)
+            return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)  # (B, C_out, 2H, 2W)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        size = (batch, self.out_channels, 2 * height, 2 * width)
+        out = torch.empty(size, dtype=z.dtype, device=z.device, memory_format=layout)  # (B, C_out, 2H, 2W)
+        blocks = out.unflatten(2, (height, 2)).unflatten(4, (width, 2))  # (B, C_out, H, 2, W, 2): a view of out
+        for phase, (p, q) in zip(phases, _PHASES, strict=True):
+            blocks[:, :, :, p, :, q] = phase  # (B, C_out, H, W)
+        return out
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def fold_upsampling(model: TransformerNet) -> TransformerNet:
+    """A copy of `model` (eval mode) whose nearest+conv x2 stages are `FoldedUpsample`: same output, fewer FLOPs.
+
+    For inference engines (`stlib.backends`): the copy's state dict differs from the network's, so save and train
+    the original. Networks with transposed-convolution stages are returned as an unchanged copy.
+    """
+    folded = copy.deepcopy(model).eval()
+    for index, stage in enumerate(folded.decoder):
+        if isinstance(stage, nn.Sequential) and isinstance(stage[0], nn.Upsample) and stage[0].mode == "nearest":
+            folded.decoder[index] = FoldedUpsample(stage[1])
+    return folded
 
 
 class ResidualBlock(nn.Module):

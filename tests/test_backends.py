@@ -13,7 +13,7 @@ from stlib.assets import content_image
 from stlib.backends import TOLERANCE, Backend, BackendError, choose_backend, export_onnx, make_backend
 from stlib.images import load_tensor
 from stlib.stylize import stylize_frame
-from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.transformer import FoldedUpsample, TransformerConfig, TransformerNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,6 +70,8 @@ def test_bf16_engine_converts_the_weights_once_and_runs_without_autocast(config,
     backend = make_backend(model, "bf16", probe=(16, 24))  # within its tolerance of fp32 eager
     assert {p.dtype for p in backend.run.net.parameters()} == {torch.bfloat16}  # converted once, in a copy ...
     assert all(p.dtype == torch.float32 for p in model.parameters())  # ... not in the caller's network
+    folded = [m for m in backend.run.net.modules() if isinstance(m, FoldedUpsample)]  # upsampling at low resolution
+    assert folded and all(m.weight.dtype == torch.bfloat16 for m in folded)
 
     def no_autocast(*args, **kwargs):
         raise AssertionError("the bf16 engine must not use autocast")

@@ -11,10 +11,12 @@ from torch import nn
 
 from stlib.transformer import (
     AntialiasedConv,
+    FoldedUpsample,
     InstanceNorm,
     ResidualBlock,
     TransformerConfig,
     TransformerNet,
+    fold_upsampling,
     upscale_bicubic,
 )
 
@@ -510,3 +512,69 @@ def test_style_network_keeps_its_shape_and_names_its_task():
 def test_bad_shape_settings_raise_one_sentence(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TransformerConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Folded upsampling (inference engines)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (12, 16)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_upsampling_is_nearest_upsampling_then_the_reflection_padded_conv(size, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1, padding_mode="reflect")
+    stage = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+    x = torch.randn(2, 6, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    folded = FoldedUpsample(conv)
+    with torch.no_grad():
+        y = folded(x)
+        expected = stage(x)
+    assert y.shape == (2, 5, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)  # borders included: reflect(up(x)) = up(replicate(x))
+    assert y.is_contiguous(memory_format=torch.channels_last) == (channels_last and size != (1, 1))
+    # 4 phases x a 2x2 kernel at the low resolution: 16 multiply-adds per input channel and low-res pixel, not 36
+    assert folded.weight.shape == (4 * 5, 6, 2, 2)
+
+
+def test_folding_refuses_a_convolution_it_does_not_compute():
+    with pytest.raises(ValueError, match="3x3, stride-1, reflection-padded"):
+        FoldedUpsample(nn.Conv2d(4, 4, 3, padding=1))  # zero padding: the borders would differ
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TransformerConfig(),
+        TransformerConfig(width=0.25, num_residual_blocks=2, downsample="antialiased", input_skip=True),
+        TransformerConfig.superres(4, width=0.25, num_residual_blocks=1),
+        TransformerConfig.superres(2, width=0.25, num_residual_blocks=1, subpixel_output=False),
+    ],
+    ids=["default", "antialiased-slim", "superres-x4", "superres-x2-paper-output"],
+)
+def test_a_folded_network_computes_the_same_pictures_and_leaves_the_original_alone(config):
+    torch.manual_seed(0)
+    net = TransformerNet(config).eval()
+    for module in net.modules():  # non-zero output convolutions (input_skip starts them at zero)
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.5 / (module.in_channels * module.kernel_size[0] ** 2) ** 0.5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_upsampling(net)
+    stages = sum(isinstance(m, FoldedUpsample) for m in folded.modules())
+    assert stages == sum(isinstance(m, nn.Upsample) for m in net.modules()) > 0
+    assert not any(isinstance(m, nn.Upsample) for m in folded.modules())
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=2e-5, rtol=0)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # a copy: nothing folded in place
+
+
+def test_folding_leaves_transposed_stages_as_they_are():
+    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1, upsample="transposed")).eval()
+    folded = fold_upsampling(net)
+    assert not any(isinstance(m, FoldedUpsample) for m in folded.modules())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(folded(x), net(x))
