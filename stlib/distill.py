@@ -20,8 +20,10 @@ objective is several times the teacher's. The feature and Gram terms ask instead
 statistics of the teacher's picture of that photo, which a small network can meet without copying every stroke in
 place, and J keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation").
 The first `DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the
-teacher's colours and layout before the VGG terms refine its texture; `DistillConfig.init` starts from a student
-file.
+teacher's colours and layout before the VGG terms refine its texture. ``DistillConfig.start="pruned"`` starts the
+student from the teacher itself (`prune`: its most useful residual blocks and most active channels), which keeps
+the teacher's picture of faces, windows and edges that a random start has to learn again; `DistillConfig.init`
+starts from a student file.
 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
@@ -45,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stlib import __version__
 
@@ -56,14 +59,144 @@ from .options import option
 from .perceptual import PerceptualLoss, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "slim_config"]
+__all__ = ["DistillConfig", "DistillResult", "distill", "prune", "slim_config"]
 
+_PRUNE_PHOTOS = 16  # photos the teacher's activations are measured on for `prune`
 _INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
 
 
 def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_blocks: int = 3) -> TransformerConfig:
     """The student architecture for `teacher`: its options, with `width` and `num_residual_blocks` changed."""
     return TransformerConfig(**{**asdict(teacher), "width": width, "num_residual_blocks": num_residual_blocks})
+
+
+def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch.Tensor]) -> TransformerNet:
+    """A student of architecture `config` made of `teacher`'s most useful residual blocks and most active channels.
+
+    Structured pruning (H. Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017), as a start for
+    distillation: the residual blocks whose removal changes the teacher's picture of `photos` most are kept, in
+    order (a residual network still works with blocks removed: A. Veit et al., NeurIPS 2016), and in each channel
+    space (a stage's output, which the next convolution reads; the residual stream; each block's inner space) the
+    channels with the largest mean activation x norm of the weights that read them. Every convolution but the last is
+    followed by an instance norm, which renormalises what the lost channels took from its sum, so the pruned network
+    already paints a rough version of the teacher's picture. `config` must be `teacher`'s architecture with a
+    smaller or equal width and number of residual blocks.
+    """
+    cfg = teacher.config
+    same = {**asdict(config), "width": cfg.width, "num_residual_blocks": cfg.num_residual_blocks}
+    if same != asdict(cfg) or cfg.upscale != 1 or cfg.subpixel_output or cfg.norm != "instance":
+        raise ValueError(
+            f"prune makes a narrower, shallower copy of a style network with instance norm; got {config} "
+            f"for a teacher {cfg}."
+        )
+    if config.num_residual_blocks > cfg.num_residual_blocks or any(
+        a > b for a, b in zip(config.channels, cfg.channels, strict=True)
+    ):
+        raise ValueError(f"prune cannot widen or deepen: {config} is larger than the teacher's {cfg}.")
+    if not photos:
+        raise ValueError("prune needs at least one photo to measure the teacher's activations on.")
+    teacher = teacher.eval()
+    depth = cfg.downsampling
+    blocks = [b.block for b in teacher.residuals]
+    kept_blocks = _useful_blocks(teacher, config.num_residual_blocks, photos)
+    # Where each channel space is produced (the module whose output holds its activations) and who reads it.
+    encoder_out = [teacher.encoder[3 * k + 2] for k in range(depth + 1)]  # ReLUs after each encoder stage
+    decoder_out = [teacher.decoder[3 * j + 2] for j in range(depth)]  # ReLUs after each x2 stage
+    spaces: dict[str, list[nn.Module]] = {f"enc{k}": [encoder_out[k]] for k in range(depth)}
+    spaces["stream"] = [encoder_out[depth], *(teacher.residuals[i] for i in range(len(blocks)))]
+    spaces.update({f"inner{i}": [blocks[i][2]] for i in range(len(blocks))})
+    spaces.update({f"dec{j}": [decoder_out[j]] for j in range(depth)})
+    activity = _mean_activity(teacher, spaces, photos)  # name -> (C,) mean |activation|
+    readers: dict[str, list[torch.Tensor]] = {  # the weights that read each space, as (C_out, C_in, k, k)
+        **{f"enc{k}": [_conv_of(teacher.encoder[3 * (k + 1)]).weight] for k in range(depth)},
+        "stream": [blocks[i][0].weight for i in kept_blocks] + [_in_weight(teacher.decoder[0])],
+        **{f"inner{i}": [blocks[i][3].weight] for i in range(len(blocks))},
+        **{f"dec{j}": [_in_weight(teacher.decoder[3 * (j + 1)])] for j in range(depth)},
+    }
+    widths = {f"enc{k}": config.channels[k] for k in range(depth)}
+    widths.update({"stream": config.channels[depth], **{f"inner{i}": config.channels[depth] for i in kept_blocks}})
+    widths.update({f"dec{j}": config.channels[depth - 1 - j] for j in range(depth)})
+    keep = {}
+    for name, width in widths.items():
+        reach = sum(w.detach().transpose(0, 1).flatten(1).norm(dim=1) for w in readers[name])  # (C,)
+        keep[name] = torch.topk(activity[name] * reach, width).indices.sort().values
+    student = TransformerNet(config).eval()
+    with torch.no_grad():
+        for k in range(depth + 1):  # encoder: stage k reads enc{k-1} (or RGB) and writes enc{k} (the stream at the end)
+            rows = keep["stream"] if k == depth else keep[f"enc{k}"]
+            cols = keep[f"enc{k - 1}"] if k else None
+            _copy_stage(teacher.encoder, student.encoder, 3 * k, rows, cols)
+        for new, old in enumerate(kept_blocks):
+            inner = keep[f"inner{old}"]
+            _copy_stage(blocks[old], student.residuals[new].block, 0, inner, keep["stream"])
+            _copy_stage(blocks[old], student.residuals[new].block, 3, keep["stream"], inner)
+        for j in range(depth):
+            cols = keep["stream"] if j == 0 else keep[f"dec{j - 1}"]
+            _copy_stage(teacher.decoder, student.decoder, 3 * j, keep[f"dec{j}"], cols)
+        _copy_stage(teacher.decoder, student.decoder, 3 * depth, None, keep[f"dec{depth - 1}"])
+    return student
+
+
+def _conv_of(module: nn.Module) -> nn.Module:
+    """The convolution of a stage: itself, or the one after a nearest-neighbour upsampling."""
+    return module[-1] if isinstance(module, nn.Sequential) else module
+
+
+def _in_weight(module: nn.Module) -> torch.Tensor:
+    """A stage's weights as (C_out, C_in, k, k), also for a transposed convolution (stored (C_in, C_out, k, k))."""
+    conv = _conv_of(module)
+    return conv.weight.transpose(0, 1) if isinstance(conv, nn.ConvTranspose2d) else conv.weight
+
+
+def _copy_stage(
+    source: nn.Sequential, target: nn.Sequential, index: int, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> None:
+    """Copy the convolution at `index` (output channels `rows`, input channels `cols`; None: all) and its norm."""
+    conv, into = _conv_of(source[index]), _conv_of(target[index])
+    weight = conv.weight.transpose(0, 1) if isinstance(conv, nn.ConvTranspose2d) else conv.weight  # (out, in, k, k)
+    weight = weight if rows is None else weight[rows]
+    weight = weight if cols is None else weight[:, cols]
+    into.weight.copy_(weight.transpose(0, 1) if isinstance(conv, nn.ConvTranspose2d) else weight)
+    into.bias.copy_(conv.bias if rows is None else conv.bias[rows])
+    if rows is not None and index + 1 < len(source) and isinstance(source[index + 1], nn.InstanceNorm2d):
+        target[index + 1].weight.copy_(source[index + 1].weight[rows])
+        target[index + 1].bias.copy_(source[index + 1].bias[rows])
+
+
+def _mean_activity(
+    net: TransformerNet, spaces: dict[str, list[nn.Module]], photos: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Each space's mean absolute activation per channel (C,) over `photos`, at the outputs of its modules."""
+    sums: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, modules in spaces.items():
+        for module in modules:
+
+            def hook(_module, _inputs, output, name=name):  # output (1, C, H, W)
+                sums[name] = sums.get(name, 0) + output.detach().abs().mean(dim=(0, 2, 3))
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for photo in photos:
+                net(photo)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sums
+
+
+def _useful_blocks(net: TransformerNet, count: int, photos: list[torch.Tensor]) -> list[int]:
+    """The indices of the `count` residual blocks whose removal changes `net`'s pictures most, in order."""
+    blocks = list(net.residuals)
+    with torch.no_grad():
+        full = [net(photo) for photo in photos]
+        harm = []
+        for i in range(len(blocks)):
+            net.residuals = nn.Sequential(*blocks[:i], *blocks[i + 1 :])
+            harm.append(sum(float((net(p) - f).abs().mean()) for p, f in zip(photos, full, strict=True)))
+        net.residuals = nn.Sequential(*blocks)
+    return sorted(sorted(range(len(blocks)), key=lambda i: -harm[i])[:count])
 
 
 @dataclass
@@ -86,6 +219,9 @@ class DistillConfig:
     gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
     objective_weight: float = option(
         1.0, "weight of the teacher's own objective (content vs the photo, style vs the painting)", check="non_negative"
+    )
+    start: str = option(
+        "random", "the student's first weights: random, or pruned from the teacher", choices=("random", "pruned")
     )
     init: str | None = option(None, "start the student from this model file (the same architecture)", metavar="FILE")
     l1_steps: int = option(
@@ -123,6 +259,8 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.l1_steps must be an integer >= 0, got {self.l1_steps!r}.")
         if self.l1_steps > 0 and self.l1_weight == 0:
             raise ValueError("DistillConfig.l1_steps needs l1_weight > 0: the first steps train with L1 alone.")
+        if self.start not in ("random", "pruned"):
+            raise ValueError(f"DistillConfig.start must be random or pruned, got {self.start!r}.")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"DistillConfig.precision must be auto, fp32 or bf16, got {self.precision!r}.")
         if Path(self.output).suffix != ".safetensors":
@@ -266,8 +404,11 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         else None
     )
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
+    photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
+    if config.start == "pruned" and not config.resume:
+        student = prune(teacher, student_config, photos[:_PRUNE_PHOTOS])
     if config.init is not None and not config.resume:
         _load_init(student, config.init)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
@@ -281,10 +422,10 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         step = int(state["step"])
         torch.set_rng_state(state["rng"])
 
-    photos, targets = [], []  # uint8 (1, 3, H, W) each: the photo and the teacher's answer, computed once
+    targets = []  # uint8 (1, 3, H, W) each: the photo and the teacher's answer, computed once
     with torch.inference_mode():
-        for photo in tqdm(_photos(config), disable=not config.progress, desc="teacher", unit="photo"):
-            photos.append(_to_uint8(photo))
+        for index, photo in enumerate(tqdm(photos, disable=not config.progress, desc="teacher", unit="photo")):
+            photos[index] = _to_uint8(photo)
             targets.append(_to_uint8(teacher(photo)))
 
     student.train()

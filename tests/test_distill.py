@@ -12,7 +12,7 @@ from PIL import Image
 from stlib import assets, cli, images
 from stlib.assets import content_image
 from stlib.checkpoint import load_model, read_metadata, save_model
-from stlib.distill import DistillConfig, _photos, distill, slim_config
+from stlib.distill import DistillConfig, _photos, distill, prune, slim_config
 from stlib.perceptual import PerceptualLoss, feature_distance, gram_distance
 from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.vgg import VGGFeatures
@@ -248,3 +248,94 @@ def test_init_starts_the_student_from_a_model_file_of_its_shape(teacher_file, ph
     other = save_model(TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=3)), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match=r"Cannot start the student from '.*w\.safetensors': it is TransformerNet"):
         distill(_config(teacher_file, photos, tmp_path / "c.safetensors", init=str(other)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Starting from the pruned teacher
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _teacher_with_dead_channels(downsample: str = "strided", upsample: str = "nearest+conv") -> TransformerNet:
+    """A width-0.5 network (16/32/64 channels, 3 blocks) in which half of every channel space is always zero,
+    and whose middle block does nothing: the width-0.25, 2-block network of its live parts computes the same."""
+    torch.manual_seed(3)
+    config = TransformerConfig(width=0.5, num_residual_blocks=3, downsample=downsample, upsample=upsample)
+    net = TransformerNet(config).eval()
+    generator = torch.Generator().manual_seed(4)
+    for module in net.modules():
+        if isinstance(module, torch.nn.InstanceNorm2d):  # random scale and shift: every live channel differs
+            module.weight.data = torch.rand(module.num_features, generator=generator) + 0.5
+            module.bias.data = torch.randn(module.num_features, generator=generator) * 0.3
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    for norm in norms:  # a scattered half of each space is dead: its norm writes zeros (the stream: all its writers)
+        dead = torch.randperm(norm.num_features, generator=torch.Generator().manual_seed(norm.num_features))
+        dead = dead[: norm.num_features // 2]
+        norm.weight.data[dead] = 0
+        norm.bias.data[dead] = 0
+    stream = [net.encoder[7], *(block.block[4] for block in net.residuals)]  # every writer of the residual stream
+    dead = torch.randperm(64, generator=torch.Generator().manual_seed(99))[:32]
+    for norm in stream:
+        norm.weight.data[dead] = 0
+        norm.bias.data[dead] = 0
+    net.residuals[1].block[4].weight.data.zero_()  # the middle block adds nothing
+    net.residuals[1].block[4].bias.data.zero_()
+    torch.nn.init.normal_(net.decoder[-1].weight, std=2.0)  # pixel units: ~60 grey levels of picture ...
+    torch.nn.init.constant_(net.decoder[-1].bias, 128.0)  # ... around mid-grey, so that little is clamped
+    return net
+
+
+@pytest.mark.parametrize("downsample", ["strided", "antialiased"])
+@pytest.mark.parametrize("upsample", ["nearest+conv", "transposed"])
+def test_pruning_keeps_the_useful_blocks_and_live_channels_and_so_computes_the_same(downsample, upsample):
+    teacher = _teacher_with_dead_channels(downsample, upsample)
+    photos = [torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    student = prune(teacher, slim_config(teacher.config, 0.25, 2), photos)
+    assert student.config == slim_config(teacher.config, 0.25, 2) and student.config.channels == (8, 16, 32)
+    x = torch.rand(1, 3, 28, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=0)
+        assert float((TransformerNet(student.config).eval()(x) - teacher(x)).abs().max()) > 0.05  # not by chance
+
+
+def test_pruning_to_the_teachers_own_shape_is_the_teacher():
+    torch.manual_seed(5)
+    teacher = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=2)).eval()
+    torch.nn.init.normal_(teacher.decoder[-1].weight, std=0.05)
+    student = prune(teacher, teacher.config, [torch.rand(1, 3, 16, 16)])
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (TransformerConfig(width=1.0, num_residual_blocks=1), "cannot widen or deepen"),
+        (TransformerConfig(width=0.25, num_residual_blocks=5), "cannot widen or deepen"),
+        (TransformerConfig(width=0.25, num_residual_blocks=1, norm="batch"), "narrower, shallower copy"),
+        (TransformerConfig(width=0.25, num_residual_blocks=1, output="tanh"), "narrower, shallower copy"),
+    ],
+)
+def test_pruning_refuses_what_is_not_a_smaller_copy(config, match):
+    teacher = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=3)).eval()
+    with pytest.raises(ValueError, match=match):
+        prune(teacher, config, [torch.rand(1, 3, 16, 16)])
+
+
+def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_path):
+    teacher = _teacher_with_dead_channels()
+    path = save_model(teacher, tmp_path / "teacher.safetensors")
+    first: dict[str, float] = {}
+
+    def record(step: int, loss: float) -> bool:
+        first.setdefault("loss", loss)
+        return True
+
+    kinds = {}
+    for start in ("random", "pruned"):
+        out = tmp_path / f"{start}.safetensors"
+        distill(_config(path, photos, out, start=start, width=0.25, num_residual_blocks=2), callback=record)
+        kinds[start], first = first.pop("loss"), {}
+    assert kinds["pruned"] < 0.01 * kinds["random"]  # the live channels are the teacher: nothing left to learn
+    with pytest.raises(ValueError, match="DistillConfig.start must be random or pruned"):
+        distill(_config(path, photos, tmp_path / "x.safetensors", start="teacher"))
