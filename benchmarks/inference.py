@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -174,14 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _header(sizes, repeats: int, threads: int) -> list[str]:
-    """The table's caption and header lines."""
-    import torch
+    """The table's caption (the CPU model and its bf16 answer: `describe_machine`) and header lines."""
+    from stlib.hardware import describe_machine
 
-    cpu = platform.processor() or platform.machine()
     names = [f"{w}x{h}" for h, w in sizes]
     return [
-        f"\ntorch {torch.__version__}, {cpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"{threads} threads, median of {repeats} runs after a warm-up\n",
+        f"\n{describe_machine()}\nrows: {threads} threads each, median of {repeats} runs after a warm-up\n",
         "| network, backend | " + " | ".join(f"{n} ms | {n} fps" for n in names) + " | peak MiB |",
         "|---|" + "---:|---:|" * len(names) + "---:|",
     ]

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from stlib.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
+from stlib.hardware import describe_machine, resolve_device, resolve_precision
 from stlib.losses import gram_matrix
 from stlib.perceptual import JOHNSON_CONTENT_LAYER as CONTENT_LAYER
 from stlib.perceptual import JOHNSON_STYLE_LAYERS as STYLE_LAYERS
@@ -167,14 +167,9 @@ def main() -> None:
         parser.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))}")
     variants = [v for v in variants if v[0] in wanted]
 
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"CPU ({torch.backends.cpu.get_cpu_capability()}, hardware bf16: {cpu_has_fast_bf16()})"
-    print(
-        f"# {args.size}x{args.size}, batch {args.batch_size}, {where}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, median of {args.steps} steps after {args.warmup} warm-up"
-    )
+    steps = f"median of {args.steps} steps after {args.warmup} warm-up"
+    print(f"# {args.size}x{args.size}, batch {args.batch_size}, {steps}")
+    print(f"# on {device.type}: {describe_machine()}")  # the CPU model and whether it has bf16 in hardware
     print("| variant | s/step | images/s | vs plain |")
     print("|---|---:|---:|---:|")
     base = None
