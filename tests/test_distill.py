@@ -51,6 +51,7 @@ def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillCo
     settings = dict(
         size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25, l1_steps=0
     )
+    settings.update(start="random")  # the tests below compare training runs; pruned starts have their own tests
     settings.update(feature_weight=0, gram_weight=0, objective_weight=0)  # L1 alone (no VGG) unless a test asks
     return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
 
@@ -137,7 +138,10 @@ def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
 def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys, offline_weights):
     student = tmp_path / "slim.safetensors"
     argv = ["distill", str(teacher_file), "--data", str(photos), "-o", str(student), "--size", "32"]
-    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet"]) == 0
+    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet"]) == 2  # 3 blocks from a 1-block teacher
+    err = capsys.readouterr().err
+    assert "Cannot prune" in err and "--start random" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet", "--blocks", "1"]) == 0  # pruned start
     assert "of the teacher's FLOPs" in capsys.readouterr().out
     out = tmp_path / "styled.png"
     assert cli.main(["stylize", "--model", str(student), str(content_image("tubingen")), "-o", str(out)]) == 0
