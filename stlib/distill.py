@@ -190,12 +190,14 @@ def _mean_activity(
 def _useful_blocks(net: TransformerNet, count: int, photos: list[torch.Tensor]) -> list[int]:
     """The indices of the `count` residual blocks whose removal changes `net`'s pictures most, in order."""
     blocks = list(net.residuals)
-    with torch.no_grad():
-        full = [net(photo) for photo in photos]
-        harm = []
-        for i in range(len(blocks)):
-            net.residuals = nn.Sequential(*blocks[:i], *blocks[i + 1 :])
-            harm.append(sum(float((net(p) - f).abs().mean()) for p, f in zip(photos, full, strict=True)))
+    harm = []
+    try:
+        with torch.no_grad():
+            full = [net(photo) for photo in photos]
+            for i in range(len(blocks)):
+                net.residuals = nn.Sequential(*blocks[:i], *blocks[i + 1 :])
+                harm.append(sum(float((net(p) - f).abs().mean()) for p, f in zip(photos, full, strict=True)))
+    finally:
         net.residuals = nn.Sequential(*blocks)
     return sorted(sorted(range(len(blocks)), key=lambda i: -harm[i])[:count])
 
@@ -224,7 +226,7 @@ class DistillConfig:
     start: str = option(
         "pruned", "the student's first weights: pruned from the teacher, or random", choices=("pruned", "random")
     )
-    init: str | None = option(None, "start the student from this model file (the same architecture)", metavar="FILE")
+    init: str | None = option(None, "start the student from this model file (the same architecture; instead of --start)", metavar="FILE")
     l1_steps: int = option(
         2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
@@ -408,7 +410,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below
     torch.manual_seed(config.seed)
     student = TransformerNet(student_config)
-    if config.start == "pruned" and not config.resume:
+    if config.start == "pruned" and config.init is None and not config.resume:
         tc = teacher.config
         if student_config.num_residual_blocks > tc.num_residual_blocks or student_config.width > tc.width:
             raise ValueError(
