@@ -226,7 +226,9 @@ class DistillConfig:
     start: str = option(
         "pruned", "the student's first weights: pruned from the teacher, or random", choices=("pruned", "random")
     )
-    init: str | None = option(None, "start the student from this model file (the same architecture; instead of --start)", metavar="FILE")
+    init: str | None = option(
+        None, "start the student from this model file (the same architecture; instead of --start)", metavar="FILE"
+    )
     l1_steps: int = option(
         2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
