@@ -410,19 +410,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     )
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
     photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below
-    torch.manual_seed(config.seed)
-    student = TransformerNet(student_config)
-    if config.start == "pruned" and config.init is None and not config.resume:
-        tc = teacher.config
-        if student_config.num_residual_blocks > tc.num_residual_blocks or student_config.width > tc.width:
-            raise ValueError(
-                f"Cannot prune '{config.teacher}' into the student: it has width {tc.width:g} and "
-                f"{tc.num_residual_blocks} residual blocks, the student {config.width:g} and "
-                f"{config.num_residual_blocks} (choose a smaller --width or --blocks, or --start random)."
-            )
-        student = prune(teacher, student_config, photos[:_PRUNE_PHOTOS])
-    if config.init is not None and not config.resume:
-        _load_init(student, config.init)
+    student = _starting_student(config, teacher, student_config, photos)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
     step, state_path = 0, config.state_path()
     if config.resume:
@@ -480,6 +468,28 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         student.describe(),
         student.flops(480, 640) / teacher.flops(480, 640),
     )
+
+
+def _starting_student(
+    config: DistillConfig, teacher: TransformerNet, student_config: TransformerConfig, photos: list[torch.Tensor]
+) -> TransformerNet:
+    """The student before its first step: pruned from the teacher, loaded from --init, or random (seeded)."""
+    torch.manual_seed(config.seed)
+    student = TransformerNet(student_config)
+    if config.resume:
+        return student  # the saved state replaces the weights
+    if config.init is not None:
+        _load_init(student, config.init)
+    elif config.start == "pruned":
+        tc = teacher.config
+        if student_config.num_residual_blocks > tc.num_residual_blocks or student_config.width > tc.width:
+            raise ValueError(
+                f"Cannot prune '{config.teacher}' into the student: it has width {tc.width:g} and "
+                f"{tc.num_residual_blocks} residual blocks, the student {config.width:g} and "
+                f"{config.num_residual_blocks} (choose a smaller --width or --blocks, or --start random)."
+            )
+        student = prune(teacher, student_config, photos[:_PRUNE_PHOTOS])
+    return student
 
 
 def _load_init(student: TransformerNet, path: str) -> None:
