@@ -188,15 +188,18 @@ def _architectures(base: dict, backends: list[str]) -> int:
     """Time freshly initialised networks of several widths and depths (the slim network's design space)."""
     from stlib.transformer import TransformerConfig, TransformerNet
 
-    candidates = [(w, b, "nearest+conv") for w, b in ((1.0, 5), (0.5, 5), (0.5, 3), (0.25, 5), (0.25, 3), (0.25, 1))]
-    candidates += [(0.125, 3, "nearest+conv"), (0.25, 3, "transposed")]
+    shapes = ((1.0, 5), (0.5, 5), (0.5, 3), (0.25, 5), (0.25, 3), (0.25, 1), (0.125, 3))
+    candidates = [(w, b, "nearest+conv", False) for w, b in shapes] + [(0.25, 3, "transposed", False)]
+    candidates += [(0.25, b, "nearest+conv", True) for b in (3, 5, 7)]  # sub-pixel output (Shi et al.)
     rows: list[tuple[str, dict | str]] = []
-    for width, blocks, upsample in candidates:
+    for width, blocks, upsample, subpixel in candidates:
         config = {"width": width, "num_residual_blocks": blocks, "input_skip": True, "upsample": upsample}
+        config["subpixel_output"] = subpixel
         gflops = TransformerNet(TransformerConfig(**config)).flops(480, 640) / 1e9
+        output = ", sub-pixel output" if subpixel else ""
         for backend in backends:
             spec = {**base, "kind": "architecture", "config": config, "backend": backend}
-            label = f"width {width:g}, {blocks} blocks, {upsample} ({gflops:.1f} GFLOPs at 640x480), {backend}"
+            label = f"width {width:g}, {blocks} blocks, {upsample}{output} ({gflops:.1f} GFLOPs at 640x480), {backend}"
             rows.append((label, _measure(spec)))
     peer = _peer_model()
     if peer is not None:

@@ -24,7 +24,10 @@ teacher's colours and layout before the VGG terms refine its texture. The studen
 (`prune`: its most useful residual blocks and most active channels; ``DistillConfig.start="pruned"``, the
 default), which keeps the teacher's picture of faces, windows and edges that a random start (``"random"``) has to
 learn again: 1.31x the teacher's objective after 4,000 steps against 1.43x after 5,641 from a random start
-(`benchmarks/RESULTS.md`, "Pruned start"); `DistillConfig.init` starts from a student file.
+(`benchmarks/RESULTS.md`, "Pruned start"); `DistillConfig.init` starts from a student file. With
+``DistillConfig.subpixel_output`` the student ends in a 5x5 sub-pixel convolution at half resolution (Shi et al.,
+CVPR 2016) instead of the last x2 stage and the 9x9 output convolution at full resolution, the costliest part of a
+slim network per frame (`benchmarks/RESULTS.md`, "Sub-pixel students"); `prune` fits that layer by least squares.
 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
@@ -58,7 +61,7 @@ from .hardware import autocast, resolve_precision
 from .images import ImageError, list_images, load_image, load_tensor, to_tensor
 from .options import option
 from .perceptual import PerceptualLoss, feature_distance, gram_distance
-from .transformer import TransformerConfig, TransformerNet
+from .transformer import TransformerConfig, TransformerNet, pad_to_multiple
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "prune", "slim_config"]
 
@@ -66,9 +69,12 @@ _PRUNE_PHOTOS = 16  # photos the teacher's activations are measured on for `prun
 _INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
 
 
-def slim_config(teacher: TransformerConfig, width: float = 0.25, num_residual_blocks: int = 3) -> TransformerConfig:
-    """The student architecture for `teacher`: its options, with `width` and `num_residual_blocks` changed."""
-    return TransformerConfig(**{**asdict(teacher), "width": width, "num_residual_blocks": num_residual_blocks})
+def slim_config(
+    teacher: TransformerConfig, width: float = 0.25, num_residual_blocks: int = 3, subpixel_output: bool = False
+) -> TransformerConfig:
+    """The student architecture for `teacher`: its options, with the width, blocks and sub-pixel output changed."""
+    changes = {"width": width, "num_residual_blocks": num_residual_blocks, "subpixel_output": subpixel_output}
+    return TransformerConfig(**{**asdict(teacher), **changes})
 
 
 def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch.Tensor]) -> TransformerNet:
@@ -80,11 +86,21 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
     space (a stage's output, which the next convolution reads; the residual stream; each block's inner space) the
     channels with the largest mean activation x norm of the weights that read them. Every convolution but the last is
     followed by an instance norm, which renormalises what the lost channels took from its sum, so the pruned network
-    already paints a rough version of the teacher's picture. `config` must be `teacher`'s architecture with a
-    smaller or equal width and number of residual blocks.
+    already paints a rough version of the teacher's picture. Last, the output convolution, which is linear in the
+    features it reads, is refitted to the teacher's output on `photos` by least squares (Y. He, X. Zhang, J. Sun,
+    "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017): what the dropped channels drew is
+    redrawn from the kept ones as well as a linear layer can (about half the copied layer's error on photos). A
+    student with ``subpixel_output`` has no last x2 stage and gets its 5x5 sub-pixel output convolution from that
+    fit alone. `config` must be `teacher`'s architecture with a smaller or equal width and number of residual
+    blocks, and may add ``subpixel_output``.
     """
     cfg = teacher.config
-    same = {**asdict(config), "width": cfg.width, "num_residual_blocks": cfg.num_residual_blocks}
+    same = {
+        **asdict(config),
+        "width": cfg.width,
+        "num_residual_blocks": cfg.num_residual_blocks,
+        "subpixel_output": cfg.subpixel_output,
+    }
     if same != asdict(cfg) or cfg.upscale != 1 or cfg.subpixel_output or cfg.norm != "instance":
         raise ValueError(
             f"prune makes a narrower, shallower copy of a style network with instance norm; got {config} "
@@ -131,11 +147,44 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
             inner = keep[f"inner{old}"]
             _copy_stage(blocks[old], student.residuals[new].block, 0, inner, keep["stream"])
             _copy_stage(blocks[old], student.residuals[new].block, 3, keep["stream"], inner)
-        for j in range(depth):
+        stages = depth - 1 if config.subpixel_output else depth  # sub-pixel: the last x2 stage is in the output
+        for j in range(stages):
             cols = keep["stream"] if j == 0 else keep[f"dec{j - 1}"]
             _copy_stage(teacher.decoder, student.decoder, 3 * j, keep[f"dec{j}"], cols)
-        _copy_stage(teacher.decoder, student.decoder, 3 * depth, None, keep[f"dec{depth - 1}"])
+        if not config.subpixel_output:
+            _copy_stage(teacher.decoder, student.decoder, 3 * depth, None, keep[f"dec{depth - 1}"])
+    _fit_output(student, teacher, photos)
     return student
+
+
+def _fit_output(student: TransformerNet, teacher: TransformerNet, photos: list[torch.Tensor]) -> None:
+    """Refit `student`'s output convolution to `teacher`'s output on `photos` by least squares (ridge to its weights).
+
+    Minimises sum ||conv(f) - y||^2 + ridge * ||w - w_0||^2 over the convolution's weights and bias w, for the
+    student's features f before it and the teacher's output y before the output scaling (its own units), starting
+    weights w_0: where the photos say nothing (fewer pixels than weights, dead features) the weights stay w_0.
+    """
+    conv = student.decoder[-1]
+    weights = torch.cat([conv.weight.detach().flatten(1), conv.bias.detach()[:, None]], 1).T.double()  # (K+1, C_out)
+    gram = torch.zeros(len(weights), len(weights), dtype=torch.float64)  # (K+1, K+1): sum of x x^T over pixels
+    moment = torch.zeros_like(weights)  # (K+1, C_out): sum of x y^T over pixels
+    pad = conv.padding[0]
+    with torch.no_grad():
+        for photo in photos:
+            x = pad_to_multiple(photo, teacher.config.multiple)
+            features = student.decoder[:-1](student.residuals(student.encoder(x)))  # (1, C_in, h, w)
+            target = teacher.decoder(teacher.residuals(teacher.encoder(x)))  # (1, 3, H, W)
+            if student.config.subpixel_output:
+                target = F.pixel_unshuffle(target, 2)  # (1, 12, H/2, W/2): each 2x2 block of RGB pixels
+            patches = F.unfold(F.pad(features, (pad,) * 4, mode=conv.padding_mode), conv.kernel_size)[0]  # (K, h*w)
+            patches = torch.cat([patches, torch.ones_like(patches[:1])]).double()  # (K+1, h*w)
+            gram += patches @ patches.T  # in float64: the ridge below is far smaller than float32's rounding
+            moment += patches @ target[0].flatten(1).T.double()
+        ridge = 1e-6 * float(gram.diagonal().mean()) + 1e-12
+        eye = torch.eye(len(gram), dtype=torch.float64)
+        solution = torch.linalg.solve(gram + ridge * eye, moment + ridge * weights)  # (K+1, C_out)
+        conv.weight.copy_(solution[:-1].T.reshape_as(conv.weight))
+        conv.bias.copy_(solution[-1])
 
 
 def _conv_of(module: nn.Module) -> nn.Module:
@@ -211,6 +260,9 @@ class DistillConfig:
     output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
     width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
     num_residual_blocks: int = option(3, "student residual blocks", flag="--blocks")
+    subpixel_output: bool = option(
+        False, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
+    )
     size: int = option(192, "shorter photo side", check="positive")
     limit: int | None = option(
         1000, "use at most N photos (cached in memory as uint8: ~0.3 MB each at 192 px)", check="positive", metavar="N"
@@ -408,7 +460,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         if config.perceptual
         else None
     )
-    student_config = slim_config(teacher.config, config.width, config.num_residual_blocks)
+    student_config = slim_config(teacher.config, config.width, config.num_residual_blocks, config.subpixel_output)
     photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below
     student = _starting_student(config, teacher, student_config, photos)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)

@@ -143,6 +143,10 @@ def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_pat
     assert "Cannot prune" in err and "--start random" in err and len(err.strip().splitlines()) == 1
     assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet", "--blocks", "1"]) == 0  # pruned start
     assert "of the teacher's FLOPs" in capsys.readouterr().out
+    subpixel = tmp_path / "subpixel.safetensors"
+    assert cli.main([*argv[:-4], "-o", str(subpixel), "--steps", "2", "--l1-steps", "1", "--quiet", "--blocks", "1",
+                     "--subpixel-output", "--size", "32"]) == 0  # fmt: skip
+    assert load_model(subpixel, task="style").config.subpixel_output
     out = tmp_path / "styled.png"
     assert cli.main(["stylize", "--model", str(student), str(content_image("tubingen")), "-o", str(out)]) == 0
     assert Image.open(out).size == Image.open(content_image("tubingen")).size
@@ -309,6 +313,33 @@ def test_pruning_to_the_teachers_own_shape_is_the_teacher():
     x = torch.rand(1, 3, 20, 20)
     with torch.no_grad():
         torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_pruning_refits_the_output_convolution_by_least_squares(subpixel):
+    torch.manual_seed(6)
+    teacher = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=2)).eval()  # nothing dead: pruning loses
+    torch.nn.init.normal_(teacher.decoder[-1].weight, std=1.0)
+    photos = [torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    student = prune(teacher, slim_config(teacher.config, 0.25, 1, subpixel_output=subpixel), photos)
+    assert student.config.subpixel_output is subpixel and len(student.decoder) == (4 if subpixel else 7)
+    conv = student.decoder[-1]
+    assert tuple(conv.weight.shape) == ((12, 16, 5, 5) if subpixel else (3, 8, 9, 9))
+
+    def raw(net: TransformerNet, photo: torch.Tensor) -> torch.Tensor:  # the output before scale and clamp
+        return net.shuffle(net.decoder(net.residuals(net.encoder(photo))))
+
+    def squared_error() -> torch.Tensor:  # over the photos, in the networks' own units
+        return sum(((raw(student, p) - raw(teacher, p)) ** 2).sum() for p in photos)
+
+    fitted = squared_error()
+    (grad,) = torch.autograd.grad(fitted, conv.weight)
+    with torch.no_grad():
+        conv.weight.zero_()
+    (grad_at_zero,) = torch.autograd.grad(squared_error(), conv.weight)
+    assert float(grad.norm()) < 1e-4 * float(grad_at_zero.norm())  # a stationary point: the least-squares fit
+    with torch.no_grad():
+        assert float(squared_error()) > 1.3 * float(fitted)  # and one that the output depends on
 
 
 @pytest.mark.parametrize(
