@@ -3,6 +3,7 @@
     python benchmarks/inference.py                          # shipped full + slim nets, every backend here
     python benchmarks/inference.py --quick                  # 256x256 and 640x480, 3 runs (a smoke run)
     python benchmarks/inference.py --full checkpoints/wave.safetensors --slim checkpoints/wave_slim.safetensors
+    python benchmarks/inference.py --slim a_slim.safetensors b_slim.safetensors  # several slim networks, one run
     python benchmarks/inference.py --architectures          # candidate slim architectures (how the slim was chosen)
 
 Rows: the paper's architecture (Johnson et al. 2016: batch norm, transposed convolutions, scaled tanh) in plain
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every row and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", type=Path, help="a full network (default: the first checkpoints/NAME.safetensors)")
-    parser.add_argument("--slim", type=Path, help="a slim network (default: the first checkpoints/*_slim.safetensors)")
+    parser.add_argument(
+        "--slim", type=Path, nargs="+", help="slim networks (default: the first checkpoints/*_slim.safetensors)"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per size after a warm-up (default: 10)")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default: 2)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile backend (slow start)")
@@ -147,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             _measure({**base, "kind": "paper", "backend": "eager"}),
         )
     )
-    for label, path in (("full", args.full or _default_model("")), ("slim", args.slim or _default_model("_slim"))):
+    networks = [("full", args.full or _default_model(""))]
+    networks += [("slim", path) for path in args.slim or [_default_model("_slim")]]
+    for label, path in networks:
         if path is None:
             print(f"(no {label} network given or found in checkpoints/: its rows are left out)")
             continue
         arch = read_metadata(path)["transformer"]
         shape = f"width {arch.get('width', 1.0):g}, {arch.get('num_residual_blocks', 5)} blocks"
+        shape += ", sub-pixel output" if arch.get("subpixel_output") else ""
         for backend in backends:
             spec = {**base, "kind": "stlib", "model": str(path), "backend": backend}
             rows.append((f"{label} `{path.stem}` ({shape}), {backend}", _measure(spec)))
