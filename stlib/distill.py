@@ -92,7 +92,7 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
     redrawn from the kept ones as well as a linear layer can (about half the copied layer's error on photos). A
     student with ``subpixel_output`` has no last x2 stage and gets its 5x5 sub-pixel output convolution from that
     fit alone. `config` must be `teacher`'s architecture with a smaller or equal width and number of residual
-    blocks, and may add ``subpixel_output``.
+    blocks, and may add ``subpixel_output``. The teacher is measured on the first 16 `photos`.
     """
     cfg = teacher.config
     same = {
@@ -106,6 +106,7 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
             f"prune makes a narrower, shallower copy of a style network with instance norm; got {config} "
             f"for a teacher {cfg}."
         )
+    photos = photos[:_PRUNE_PHOTOS]
     if config.num_residual_blocks > cfg.num_residual_blocks or any(
         a > b for a, b in zip(config.channels, cfg.channels, strict=True)
     ):
@@ -173,7 +174,7 @@ def _fit_output(student: TransformerNet, teacher: TransformerNet, photos: list[t
         for photo in photos:
             x = pad_to_multiple(photo, teacher.config.multiple)
             features = student.decoder[:-1](student.residuals(student.encoder(x)))  # (1, C_in, h, w)
-            target = teacher.decoder(teacher.residuals(teacher.encoder(x)))  # (1, 3, H, W)
+            target = teacher.raw_output(x)  # (1, 3, H, W)
             if student.config.subpixel_output:
                 target = F.pixel_unshuffle(target, 2)  # (1, 12, H/2, W/2): each 2x2 block of RGB pixels
             patches = F.unfold(F.pad(features, (pad,) * 4, mode=conv.padding_mode), conv.kernel_size)[0]  # (K, h*w)
@@ -264,6 +265,7 @@ class DistillConfig:
         False, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
     )
     size: int = option(192, "shorter photo side", check="positive")
+    mirror: bool = option(False, "also each photo's mirror image, which the teacher paints anew (twice the pairs)")
     limit: int | None = option(
         1000, "use at most N photos (cached in memory as uint8: ~0.3 MB each at 192 px)", check="positive", metavar="N"
     )
@@ -350,7 +352,7 @@ class DistillResult:
 
 
 def _photos(config: DistillConfig) -> list[torch.Tensor]:
-    """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; unreadable files skipped."""
+    """The distillation photos, (1, 3, H, W) floats with the shorter side `size` (then their mirror images)."""
     files = list_images(config.data)[: config.limit]
     photos = []
     for path in files:
@@ -362,7 +364,7 @@ def _photos(config: DistillConfig) -> list[torch.Tensor]:
         photos.append(to_tensor(image.resize((round(image.width * scale), round(image.height * scale)))))
     if not photos:
         raise ValueError(f"None of the image files in '{config.data}' could be read.")
-    return photos
+    return photos + [photo.flip(-1) for photo in photos] if config.mirror else photos  # (1, 3, H, W) each
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -540,7 +542,7 @@ def _starting_student(
                 f"{tc.num_residual_blocks} residual blocks, the student {config.width:g} and "
                 f"{config.num_residual_blocks} (choose a smaller --width or --blocks, or --start random)."
             )
-        student = prune(teacher, student_config, photos[:_PRUNE_PHOTOS])
+        student = prune(teacher, student_config, photos)
     return student
 
 

@@ -442,15 +442,19 @@ class TransformerNet(nn.Module):
         y = self.forward_padded(pad_to_multiple(x, self.config.multiple))  # (B, 3, s*H', s*W'), H', W' multiples
         return y[..., : scale * height, : scale * width]  # (B, 3, s*H, s*W)
 
+    def raw_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output for a padded (B, 3, H, W) batch, before the output activation, scale and skip."""
+        y = self.encoder(x)  # (B, C, H/m, W/m), m = multiple (style: 4)
+        y = self.residuals(y)  # (B, C, H/m, W/m)
+        return self.shuffle(self.decoder(y))  # (B, 3, s*H, s*W), s = upscale (style: 1)
+
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a (B, 3, H, W) batch whose H and W are multiples of `multiple` (at least 8), unpadded.
 
         `forward` pads to such a size and crops back; exported ONNX models (`stlib.backends.export_onnx`) are
         this function, so that their height and width stay symbolic.
         """
-        y = self.encoder(x)  # (B, C, H/m, W/m), m = multiple (style: 4)
-        y = self.residuals(y)  # (B, C, H/m, W/m)
-        y = self.shuffle(self.decoder(y))  # (B, 3, s*H, s*W), s = upscale (style: 1)
+        y = self.raw_output(x)  # (B, 3, s*H, s*W), s = upscale (style: 1)
         if self.config.output == "tanh":
             return (torch.tanh(y) + 1) / 2
         y = y * _OUTPUT_SCALE  # linear output in pixel units (0-255, as the paper's) -> [0, 1]

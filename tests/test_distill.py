@@ -326,11 +326,8 @@ def test_pruning_refits_the_output_convolution_by_least_squares(subpixel):
     conv = student.decoder[-1]
     assert tuple(conv.weight.shape) == ((12, 16, 5, 5) if subpixel else (3, 8, 9, 9))
 
-    def raw(net: TransformerNet, photo: torch.Tensor) -> torch.Tensor:  # the output before scale and clamp
-        return net.shuffle(net.decoder(net.residuals(net.encoder(photo))))
-
-    def squared_error() -> torch.Tensor:  # over the photos, in the networks' own units
-        return sum(((raw(student, p) - raw(teacher, p)) ** 2).sum() for p in photos)
+    def squared_error() -> torch.Tensor:  # over the photos, in the networks' own units (before scale and clamp)
+        return sum(((student.raw_output(p) - teacher.raw_output(p)) ** 2).sum() for p in photos)
 
     fitted = squared_error()
     (grad,) = torch.autograd.grad(fitted, conv.weight)
@@ -374,3 +371,11 @@ def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_p
     assert kinds["pruned"] < 0.01 * kinds["random"]  # the live channels are the teacher: nothing left to learn
     with pytest.raises(ValueError, match="DistillConfig.start must be random or pruned"):
         distill(_config(path, photos, tmp_path / "x.safetensors", start="teacher"))
+
+
+def test_mirror_adds_each_photos_mirror_image(teacher_file, photos, tmp_path):
+    plain = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))
+    both = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors", mirror=True))
+    assert len(plain) == 4 and len(both) == 8
+    for photo, first, mirrored in zip(plain, both[:4], both[4:], strict=True):
+        assert torch.equal(first, photo) and torch.equal(mirrored, photo.flip(-1)) and not torch.equal(mirrored, photo)
