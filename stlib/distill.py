@@ -265,7 +265,6 @@ class DistillConfig:
         False, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
     )
     size: int = option(192, "shorter photo side", check="positive")
-    mirror: bool = option(False, "also each photo's mirror image, which the teacher paints anew (twice the pairs)")
     limit: int | None = option(
         1000, "use at most N photos (cached in memory as uint8: ~0.3 MB each at 192 px)", check="positive", metavar="N"
     )
@@ -352,7 +351,7 @@ class DistillResult:
 
 
 def _photos(config: DistillConfig) -> list[torch.Tensor]:
-    """The distillation photos, (1, 3, H, W) floats with the shorter side `size` (then their mirror images)."""
+    """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; unreadable files skipped."""
     files = list_images(config.data)[: config.limit]
     photos = []
     for path in files:
@@ -364,7 +363,7 @@ def _photos(config: DistillConfig) -> list[torch.Tensor]:
         photos.append(to_tensor(image.resize((round(image.width * scale), round(image.height * scale)))))
     if not photos:
         raise ValueError(f"None of the image files in '{config.data}' could be read.")
-    return photos + [photo.flip(-1) for photo in photos] if config.mirror else photos  # (1, 3, H, W) each
+    return photos
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -371,11 +371,3 @@ def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_p
     assert kinds["pruned"] < 0.01 * kinds["random"]  # the live channels are the teacher: nothing left to learn
     with pytest.raises(ValueError, match="DistillConfig.start must be random or pruned"):
         distill(_config(path, photos, tmp_path / "x.safetensors", start="teacher"))
-
-
-def test_mirror_adds_each_photos_mirror_image(teacher_file, photos, tmp_path):
-    plain = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))
-    both = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors", mirror=True))
-    assert len(plain) == 4 and len(both) == 8
-    for photo, first, mirrored in zip(plain, both[:4], both[4:], strict=True):
-        assert torch.equal(first, photo) and torch.equal(mirrored, photo.flip(-1)) and not torch.equal(mirrored, photo)
