@@ -92,7 +92,7 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
     redrawn from the kept ones as well as a linear layer can (about half the copied layer's error on photos). A
     student with ``subpixel_output`` has no last x2 stage and gets its 5x5 sub-pixel output convolution from that
     fit alone. `config` must be `teacher`'s architecture with a smaller or equal width and number of residual
-    blocks, and may add ``subpixel_output``. The teacher is measured on the first 16 `photos`.
+    blocks, and may add ``subpixel_output``.
     """
     cfg = teacher.config
     same = {
@@ -106,7 +106,6 @@ def prune(teacher: TransformerNet, config: TransformerConfig, photos: list[torch
             f"prune makes a narrower, shallower copy of a style network with instance norm; got {config} "
             f"for a teacher {cfg}."
         )
-    photos = photos[:_PRUNE_PHOTOS]
     if config.num_residual_blocks > cfg.num_residual_blocks or any(
         a > b for a, b in zip(config.channels, cfg.channels, strict=True)
     ):
@@ -541,7 +540,7 @@ def _starting_student(
                 f"{tc.num_residual_blocks} residual blocks, the student {config.width:g} and "
                 f"{config.num_residual_blocks} (choose a smaller --width or --blocks, or --start random)."
             )
-        student = prune(teacher, student_config, photos)
+        student = prune(teacher, student_config, photos[:_PRUNE_PHOTOS])
     return student
 
 
