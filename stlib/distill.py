@@ -32,7 +32,10 @@ slim network per frame (`benchmarks/RESULTS.md`, "Sub-pixel students"); `prune` 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
 instance-norm statistics are those of the image the student sees; `DistillConfig.limit` caps the number of
-photos). The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
+photos). With a VGG term, the teacher's picture needs its VGG features (and the photo its content targets) at every
+step; they too are kept after a photo's first use, up to `DistillConfig.feature_cache_gb` (about 34 MB a photo at
+192 px in float32, half in bf16), which saves the step's two forward VGG passes that do not involve the student.
+The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
 ``input_skip`` it starts as the identity).
 The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
@@ -60,7 +63,7 @@ from .checkpoint import CheckpointError, load_model, read_metadata, read_state, 
 from .hardware import autocast, resolve_precision
 from .images import ImageError, list_images, load_image, load_tensor, to_tensor
 from .options import option
-from .perceptual import PerceptualLoss, feature_distance, gram_distance
+from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet, pad_to_multiple
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "prune", "slim_config"]
@@ -284,6 +287,10 @@ class DistillConfig:
     l1_steps: int = option(
         2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
+    feature_cache_gb: float = option(
+        4.0, "memory (GB) for the teacher pictures' VGG features, kept after first use (0: recompute each step)",
+        check="non_negative", metavar="GB",
+    )  # fmt: skip
     precision: str = option("auto", "autocast of the student and VGG (auto: bf16 on CPUs with native bf16)",
                             choices=("auto", "fp32", "bf16"))  # fmt: skip
     steps: int = option(5000, "optimiser steps", check="positive")
@@ -310,6 +317,9 @@ class DistillConfig:
         for name, value in weights.items():
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"DistillConfig.{name} must be a finite number >= 0, got {value!r}.")
+        cache = self.feature_cache_gb
+        if isinstance(cache, bool) or not (isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0):
+            raise ValueError(f"DistillConfig.feature_cache_gb must be a finite number >= 0, got {cache!r}.")
         if not any(weights.values()):
             raise ValueError("DistillConfig has no loss: give one of the four *_weight settings a value > 0.")
         if isinstance(self.l1_steps, bool) or not isinstance(self.l1_steps, int) or self.l1_steps < 0:
@@ -378,7 +388,13 @@ class _LossNetwork:
     """The teacher's training objective (`PerceptualLoss` of the settings in its metadata) and its layers."""
 
     def __init__(
-        self, teacher_file: str, teacher_info: Mapping[str, Any], precision: str, with_objective: bool
+        self,
+        teacher_file: str,
+        teacher_info: Mapping[str, Any],
+        precision: str,
+        with_objective: bool,
+        with_imitation: bool = True,
+        cache_bytes: int = 0,
     ) -> None:
         from .train import TrainConfig  # stlib.train is the heavier module; only the perceptual terms need it
 
@@ -401,18 +417,40 @@ class _LossNetwork:
         self.style_layers = dict(self.objective.style_layers)
         self.layers = list(dict.fromkeys([*self.objective.content_layers, *self.style_layers]))
         self.with_objective = with_objective  # the objective's content targets cost a (truncated) VGG pass
+        self.with_imitation = with_imitation  # the feature and Gram terms cost a VGG pass of the teacher's picture
+        self.cache: dict[int, tuple[dict[str, torch.Tensor], ContentTargets]] = {}  # photo index -> its targets
+        self.cache_bytes, self.cached_bytes = cache_bytes, 0
 
-    def terms(self, photo: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The student's VGG terms: "feature" and "gram" against the teacher's picture [, "objective": its total]."""
-        with torch.no_grad():
-            wanted = self.objective.features(target)
+    def targets(
+        self, index: int, photo: torch.Tensor, target: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], ContentTargets]:
+        """The teacher's picture's VGG features and the photo's content targets, kept while the cache has room."""
+        if index in self.cache:
+            return self.cache[index]
+        wanted = {}
+        if self.with_imitation:
+            with torch.no_grad():
+                wanted = {name: value for name, value in self.objective.features(target).items() if name in self.layers}
+        content = self.objective.content_targets(photo) if self.with_objective else {}
+        tensors = [*wanted.values(), *(features for features, _scale in content.values())]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[index] = wanted, content
+            self.cached_bytes += size
+        return self.cache.get(index, (wanted, content))
+
+    def terms(
+        self, index: int, photo: torch.Tensor, output: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The student's VGG terms: ["feature" and "gram" against the teacher's picture,] ["objective": its total]."""
+        wanted, content = self.targets(index, photo, target)
         got = self.objective.features(output)
-        terms = {
-            "feature": feature_distance(got, wanted, self.layers),
-            "gram": gram_distance(got, wanted, self.style_layers),
-        }
+        terms = {}
+        if self.with_imitation:
+            terms["feature"] = feature_distance(got, wanted, self.layers)
+            terms["gram"] = gram_distance(got, wanted, self.style_layers)
         if self.with_objective:
-            terms["objective"] = self.objective.judge(output, self.objective.content_targets(photo), feats=got)["total"]
+            terms["objective"] = self.objective.judge(output, content, feats=got)["total"]
         return terms
 
 
@@ -422,7 +460,13 @@ def _lr(config: DistillConfig, step: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
 
 
-_NOT_SHAPING = ("resume", "progress", "checkpoint_every", "log_every")  # may change when a run is resumed
+_NOT_SHAPING = (
+    "resume",
+    "progress",
+    "checkpoint_every",
+    "log_every",
+    "feature_cache_gb",
+)  # may change when a run is resumed
 
 
 def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
@@ -456,7 +500,14 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
     precision = resolve_precision(config.precision, "cpu")
     loss_network = (
-        _LossNetwork(config.teacher, teacher_info, precision, config.objective_weight > 0)
+        _LossNetwork(
+            config.teacher,
+            teacher_info,
+            precision,
+            with_objective=config.objective_weight > 0,
+            with_imitation=config.feature_weight > 0 or config.gram_weight > 0,
+            cache_bytes=int(config.feature_cache_gb * 1e9),
+        )
         if config.perceptual
         else None
     )
@@ -489,7 +540,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step)
         network = loss_network if step >= config.l1_steps else None  # the first l1_steps: L1 alone
-        terms = _loss_terms(student, _from_uint8(photos[index]), _from_uint8(targets[index]), network, precision)
+        terms = _loss_terms(student, index, _from_uint8(photos[index]), _from_uint8(targets[index]), network, precision)
         loss = sum(getattr(config, f"{name}_weight") * value for name, value in terms.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -556,17 +607,18 @@ def _load_init(student: TransformerNet, path: str) -> None:
 
 def _loss_terms(
     student: TransformerNet,
+    index: int,
     photo: torch.Tensor,
     target: torch.Tensor,
     loss_network: _LossNetwork | None,
     precision: str,
 ) -> dict[str, torch.Tensor]:
-    """The unweighted terms for one photo (1, 3, H, W) and the teacher's output: "l1" and the VGG terms."""
+    """The unweighted terms for photo `index` (1, 3, H, W) and the teacher's output: "l1" and the VGG terms."""
     with autocast("cpu", precision):
         output = student(photo)  # (1, 3, H, W)
         terms = {"l1": F.l1_loss(output.float(), target)}
         if loss_network is not None:
-            terms.update(loss_network.terms(photo, output, target))
+            terms.update(loss_network.terms(index, photo, output, target))
     return terms
 
 

@@ -133,6 +133,8 @@ def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
         distill(_config(teacher_file, photos, tmp_path / "s.pt"))
     with pytest.raises(ValueError, match="size must be at least 16"):
         distill(_config(teacher_file, photos, tmp_path / "s.safetensors", size=8))
+    with pytest.raises(ValueError, match="feature_cache_gb must be a finite number >= 0"):
+        distill(_config(teacher_file, photos, tmp_path / "s.safetensors", feature_cache_gb=-1))
 
 
 def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys, offline_weights):
@@ -220,6 +222,9 @@ def test_the_first_l1_steps_are_an_l1_run_then_the_vgg_terms_join(teacher_file, 
     assert set(read_metadata(warm.path)["info"]["losses"]) == {"loss", "l1"}
     both = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=30, l1_steps=20, **perceptual))
     assert set(read_metadata(both.path)["info"]["losses"]) == {"loss", "l1", "feature", "gram", "objective"}
+    alone = dict(l1_weight=0, feature_weight=0, gram_weight=0, objective_weight=1.0)  # the teacher's objective only
+    judged = distill(_config(teacher_file, photos, tmp_path / "j.safetensors", steps=10, **alone))
+    assert set(read_metadata(judged.path)["info"]["losses"]) == {"loss", "l1", "objective"}  # L1 logged, weight 0
     with pytest.raises(ValueError, match="l1_steps needs l1_weight > 0"):
         distill(_config(teacher_file, photos, tmp_path / "x.safetensors", l1_steps=5, l1_weight=0, **perceptual))
 
@@ -236,9 +241,42 @@ def test_the_objective_term_is_the_teachers_training_objective(teacher_file, pho
     output = load_model(teacher_file)(photo).detach()
     with PerceptualLoss.from_config(painting, config, precision="fp32") as objective, torch.no_grad():
         expected = objective(photo, output)["total"]
-        terms = network.terms(photo, output, output)
+        terms = network.terms(0, photo, output, output)
     assert float(terms["objective"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["feature"]) == 0 and float(terms["gram"]) == 0  # the teacher's own picture
+
+
+def test_the_feature_cache_changes_the_speed_not_the_student(teacher_file, photos, tmp_path, offline_weights):
+    perceptual = dict(feature_weight=1.0, gram_weight=10.0, objective_weight=1.0, steps=12)
+    runs = {}
+    for name, gigabytes in (("none", 0.0), ("some", 0.0007), ("all", 1.0)):
+        config = _config(
+            teacher_file, photos, tmp_path / f"{name}.safetensors", feature_cache_gb=gigabytes, **perceptual
+        )
+        runs[name] = load_model(distill(config).path).state_dict()
+    for name in ("some", "all"):  # "some" keeps one photo's targets (~0.66 MB each at 32 px) and recomputes the others
+        assert all(torch.equal(runs["none"][k], runs[name][k]) for k in runs["none"])
+
+
+def test_the_feature_cache_keeps_each_photos_targets_within_its_memory(teacher_file, photos, tmp_path, offline_weights):
+    from stlib.distill import _LossNetwork
+
+    info = read_metadata(teacher_file)["info"]
+    pictures = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))
+    network = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, cache_bytes=10**9)
+    first = network.targets(0, pictures[0], pictures[0])
+    assert network.targets(0, pictures[1], pictures[1]) is first  # photo 0's targets, not recomputed
+    wanted, content = first
+    assert set(wanted) == set(network.layers) and set(content) == {"relu2_2"}
+    one_photo = network.cached_bytes
+    assert one_photo == sum(t.numel() * 4 for t in [*wanted.values(), content["relu2_2"][0]])
+    small = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, cache_bytes=one_photo)
+    for index, picture in enumerate(pictures):
+        small.targets(index, picture, picture)
+    assert list(small.cache) == [0] and small.cached_bytes == one_photo  # the others did not fit
+    judge = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, with_imitation=False, cache_bytes=10**9)
+    assert judge.targets(0, pictures[0], pictures[0])[0] == {}  # no VGG pass of the teacher's picture
+    assert set(judge.terms(0, pictures[0], pictures[0], pictures[0])) == {"objective"}
 
 
 def test_init_starts_the_student_from_a_model_file_of_its_shape(teacher_file, photos, tmp_path):
