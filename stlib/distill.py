@@ -48,13 +48,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from stlib import __version__
 
@@ -287,6 +288,10 @@ class DistillConfig:
     l1_steps: int = option(
         2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
+    average: float = option(
+        0.0, "decay of a moving average of the student's weights, written as the student (e.g. 0.998; 0: none)",
+        check="fraction", metavar="DECAY",
+    )  # fmt: skip
     feature_cache_gb: float = option(
         4.0, "memory (GB) for the teacher pictures' VGG features, kept after first use (0: recompute each step)",
         check="non_negative", metavar="GB",
@@ -317,6 +322,9 @@ class DistillConfig:
         for name, value in weights.items():
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"DistillConfig.{name} must be a finite number >= 0, got {value!r}.")
+        average = self.average
+        if isinstance(average, bool) or not (isinstance(average, (int, float)) and 0 <= average < 1):
+            raise ValueError(f"DistillConfig.average must be a number in [0, 1), got {average!r}.")
         cache = self.feature_cache_gb
         if isinstance(cache, bool) or not (isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0):
             raise ValueError(f"DistillConfig.feature_cache_gb must be a finite number >= 0, got {cache!r}.")
@@ -499,31 +507,13 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     teacher_info = read_metadata(config.teacher)["info"]
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
     precision = resolve_precision(config.precision, "cpu")
-    loss_network = (
-        _LossNetwork(
-            config.teacher,
-            teacher_info,
-            precision,
-            with_objective=config.objective_weight > 0,
-            with_imitation=config.feature_weight > 0 or config.gram_weight > 0,
-            cache_bytes=int(config.feature_cache_gb * 1e9),
-        )
-        if config.perceptual
-        else None
-    )
+    loss_network = _loss_network(config, teacher_info, precision)
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks, config.subpixel_output)
     photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below
     student = _starting_student(config, teacher, student_config, photos)
     optimizer = torch.optim.Adam(student.parameters(), lr=config.lr)
-    step, state_path = 0, config.state_path()
-    if config.resume:
-        state = _load_state(state_path)
-        if _shaping(state["config"]) != _shaping(asdict(config)):
-            raise ValueError(f"Cannot resume from '{state_path}': it was made with other distillation settings.")
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        torch.set_rng_state(state["rng"])
+    averaged = _averaged(student, config.average)
+    step = _resume(config, student, optimizer, averaged) if config.resume else 0
 
     targets = []  # uint8 (1, 3, H, W) each: the photo and the teacher's answer, computed once
     with torch.inference_mode():
@@ -545,6 +535,8 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(student)
         step += 1
         history = (history + [{"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}])[-config.log_every :]
         bar.update(1)
@@ -552,10 +544,10 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
             bar.set_postfix({k: f"{v:.4g}" for k, v in _means(history).items()})
         saved = step % config.checkpoint_every == 0 or step == config.steps
         if saved:
-            _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
+            _checkpoint(student, averaged, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
         if callback is not None and callback(step, history[-1]["loss"]):  # after the checkpoint; True stops the run
             if not saved:
-                _checkpoint(student, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
+                _checkpoint(student, averaged, optimizer, config, teacher, teacher_info, teacher_sha256, step, history)
             break
     bar.close()
     if loss_network is not None:
@@ -571,6 +563,44 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
         student.describe(),
         student.flops(480, 640) / teacher.flops(480, 640),
     )
+
+
+def _loss_network(config: DistillConfig, teacher_info: Mapping[str, Any], precision: str) -> _LossNetwork | None:
+    """The VGG terms' loss network, or None when the loss is L1 alone."""
+    if not config.perceptual:
+        return None
+    return _LossNetwork(
+        config.teacher,
+        teacher_info,
+        precision,
+        with_objective=config.objective_weight > 0,
+        with_imitation=config.feature_weight > 0 or config.gram_weight > 0,
+        cache_bytes=int(config.feature_cache_gb * 1e9),
+    )
+
+
+def _averaged(student: TransformerNet, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the student's weights (Polyak and Juditsky 1992), or None for decay 0."""
+    if decay == 0:
+        return None
+    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _resume(
+    config: DistillConfig, student: TransformerNet, optimizer: torch.optim.Optimizer, averaged: AveragedModel | None
+) -> int:
+    """Load the saved state into the student, the optimiser and the average; the step it was saved at."""
+    state_path = config.state_path()
+    state = _load_state(state_path)
+    defaults = {f.name: f.default for f in fields(DistillConfig) if f.default is not MISSING}
+    if _shaping({**defaults, **state["config"]}) != _shaping(asdict(config)):  # settings added later: defaults
+        raise ValueError(f"Cannot resume from '{state_path}': it was made with other distillation settings.")
+    student.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if averaged is not None:
+        averaged.load_state_dict(state["average"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def _starting_student(
@@ -630,6 +660,7 @@ def _means(history: list[dict[str, float]]) -> dict[str, float]:
 
 def _checkpoint(
     student: TransformerNet,
+    averaged: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     config: DistillConfig,
     teacher: TransformerNet,
@@ -638,7 +669,10 @@ def _checkpoint(
     step: int,
     history: list[dict[str, float]],
 ) -> None:
-    """Write the student's model file (metadata naming its teacher) and the resumable state, each atomically."""
+    """Write the student's model file (metadata naming its teacher) and the resumable state, each atomically.
+
+    With a moving average the model file holds the averaged weights; the state holds both.
+    """
     was_training = student.training
     student.eval()
     info = {
@@ -654,7 +688,9 @@ def _checkpoint(
         # the teacher's training settings: the objective the student is scored with (benchmarks/quality.py)
         **{key: teacher_info[key] for key in _INHERITED if key in teacher_info},
     }
-    save_model(student, config.output, info=info)
+    save_model(student if averaged is None else averaged.module, config.output, info=info)
     student.train(was_training)
     state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    if averaged is not None:
+        state["average"] = averaged.state_dict()
     write_state(config.state_path(), {**state, "rng": torch.get_rng_state(), "config": asdict(config)})

@@ -108,6 +108,46 @@ def test_resume_continues_exactly(teacher_file, photos, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_average_is_the_exponential_moving_average_of_the_students_weights(teacher_file, photos, tmp_path):
+    from stlib.checkpoint import read_state
+
+    config = _config(teacher_file, photos, tmp_path / "a.safetensors", steps=6, checkpoint_every=1, average=0.75)
+    raw = []  # the student's own weights after each step, from the state file written before the callback
+
+    def record(step: int, loss: float) -> None:
+        raw.append(read_state(config.state_path())["model"])
+
+    distill(config, callback=record)
+    expected = dict(raw[0])  # the first update copies the weights
+    for weights in raw[1:]:
+        expected = {k: 0.75 * expected[k] + 0.25 * weights[k] for k in expected}
+    written = load_model(config.output).state_dict()
+    assert all(torch.allclose(written[k], expected[k], rtol=1e-5, atol=1e-6) for k in written)
+    assert not all(torch.equal(written[k], raw[-1][k]) for k in written)  # not the last weights
+    with pytest.raises(ValueError, match=r"average must be a number in \[0, 1\), got 1"):
+        distill(_config(teacher_file, photos, tmp_path / "b.safetensors", average=1))
+
+
+def test_resume_with_an_average_continues_exactly(teacher_file, photos, tmp_path):
+    whole = distill(_config(teacher_file, photos, tmp_path / "a.safetensors", steps=40, average=0.9))
+    first = _config(teacher_file, photos, tmp_path / "b.safetensors", steps=40, average=0.9)
+    distill(first, callback=lambda step, loss: step == 20)  # True stops the run after step 20
+    resumed = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=40, average=0.9, resume=True))
+    a, b = load_model(whole.path).state_dict(), load_model(resumed.path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_with_its_default(teacher_file, photos, tmp_path):
+    from stlib.checkpoint import read_state, write_state
+
+    config = _config(teacher_file, photos, tmp_path / "s.safetensors", steps=20)
+    distill(config, callback=lambda step, loss: step == 10)
+    state = read_state(config.state_path())
+    del state["config"]["average"]  # as an earlier stlib wrote it
+    write_state(config.state_path(), state)
+    assert distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, resume=True)).steps == 20
+
+
 def test_resume_with_other_settings_is_refused(teacher_file, photos, tmp_path):
     distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20))
     with pytest.raises(ValueError, match="other distillation settings"):
