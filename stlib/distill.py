@@ -35,8 +35,11 @@ instance-norm statistics are those of the image the student sees; `DistillConfig
 photos). With a VGG term, the teacher's picture needs its VGG features (and the photo its content targets) at every
 step; they too are kept after a photo's first use, up to `DistillConfig.feature_cache_gb` (about 34 MB a photo at
 192 px in float32, half in bf16), which saves the step's two forward VGG passes that do not involve the student.
-The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
-``input_skip`` it starts as the identity).
+With one photo a step the weights stay noisy where the loss levels off; `DistillConfig.average` writes an
+exponential moving average of them instead (B. T. Polyak, A. B. Juditsky, "Acceleration of Stochastic
+Approximation by Averaging", 1992), which scored better than any single file of the same run (`benchmarks/RESULTS.md`,
+"The teacher's objective alone, then a moving average of the weights"). The student copies the teacher's
+normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the identity).
 The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
 configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
@@ -468,13 +471,8 @@ def _lr(config: DistillConfig, step: int) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
 
 
-_NOT_SHAPING = (
-    "resume",
-    "progress",
-    "checkpoint_every",
-    "log_every",
-    "feature_cache_gb",
-)  # may change when a run is resumed
+# settings that may change when a run is resumed
+_NOT_SHAPING = ("resume", "progress", "checkpoint_every", "log_every", "feature_cache_gb")
 
 
 def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
