@@ -37,9 +37,10 @@ step; they too are kept after a photo's first use, up to `DistillConfig.feature_
 192 px in float32, half in bf16), which saves the step's two forward VGG passes that do not involve the student.
 With one photo a step the weights stay noisy where the loss levels off; `DistillConfig.average` writes an
 exponential moving average of them instead (B. T. Polyak, A. B. Juditsky, "Acceleration of Stochastic
-Approximation by Averaging", 1992), which scored better than any single file of the same run (`benchmarks/RESULTS.md`,
-"The teacher's objective alone, then a moving average of the weights"). The student copies the teacher's
-normalisation, upsampling, output and ``input_skip`` options (with ``input_skip`` it starts as the identity).
+Approximation by Averaging", 1992), which scored better than the single files of the unaveraged runs before it
+(`benchmarks/RESULTS.md`, "The teacher's objective alone, a moving average of the weights, larger photos").
+The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
+``input_skip`` it starts as the identity).
 The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` / ``video`` commands and the
 webcam widget use it like any other; its metadata names the teacher and carries the teacher's training
 configuration, so `benchmarks/quality.py` can score it with the teacher's own perceptual objective.
