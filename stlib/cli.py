@@ -222,8 +222,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a slim, fast network from a trained one.
 
-    A slim student (width 0.25, 3 residual blocks: 7%% of the FLOPs) learns a trained network's output: its pixels
-    (L1), its features and Gram matrices in the teacher's own loss network (VGG), and the teacher's objective.
+    A slim student (width 0.25, 5 residual blocks, sub-pixel output: 7%% of the FLOPs) learns a trained network's
+    output: its pixels (L1), its features and Gram matrices in the teacher's own loss network (VGG), and the
+    teacher's objective. The defaults are the first stage of the shipped slim network's recipe (checkpoints/README).
 
     example: python -m stlib distill checkpoints/wave.safetensors --data photos/ -o checkpoints/wave_slim.safetensors
     """

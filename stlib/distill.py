@@ -1,9 +1,10 @@
 """Slim style networks distilled from a trained one: same style, a fraction of the computation per frame.
 
-Knowledge distillation (G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network",
-2015) applied to the image transformation network of Johnson et al. (ECCV 2016, Sec. 3.1): a small student
-`TransformerNet` (`slim_config`: width 0.25 and 3 residual blocks, 7 % of the teacher's FLOPs) learns to
-reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss, for the student's output y_s,
+Knowledge distillation (G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network", 2015)
+applied to the image transformation network of Johnson et al. (ECCV 2016, Sec. 3.1): a small student
+`TransformerNet` (`slim_config`; `DistillConfig`'s default: width 0.25, 5 residual blocks and a sub-pixel output,
+7 % of the teacher's FLOPs) learns to reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss,
+for the student's output y_s,
 
     L = l1_weight * ||y_s - y_t||_1                                         (pixels in [0, 1], mean)
       + feature_weight * mean_l ||F_l(y_s) - F_l(y_t)||^2 / ||F_l(y_t)||^2   (Johnson Eq. 2, target y_t)
@@ -21,13 +22,14 @@ statistics of the teacher's picture of that photo, which a small network can mee
 place, and J keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation").
 The first `DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the
 teacher's colours and layout before the VGG terms refine its texture. The student starts from the teacher itself
-(`prune`: its most useful residual blocks and most active channels; ``DistillConfig.start="pruned"``, the
-default), which keeps the teacher's picture of faces, windows and edges that a random start (``"random"``) has to
-learn again: 1.31x the teacher's objective after 4,000 steps against 1.43x after 5,641 from a random start
+(`prune`: its most useful residual blocks and most active channels; ``DistillConfig.start="pruned"``, the default),
+which keeps the teacher's picture of faces, windows and edges that a random start (``"random"``) has to learn
+again: 1.31x the teacher's objective after 4,000 steps against 1.43x after 5,641 from a random start
 (`benchmarks/RESULTS.md`, "Pruned start"); `DistillConfig.init` starts from a student file. With
-``DistillConfig.subpixel_output`` the student ends in a 5x5 sub-pixel convolution at half resolution (Shi et al.,
-CVPR 2016) instead of the last x2 stage and the 9x9 output convolution at full resolution, the costliest part of a
-slim network per frame (`benchmarks/RESULTS.md`, "Sub-pixel students"); `prune` fits that layer by least squares.
+``DistillConfig.subpixel_output`` (the default) the student ends in a 5x5 sub-pixel convolution at half resolution
+(Shi et al., CVPR 2016) instead of the last x2 stage and the 9x9 output convolution at full resolution, the
+costliest part of a slim network per frame (`benchmarks/RESULTS.md`, "Sub-pixel students"); `prune` fits that layer
+by least squares.
 
 The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
 (`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
@@ -67,7 +69,7 @@ from .assets import file_sha256, style_image
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
 from .hardware import autocast, resolve_precision
 from .images import ImageError, list_images, load_image, load_tensor, to_tensor
-from .options import option
+from .options import option, require
 from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet, pad_to_multiple
 
@@ -261,15 +263,15 @@ def _useful_blocks(net: TransformerNet, count: int, photos: list[torch.Tensor]) 
 
 @dataclass
 class DistillConfig:
-    """Settings of `distill`; the defaults are the recipe of ``benchmarks/RESULTS.md`` ("Perceptual distillation")."""
+    """Settings of `distill`; the defaults are the first stage of the shipped slim network's recipe."""
 
     teacher: str = option(help="the trained network (.safetensors)", positional=True, metavar="FILE")
     data: str = option(help="a folder of photos (any tree)", metavar="DIR")
     output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
     width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
-    num_residual_blocks: int = option(3, "student residual blocks", flag="--blocks")
+    num_residual_blocks: int = option(5, "student residual blocks", flag="--blocks")
     subpixel_output: bool = option(
-        False, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
+        True, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
     )
     size: int = option(192, "shorter photo side", check="positive")
     limit: int | None = option(
@@ -290,7 +292,7 @@ class DistillConfig:
         None, "start the student from this model file (the same architecture; instead of --start)", metavar="FILE"
     )
     l1_steps: int = option(
-        2000, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
+        500, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
     )
     average: float = option(
         0.0, "decay of a moving average of the student's weights, written as the student (e.g. 0.998; 0: none)",
@@ -302,7 +304,7 @@ class DistillConfig:
     )  # fmt: skip
     precision: str = option("auto", "autocast of the student and VGG (auto: bf16 on CPUs with native bf16)",
                             choices=("auto", "fp32", "bf16"))  # fmt: skip
-    steps: int = option(5000, "optimiser steps", check="positive")
+    steps: int = option(2600, "optimiser steps", check="positive")
     lr: float = option(2e-3, "Adam learning rate (cosine decay to lr / 20)", check="positive")
     seed: int = option(0, "student initialisation and photo order")
     checkpoint_every: int = option(250, "model file + state every N steps", check="positive")
@@ -312,30 +314,19 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise ValueError (one sentence naming the setting) for settings that cannot work."""
-        for name in ("size", "steps", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DistillConfig.{name} must be a positive integer, got {value!r}.")
+        require(self, "positive_int", "size", "steps", "checkpoint_every", "log_every")
+        require(self, "positive_int", "limit", none_ok=True)
+        require(self, "non_negative_int", "l1_steps")
         if self.size < 16:
             raise ValueError(f"DistillConfig.size must be at least 16 pixels, got {self.size}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"DistillConfig.lr must be a positive number, got {self.lr!r}.")
-        weights = {
-            name: getattr(self, name) for name in ("l1_weight", "feature_weight", "gram_weight", "objective_weight")
-        }
-        for name, value in weights.items():
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"DistillConfig.{name} must be a finite number >= 0, got {value!r}.")
+        require(self, "positive", "width", "lr")
+        weights = ("l1_weight", "feature_weight", "gram_weight", "objective_weight")
+        require(self, "non_negative", *weights, "feature_cache_gb")
         average = self.average
         if isinstance(average, bool) or not (isinstance(average, (int, float)) and 0 <= average < 1):
             raise ValueError(f"DistillConfig.average must be a number in [0, 1), got {average!r}.")
-        cache = self.feature_cache_gb
-        if isinstance(cache, bool) or not (isinstance(cache, (int, float)) and math.isfinite(cache) and cache >= 0):
-            raise ValueError(f"DistillConfig.feature_cache_gb must be a finite number >= 0, got {cache!r}.")
-        if not any(weights.values()):
+        if not any(getattr(self, name) for name in weights):
             raise ValueError("DistillConfig has no loss: give one of the four *_weight settings a value > 0.")
-        if isinstance(self.l1_steps, bool) or not isinstance(self.l1_steps, int) or self.l1_steps < 0:
-            raise ValueError(f"DistillConfig.l1_steps must be an integer >= 0, got {self.l1_steps!r}.")
         if self.l1_steps > 0 and self.l1_weight == 0:
             raise ValueError("DistillConfig.l1_steps needs l1_weight > 0: the first steps train with L1 alone.")
         if self.start not in ("random", "pruned"):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
 from .images import atomic_write
-from .options import option
+from .options import option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
 
 if TYPE_CHECKING:
@@ -188,12 +188,9 @@ class GatysConfig(ObjectiveConfig):
                 raise ValueError(f"scales must be sizes of at least 16 pixels, got {self.scales}.")
             if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
                 raise ValueError(f"scales must increase from coarse to fine, got {self.scales}.")
-        if not (math.isfinite(self.style_scale) and self.style_scale > 0):
-            raise ValueError(f"style_scale must be a positive number, got {self.style_scale}.")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}.")
-        if self.snapshot_every < 0:
-            raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}.")
+        require(self, "positive", "style_scale")
+        require(self, "positive", "lr", none_ok=True)
+        require(self, "non_negative_int", "snapshot_every")
 
     def iterations_per_scale(self) -> tuple[int, ...]:
         """The number of iterations at each scale (one entry for a single-scale run)."""

@@ -19,7 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field
 from typing import Any
 
-__all__ = ["CHECKS", "add_options", "config_from", "is_option", "key_value", "layer_weight", "option", "parse_type"]
+__all__ = [
+    "CHECKS",
+    "add_options",
+    "config_from",
+    "is_option",
+    "key_value",
+    "layer_weight",
+    "option",
+    "parse_type",
+    "require",
+]
 
 CHECKS = ("positive", "non_negative", "fraction")
 """Value checks the command line applies: > 0, >= 0 (finite), and a number in [0, 1]."""
@@ -41,8 +51,9 @@ def option(
 ) -> Any:
     """A dataclass field with its command-line description in ``metadata``.
 
-    `flag` overrides the option name (default ``--field-name``; a boolean that defaults to True needs one that
-    turns it off, e.g. ``--quiet`` for ``progress``); `check` is one of `CHECKS`; `group` names the help
+    `flag` overrides the option name (default ``--field-name``; a boolean that defaults to True gets
+    ``--field-name`` / ``--no-field-name``, or only the given flag, which turns it off, e.g. ``--quiet`` for
+    ``progress``); `check` is one of `CHECKS`; `group` names the help
     section; `required` makes the command line insist on a field that has a default (fields without one always
     are); `none` is the command-line value that stands for None (e.g. 0 for "as large as the file").
     """
@@ -90,6 +101,37 @@ _TYPES: dict[tuple[type, str | None], Callable[[str], Any]] = {
     (float, "fraction"): _number(float, "a number between 0 and 1", low=0, high=1),
     (str, None): str,
 }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "positive_int": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "non_negative_int": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "positive": ("a positive number", lambda v: _is_real(v) and v > 0),
+    "non_negative": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
+}
+"""The rules `require` checks a config's settings by: (what the message calls it, the test of a value)."""
+
+
+def require(config: object, rule: str, *names: str, none_ok: bool = False) -> None:
+    """Raise ValueError ("Config.name must be <rule>, got <value>.") for the first of `names` outside `rule`.
+
+    The settings are attributes of `config` (a dataclass), `rule` a key of `RULES`; bools are not numbers here,
+    and with `none_ok` a setting may be None (e.g. "no limit").
+    """
+    what, ok = RULES[rule]
+    for name in names:
+        value = getattr(config, name)
+        if not (ok(value) or (none_ok and value is None)):
+            what = f"None or {what}" if none_ok else what
+            raise ValueError(f"{type(config).__name__}.{name} must be {what}, got {value!r}.")
 
 
 def layer_weight(text: str) -> tuple[str, float]:
@@ -174,8 +216,9 @@ def add_options(
             target.add_argument(f.name, metavar=meta["metavar"], help=help_)
             continue
         flags = meta["flag"] or ("--" + f.name.replace("_", "-"),)
-        if kind is bool and partial:  # --x / --no-x: the outer config's choice may be either
-            target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        if kind is bool and (partial or (default and not meta["flag"])):  # --x / --no-x
+            default = None if partial else default  # partial: the outer config's choice may be either
+            target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
             continue
         if kind is bool:
             target.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=help_)

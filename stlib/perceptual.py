@@ -40,7 +40,7 @@ from torch import nn
 from .hardware import autocast, resolve_precision
 from .images import load_tensor, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
-from .options import option
+from .options import option, require
 from .vgg import VGGFeatures, layer_names
 
 __all__ = [
@@ -120,10 +120,7 @@ class ObjectiveConfig:
             raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
         if self.pool not in _POOLS:
             raise ValueError(f"Unknown pool {self.pool!r}; choose 'max' or 'avg'.")
-        for name in ("content_weight", "style_weight", "tv_weight", "pixel_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        require(self, "non_negative", "content_weight", "style_weight", "tv_weight", "pixel_weight")
         if not self.content_layers and self.content_weight > 0:
             raise ValueError("content_layers is empty but content_weight > 0; name a layer such as 'relu4_2'.")
         if self.style_weight > 0:

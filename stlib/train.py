@@ -112,7 +112,7 @@ from .data import ImageFolderDataset, ShuffleSampler, make_loader
 from .hardware import PRECISIONS, autocast, init_distributed, resolve_device, resolve_precision
 from .images import atomic_write, load_image, load_tensor, resize, save_image, to_tensor
 from .losses import stability_loss
-from .options import option
+from .options import option, require
 from .perceptual import JOHNSON_CONTENT_LAYER, JOHNSON_STYLE_LAYERS, ObjectiveConfig, PerceptualLoss
 from .superres import degrade
 from .transformer import TransformerConfig, TransformerNet
@@ -329,23 +329,13 @@ class TrainConfig:
         if not self.data:
             raise ValueError("TrainConfig.data is required: a folder of training photos.")
         positive = ["size", "batch_size", "steps", "log_every", "checkpoint_every", "val_count", "val_size"]
-        for name in [*positive, "lr_step_every"]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}.")
-        for name in ("val_every", "warmup_steps", "style_warmup", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}.")
-        for name in ("style_size", "limit", "num_workers"):
-            value = getattr(self, name)
-            low = 0 if name == "num_workers" else 1
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"TrainConfig.{name} must be None or an integer >= {low}, got {value!r}.")
+        require(self, "positive_int", *positive, "lr_step_every")
+        require(self, "non_negative_int", "val_every", "warmup_steps", "style_warmup", "seed")
+        require(self, "positive_int", "style_size", "limit", none_ok=True)
+        require(self, "non_negative_int", "num_workers", none_ok=True)
         if self.size < 16:
             raise ValueError(f"TrainConfig.size must be at least 16 pixels (VGG pools 4 times), got {self.size}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
+        require(self, "positive", "lr")
         if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
             raise ValueError(f"TrainConfig.lr_gamma must be in (0, 1], got {self.lr_gamma!r}.")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("vgg_pass", VGG_PASSES)):
@@ -361,14 +351,8 @@ class TrainConfig:
         self.objective().validate()  # weights and layers, one sentence naming the setting
 
     def _validate_stability(self) -> None:
-        for name in ("stability_weight", "stability_noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}.")
-        for name in ("stability_shift", "stability_border"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}.")
+        require(self, "non_negative", "stability_weight", "stability_noise")
+        require(self, "non_negative_int", "stability_shift", "stability_border")
         if self.stability_weight > 0:
             if self.task != "style":
                 raise ValueError("TrainConfig.stability_weight is for style networks (task 'style'); set it to 0.")
@@ -390,8 +374,7 @@ class TrainConfig:
             raise ValueError("TrainConfig.style must be empty for task 'superres' (super-resolution has no style).")
         if self.loss not in SR_LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {', '.join(SR_LOSSES)}, got {self.loss!r}.")
-        if not (math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
-            raise ValueError(f"TrainConfig.blur_sigma must be a finite number >= 0, got {self.blur_sigma!r}.")
+        require(self, "non_negative", "blur_sigma")
         scale = self.transformer.upscale
         if scale == 1:
             raise ValueError("Task 'superres' needs a network that upscales: set its upscale to 2, 4 or 8.")

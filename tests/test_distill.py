@@ -51,6 +51,7 @@ def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillCo
     settings = dict(
         size=32, steps=60, log_every=10, checkpoint_every=20, lr=3e-3, progress=False, width=0.25, l1_steps=0
     )
+    settings.update(num_residual_blocks=3, subpixel_output=False)  # cheaper than the default shape; same code
     settings.update(start="random")  # the tests below compare training runs; pruned starts have their own tests
     settings.update(feature_weight=0, gram_weight=0, objective_weight=0)  # L1 alone (no VGG) unless a test asks
     return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
@@ -177,18 +178,28 @@ def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
         distill(_config(teacher_file, photos, tmp_path / "s.safetensors", feature_cache_gb=-1))
 
 
+def test_the_default_student_has_the_shipped_slim_networks_shape():
+    folder = assets.repo_root() / "checkpoints"
+    shipped, teacher = (load_model(folder / f"the_scream{s}.safetensors") for s in ("_slim", ""))
+    assert read_metadata(folder / "the_scream_slim.safetensors")["info"]["kind"] == "distilled"
+    defaults = DistillConfig(teacher="t.safetensors", data="photos", output="s.safetensors")
+    made = slim_config(teacher.config, defaults.width, defaults.num_residual_blocks, defaults.subpixel_output)
+    assert made == shipped.config and (made.num_residual_blocks, made.subpixel_output) == (5, True)
+
+
 def test_cli_distill_then_stylize_with_the_student(teacher_file, photos, tmp_path, capsys, offline_weights):
     student = tmp_path / "slim.safetensors"
     argv = ["distill", str(teacher_file), "--data", str(photos), "-o", str(student), "--size", "32"]
-    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet"]) == 2  # 3 blocks from a 1-block teacher
+    assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet"]) == 2  # 5 blocks from a 1-block teacher
     err = capsys.readouterr().err
     assert "Cannot prune" in err and "--start random" in err and len(err.strip().splitlines()) == 1
     assert cli.main([*argv, "--steps", "10", "--l1-steps", "5", "--quiet", "--blocks", "1"]) == 0  # pruned start
     assert "of the teacher's FLOPs" in capsys.readouterr().out
-    subpixel = tmp_path / "subpixel.safetensors"
-    assert cli.main([*argv[:-4], "-o", str(subpixel), "--steps", "2", "--l1-steps", "1", "--quiet", "--blocks", "1",
-                     "--subpixel-output", "--size", "32"]) == 0  # fmt: skip
-    assert load_model(subpixel, task="style").config.subpixel_output
+    assert load_model(student, task="style").config.subpixel_output  # the default shape
+    plain = tmp_path / "plain.safetensors"
+    assert cli.main([*argv[:-4], "-o", str(plain), "--steps", "2", "--l1-steps", "1", "--quiet", "--blocks", "1",
+                     "--no-subpixel-output", "--size", "32"]) == 0  # fmt: skip
+    assert not load_model(plain, task="style").config.subpixel_output
     out = tmp_path / "styled.png"
     assert cli.main(["stylize", "--model", str(student), str(content_image("tubingen")), "-o", str(out)]) == 0
     assert Image.open(out).size == Image.open(content_image("tubingen")).size

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from stlib.options import add_options, config_from, is_option, option
+from stlib.options import add_options, config_from, is_option, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Settings:
     mode: str = option("fast", "how", choices=("fast", "slow"))
     fancy: bool = option(False, "turn it on")
     progress: bool = option(True, "no progress bar", flag="--quiet")
+    sharp: bool = option(True, "sharpen (on unless --no-sharp)")
     inner: Inner = dataclasses.field(default_factory=Inner, metadata={"group": "inner"})
     internal: int = 7
 
@@ -42,7 +43,7 @@ def test_defaults_round_trip_and_only_options_reach_the_command_line():
     args = parser().parse_args(["here"])
     assert config_from(Settings, args) == Settings(source="here")
     dests = {a.dest for a in parser()._actions}
-    assert {"size", "counts", "layers", "names", "ratio", "mode", "fancy", "progress", "depth"} <= dests
+    assert {"size", "counts", "layers", "names", "ratio", "mode", "fancy", "progress", "sharp", "depth"} <= dests
     assert not {"internal", "hidden", "inner"} & dests
     assert [f.name for f in dataclasses.fields(Settings) if is_option(f)][:2] == ["source", "size"]
 
@@ -94,3 +95,47 @@ def test_partial_nested_options_pass_on_only_what_was_given():
     assert config_from(Outer, p.parse_args(["--shiny"])).inner == {"shiny": True}
     assert config_from(Outer, p.parse_args(["--no-shiny"])).inner == {"shiny": False}
     assert "default" not in p.format_help().split("--deep")[1].split("\n")[0]  # the default is the outer's choice
+
+
+def test_a_boolean_on_by_default_without_its_own_flag_can_be_turned_off_and_on():
+    assert config_from(Settings, parser().parse_args(["here"])).sharp
+    assert not config_from(Settings, parser().parse_args(["here", "--no-sharp"])).sharp
+    assert config_from(Settings, parser().parse_args(["here", "--sharp"])).sharp
+    assert "--no-quiet" not in parser().format_help()  # a flag of its own only turns it off
+
+
+@dataclasses.dataclass
+class Numbers:
+    count: int | None = 3
+    rate: float = 0.5
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "none_ok", "message"),
+    [
+        ("positive_int", 0, False, "Numbers.count must be a positive integer, got 0."),
+        ("positive_int", True, False, "Numbers.count must be a positive integer, got True."),
+        ("positive_int", 2.0, False, "Numbers.count must be a positive integer, got 2.0."),
+        ("non_negative_int", -1, True, "Numbers.count must be None or an integer >= 0, got -1."),
+        ("positive", 0.0, False, "Numbers.count must be a positive number, got 0.0."),
+        ("non_negative", float("nan"), False, "Numbers.count must be a finite number >= 0, got nan."),
+        ("non_negative", float("inf"), False, "Numbers.count must be a finite number >= 0, got inf."),
+        ("non_negative", None, False, "Numbers.count must be a finite number >= 0, got None."),
+    ],
+)
+def test_require_names_the_setting_the_rule_and_the_value(rule, value, none_ok, message):
+    with pytest.raises(ValueError) as error:
+        require(Numbers(count=value), rule, "count", none_ok=none_ok)
+    assert str(error.value) == message
+
+
+def test_require_accepts_what_its_rule_allows():
+    require(Numbers(count=None), "positive_int", "count", none_ok=True)
+    require(Numbers(count=0, rate=0), "non_negative", "count", "rate")  # ints are numbers
+    require(Numbers(count=1, rate=2.5), "positive", "count", "rate")
+    require(Numbers(count=0), "non_negative_int", "count")
+
+
+def test_require_reports_the_first_setting_outside_its_rule():
+    with pytest.raises(ValueError, match=r"Numbers\.rate must be a positive number, got -1"):
+        require(Numbers(count=0, rate=-1), "positive", "rate", "count")
