@@ -218,6 +218,7 @@ def add_options(
         flags = meta["flag"] or ("--" + f.name.replace("_", "-"),)
         if kind is bool and (partial or (default and not meta["flag"])):  # --x / --no-x
             default = None if partial else default  # partial: the outer config's choice may be either
+            help_ += "" if partial else " (default: on)"
             target.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
             continue
         if kind is bool:

@@ -102,6 +102,7 @@ def test_a_boolean_on_by_default_without_its_own_flag_can_be_turned_off_and_on()
     assert not config_from(Settings, parser().parse_args(["here", "--no-sharp"])).sharp
     assert config_from(Settings, parser().parse_args(["here", "--sharp"])).sharp
     assert "--no-quiet" not in parser().format_help()  # a flag of its own only turns it off
+    assert "(on unless --no-sharp) (default: on)" in " ".join(parser().format_help().split())
 
 
 @dataclasses.dataclass
