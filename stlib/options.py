@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "CHECKS",
+    "RULES",
     "add_options",
     "config_from",
     "is_option",
@@ -53,9 +54,9 @@ def option(
 
     `flag` overrides the option name (default ``--field-name``; a boolean that defaults to True gets
     ``--field-name`` / ``--no-field-name``, or only the given flag, which turns it off, e.g. ``--quiet`` for
-    ``progress``); `check` is one of `CHECKS`; `group` names the help
-    section; `required` makes the command line insist on a field that has a default (fields without one always
-    are); `none` is the command-line value that stands for None (e.g. 0 for "as large as the file").
+    ``progress``); `check` is one of `CHECKS`; `group` names the help section; `required` makes the command line
+    insist on a field that has a default (fields without one always are); `none` is the command-line value that
+    stands for None (e.g. 0 for "as large as the file").
     """
     if check is not None and check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {check!r}.")
