@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from stlib.hardware import describe_machine, resolve_device, resolve_precision
-from stlib.losses import gram_matrix
 from stlib.perceptual import JOHNSON_CONTENT_LAYER as CONTENT_LAYER
 from stlib.perceptual import JOHNSON_STYLE_LAYERS as STYLE_LAYERS
 from stlib.perceptual import PerceptualLoss
@@ -42,6 +41,13 @@ from stlib.vgg import VGGFeatures
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def gram_matrix(y: torch.Tensor) -> torch.Tensor:
+    """pytorch/examples fast_neural_style's Gram matrix (utils.gram_matrix), as it is there."""
+    b, ch, h, w = y.size()
+    features = y.view(b, ch, w * h)
+    return features.bmm(features.transpose(1, 2)) / (ch * h * w)
 
 
 def plain_step(style: torch.Tensor, weights: str, device: torch.device) -> Callable[[torch.Tensor], float]:
@@ -130,7 +136,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
-        "--only", default=None, help="comma-separated subset of plain,fused,ours,cl,bf16,bf16cl,compile,auto"
+        "--only", default=None, help="comma-separated subset of plain,fused,ours,cl,bf16,bf16cl,compile,bf16compile,auto"
     )
     args = parser.parse_args()
     if args.quick:
@@ -153,6 +159,11 @@ def main() -> None:
         ("bf16cl", "ours bf16 channels_last", lambda: ours_step(style, args.weights, device, "split", "bf16", True)),
         ("compile", "ours compile", lambda: ours_step(style, args.weights, device, compile=True)),
         (
+            "bf16compile",
+            "ours bf16 + compile",
+            lambda: ours_step(style, args.weights, device, "split", "bf16", compile=True),
+        ),
+        (
             "auto",
             auto_name,
             lambda: ours_step(style, args.weights, device, "split", auto_precision, device.type == "cuda"),
@@ -162,6 +173,7 @@ def main() -> None:
     if not args.only:
         wanted |= {"bf16", "bf16cl"} if args.bf16 else set()
         wanted |= {"compile"} if args.compile else set()
+        wanted |= {"bf16compile"} if args.compile and args.bf16 else set()
     unknown = wanted - {key for key, _, _ in variants}
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))}")

@@ -35,6 +35,28 @@ def test_gram_of_low_precision_features_is_float32():
         gram_matrix(torch.randn(4, 6, 6))
 
 
+def test_gram_gradient_is_the_gradient_of_f_f_transposed():
+    f = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram_matrix, (f,))  # the one-product backward, checked numerically
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((gram_matrix(f) * weights).sum(), f)
+    flat = f.reshape(2, 3, 20)
+    (expected,) = torch.autograd.grad(((flat @ flat.mT / 60) * weights).sum(), f)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_gram_of_bf16_features_is_summed_in_float32_and_rounded_once():
+    f = torch.randn(2, 16, 64, 64)
+    low = f.bfloat16()
+    exact = gram_matrix(low.float())  # the same (rounded) features, products summed and kept in float32
+    g = gram_matrix(low)
+    assert g.dtype == torch.float32
+    assert float((g - exact).abs().max() / exact.abs().max()) < 2**-8  # one bf16 rounding of the result
+    low.requires_grad_(True)
+    gram_matrix(low).sum().backward()
+    assert low.grad.dtype == torch.bfloat16
+
+
 def test_content_loss_zero_on_identical_positive_otherwise():
     a = torch.randn(2, 3, 4, 4)
     assert float(content_loss(a, a.clone())) == 0.0

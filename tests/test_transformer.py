@@ -14,6 +14,7 @@ from stlib.transformer import (
     FoldedUpsample,
     InstanceNorm,
     ResidualBlock,
+    SpaceToDepthConv,
     TransformerConfig,
     TransformerNet,
     fold_upsampling,
@@ -544,6 +545,36 @@ def test_folding_refuses_a_convolution_it_does_not_compute():
         FoldedUpsample(nn.Conv2d(4, 4, 3, padding=1))  # zero padding: the borders would differ
 
 
+@pytest.mark.parametrize(("kernel", "size"), [(9, (5, 5)), (9, (12, 16)), (9, (11, 14)), (5, (7, 6)), (3, (2, 3))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_space_to_depth_convolution_is_the_reflection_padded_convolution(kernel, size, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 3, kernel, padding=kernel // 2, padding_mode="reflect")
+    x = torch.randn(2, 6, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    folded = SpaceToDepthConv(conv)
+    with torch.no_grad():
+        y = folded(x)
+        expected = conv(x)
+    assert y.shape == expected.shape == (2, 3, *size)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)  # odd sizes and reflected borders included
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # 2x2 blocks: 4 x 3 output and 4 x 6 input channels, (k + 2) // 2 taps at half the resolution
+    assert folded.weight.shape == (12, 24, (kernel + 2) // 2, (kernel + 2) // 2)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(4, 3, 9, padding=4), nn.Conv2d(4, 3, 4, padding=2, padding_mode="reflect"),
+     nn.Conv2d(4, 3, 9, stride=2, padding=4, padding_mode="reflect")],
+    ids=["zero-padded", "even-kernel", "strided"],
+)  # fmt: skip
+def test_space_to_depth_refuses_a_convolution_it_does_not_compute(conv):
+    with pytest.raises(ValueError, match="odd k x k, stride-1"):
+        SpaceToDepthConv(conv)
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -565,6 +596,8 @@ def test_a_folded_network_computes_the_same_pictures_and_leaves_the_original_alo
     stages = sum(isinstance(m, FoldedUpsample) for m in folded.modules())
     assert stages == sum(isinstance(m, nn.Upsample) for m in net.modules()) > 0
     assert not any(isinstance(m, nn.Upsample) for m in folded.modules())
+    # the 9x9 RGB layer on 2x2 blocks; a sub-pixel output layer (12 channels, 5x5) is efficient as it is
+    assert isinstance(folded.decoder[-1], SpaceToDepthConv) != config.subpixel_output
     x = torch.rand(1, 3, 20, 28)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), atol=2e-5, rtol=0)
@@ -573,8 +606,11 @@ def test_a_folded_network_computes_the_same_pictures_and_leaves_the_original_alo
 
 def test_folding_leaves_transposed_stages_as_they_are():
     net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1, upsample="transposed")).eval()
+    torch.nn.init.normal_(net.decoder[-1].weight, std=0.05)
     folded = fold_upsampling(net)
     assert not any(isinstance(m, FoldedUpsample) for m in folded.modules())
+    transposed = [type(m) for m in folded.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert transposed == [type(m) for m in net.modules() if isinstance(m, nn.ConvTranspose2d)] != []
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
-        assert torch.equal(folded(x), net(x))
+        torch.testing.assert_close(folded(x), net(x), atol=2e-5, rtol=0)
