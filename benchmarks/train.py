@@ -136,7 +136,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
-        "--only", default=None, help="comma-separated subset of plain,fused,ours,cl,bf16,bf16cl,compile,bf16compile,auto"
+        "--only",
+        default=None,
+        help="comma-separated subset of plain,fused,ours,cl,bf16,bf16cl,compile,bf16compile,auto",
     )
     args = parser.parse_args()
     if args.quick:

@@ -63,7 +63,7 @@ def _l1(model: TransformerNet, teacher: TransformerNet, photo: torch.Tensor) -> 
 
 
 def test_student_learns_to_reproduce_the_teacher(teacher_file, photos, tmp_path):
-    config = _config(teacher_file, photos, tmp_path / "student.safetensors", steps=200)
+    config = _config(teacher_file, photos, tmp_path / "student.safetensors", steps=300)  # 200: 0.76-0.78 on AVX-512
     result = distill(config)
     teacher, student = load_model(teacher_file), load_model(result.path)
     identity = TransformerNet(slim_config(teacher.config, 0.25, 3)).eval()  # the student before training
@@ -74,7 +74,7 @@ def test_student_learns_to_reproduce_the_teacher(teacher_file, photos, tmp_path)
     assert end < 0.75 * start
     assert result.l1 < 0.75 * start  # the loss it reports agrees
     assert result.flops_ratio == pytest.approx(student.flops(480, 640) / teacher.flops(480, 640))
-    assert result.steps == 200
+    assert result.steps == 300
 
 
 def test_student_file_names_its_teacher_and_carries_the_teachers_objective(teacher_file, photos, tmp_path):
