@@ -9,7 +9,9 @@ Variants (every one trains the same default TransformerNet with Adam on random b
 excluded; VGG16 weights "offline" unless --weights says otherwise, the speed does not depend on them):
 
 - plain: pytorch/examples' fast_neural_style step: separate VGG passes to relu4_3 for the output and the
-  photos, NCHW, float32, style Grams computed once.
+  photos, NCHW, float32, style Grams computed once; run first, with malloc's default settings.
+- plain, memory kept: the same step after `stlib.hardware.keep_freed_memory` (what `train` does on a CPU: freed
+  activations stay in the process instead of faulting in again each step), to separate that gain from the rest.
 - fused: stlib's loss with one VGG pass over [photos; outputs] (``vgg_pass="fused"``).
 - ours fp32: stlib's loss: content targets from a no-grad pass truncated at relu2_2 (``vgg_pass="split"``).
 - ours channels_last, ours bf16 (--bf16), ours compile (--compile): each option on top of "ours fp32".
@@ -29,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from stlib.hardware import describe_machine, resolve_device, resolve_precision
+from stlib.hardware import describe_machine, keep_freed_memory, resolve_device, resolve_precision
 from stlib.perceptual import JOHNSON_CONTENT_LAYER as CONTENT_LAYER
 from stlib.perceptual import JOHNSON_STYLE_LAYERS as STYLE_LAYERS
 from stlib.perceptual import PerceptualLoss
@@ -50,8 +52,12 @@ def gram_matrix(y: torch.Tensor) -> torch.Tensor:
     return features.bmm(features.transpose(1, 2)) / (ch * h * w)
 
 
-def plain_step(style: torch.Tensor, weights: str, device: torch.device) -> Callable[[torch.Tensor], float]:
+def plain_step(
+    style: torch.Tensor, weights: str, device: torch.device, keep_memory: bool = False
+) -> Callable[[torch.Tensor], float]:
     """pytorch/examples fast_neural_style: one training step (content 1e5, style 1e10, MSE of Grams)."""
+    if keep_memory and device.type == "cpu":
+        keep_freed_memory()
     model = TransformerNet().to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     vgg = VGGFeatures([*STYLE_LAYERS], weights=weights).to(device)  # relu2_2 is one of them
@@ -83,6 +89,8 @@ def ours_step(
     compile: bool = False,
 ) -> Callable[[torch.Tensor], float]:
     """stlib.train's step (the same code path as `train`, without data loading and logging)."""
+    if device.type == "cpu":
+        keep_freed_memory()  # as `train` does
     model = TransformerNet().to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -138,7 +146,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated subset of plain,fused,ours,cl,bf16,bf16cl,compile,bf16compile,auto",
+        help="comma-separated subset of plain,plainkept,fused,ours,cl,bf16,bf16cl,compile,bf16compile,auto",
     )
     args = parser.parse_args()
     if args.quick:
@@ -154,6 +162,7 @@ def main() -> None:
     auto_name = f"ours auto ({auto_precision}{', channels_last' if device.type == 'cuda' else ''})"
     variants: list[tuple[str, str, Callable[[], Callable[[torch.Tensor], float]]]] = [
         ("plain", "plain (pytorch/examples)", lambda: plain_step(style, args.weights, device)),
+        ("plainkept", "plain, memory kept", lambda: plain_step(style, args.weights, device, keep_memory=True)),
         ("fused", "fused VGG pass", lambda: ours_step(style, args.weights, device, vgg_pass="fused")),
         ("ours", "ours fp32", lambda: ours_step(style, args.weights, device)),
         ("cl", "ours channels_last", lambda: ours_step(style, args.weights, device, channels_last=True)),
@@ -171,7 +180,7 @@ def main() -> None:
             lambda: ours_step(style, args.weights, device, "split", auto_precision, device.type == "cuda"),
         ),
     ]
-    wanted = set(args.only.split(",")) if args.only else {"plain", "fused", "ours", "cl", "auto"}
+    wanted = set(args.only.split(",")) if args.only else {"plain", "plainkept", "fused", "ours", "cl", "auto"}
     if not args.only:
         wanted |= {"bf16", "bf16cl"} if args.bf16 else set()
         wanted |= {"compile"} if args.compile else set()

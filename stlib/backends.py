@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .assets import cache_dir
-from .hardware import cpu_has_fast_bf16
+from .hardware import cpu_has_fast_bf16, keep_freed_memory
 from .transformer import TransformerNet, fold_upsampling, pad_to_multiple
 
 __all__ = [
@@ -368,6 +368,8 @@ def make_backend(
     if name == "auto":
         return choose_backend(model, probe=probe)[0]
     device = _model_device(model)
+    if device.type == "cpu":
+        keep_freed_memory()  # each frame reuses the last one's memory: no page faults (`stlib.hardware`)
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise BackendError(f"Backend {name!r} cannot run on {device.type}: {reason}.")

@@ -67,7 +67,7 @@ from stlib import __version__
 
 from .assets import file_sha256, style_image
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
-from .hardware import autocast, resolve_precision
+from .hardware import autocast, keep_freed_memory, resolve_precision
 from .images import ImageError, list_images, load_image, load_tensor, to_tensor
 from .options import option, require
 from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
@@ -497,6 +497,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     teacher_info = read_metadata(config.teacher)["info"]
     teacher_sha256 = file_sha256(config.teacher)  # once: the file the photos' targets come from
     precision = resolve_precision(config.precision, "cpu")
+    keep_freed_memory()  # no page faults for each step's activations (`stlib.hardware`)
     loss_network = _loss_network(config, teacher_info, precision)
     student_config = slim_config(teacher.config, config.width, config.num_residual_blocks, config.subpixel_output)
     photos = _photos(config)  # float (1, 3, H, W) each, until cached as uint8 below

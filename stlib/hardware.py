@@ -12,6 +12,13 @@ Every branch that depends on that answer must be testable on any CPU: the enviro
 Forced to ``1`` on an AVX2 CPU, the bf16 paths still compute correctly, only slowly, which is what the test
 suite needs (``make test STLIB_FAST_BF16=1`` runs the whole suite as a bf16 CPU would).
 
+Memory (`keep_freed_memory`): a frame of the style network allocates and frees tens of large tensors. glibc's
+malloc gives blocks of this size back to the kernel when they are freed and asks again for the next frame, and
+each new page then costs a page fault and a zeroing: about 24,000 faults (94 MB) per 640 x 480 frame of even the
+slim network, a third of its time. Keeping freed memory in the process (larger mmap and trim thresholds: the
+settings Intel's PyTorch tuning guide gives through jemalloc/tcmalloc or ``MALLOC_*`` variables) removes them;
+the inference engines, `train` and `distill` turn it on for CPU work (``STLIB_KEEP_MEMORY=0`` leaves malloc alone).
+
 Several processes (``torchrun --nproc_per_node=N``; Li et al., "PyTorch Distributed: Experiences on Accelerating
 Data Parallel Training", VLDB 2020): `init_distributed` joins the process group that torchrun's environment
 describes (NCCL on GPUs, Gloo on CPUs) and `resolve_device` gives each process its own GPU (``LOCAL_RANK``).
@@ -19,6 +26,8 @@ describes (NCCL on GPUs, Gloo on CPUs) and `resolve_device` gives each process i
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import os
 import platform
@@ -29,6 +38,7 @@ import torch.distributed as dist
 
 __all__ = [
     "FAST_BF16_ENV",
+    "KEEP_MEMORY_ENV",
     "PRECISIONS",
     "autocast",
     "cpu_has_fast_bf16",
@@ -36,10 +46,14 @@ __all__ = [
     "describe_machine",
     "detect_fast_bf16",
     "init_distributed",
+    "keep_freed_memory",
     "resolve_device",
     "resolve_precision",
     "usable_device",
 ]
+
+KEEP_MEMORY_ENV = "STLIB_KEEP_MEMORY"
+"""Environment variable: "0" leaves glibc's malloc settings alone (`keep_freed_memory` does nothing)."""
 
 FAST_BF16_ENV = "STLIB_FAST_BF16"
 """Environment variable that forces `cpu_has_fast_bf16`: "1" (yes), "0" (no), unset or empty (detect)."""
@@ -78,6 +92,28 @@ def cpu_has_fast_bf16() -> bool:
     if forced:
         raise ValueError(f"{FAST_BF16_ENV} must be 1 or 0 (or unset to detect the CPU), got {forced!r}.")
     return detect_fast_bf16()
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
+_MALLOC_SETTINGS = (
+    (_M_MMAP_THRESHOLD, 32 << 20),  # blocks up to 32 MiB (glibc's largest threshold) come from the heap, not mmap
+    (_M_TRIM_THRESHOLD, 1 << 30),  # free memory at the heap's top goes back to the kernel only beyond 1 GiB
+    (_M_TOP_PAD, 64 << 20),  # grow the heap 64 MiB at a time
+)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Keep freed tensor memory in the process (glibc malloc); True if the settings took, False where not glibc."""
+    if os.environ.get(KEEP_MEMORY_ENV, "").strip().lower() in _NO or platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # no C library by that name, or one without mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    results = [mallopt(parameter, value) for parameter, value in _MALLOC_SETTINGS]  # 1: taken
+    return all(result == 1 for result in results)
 
 
 def default_device() -> str:
