@@ -97,8 +97,8 @@ def cpu_has_fast_bf16() -> bool:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
 _MALLOC_SETTINGS = (
     (_M_MMAP_THRESHOLD, 32 << 20),  # blocks up to 32 MiB (glibc's largest threshold) come from the heap, not mmap
-    (_M_TRIM_THRESHOLD, 1 << 30),  # free memory at the heap's top goes back to the kernel only beyond 1 GiB
-    (_M_TOP_PAD, 64 << 20),  # grow the heap 64 MiB at a time
+    (_M_TRIM_THRESHOLD, 2**31 - 1),  # free memory at the heap's top goes back to the kernel only beyond 2 GiB
+    (_M_TOP_PAD, 256 << 20),  # grow the heap 256 MiB at a time (untouched pages cost nothing)
 )
 
 
