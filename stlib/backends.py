@@ -27,7 +27,7 @@ Every engine but ``"eager"`` runs a copy of the network whose nearest+conv upsam
 sub-pixel convolutions at the lower resolution (`stlib.transformer.fold_upsampling`: the same function, 13 % fewer
 FLOPs for the style network, 2.25x fewer in its two upsampling stages, and no upsampled copies of the activations),
 and whose 9x9 RGB output layer reads 2x2 blocks of pixels (`SpaceToDepthConv`: 3 output channels leave most of a
-CPU kernel's lanes idle, 12 fill them; that layer 1.8x faster in bf16, 1.4x in fp32).
+CPU kernel's lanes idle, 12 fill them; that layer 2.3x faster in bf16, 1.6x in fp32).
 
 Each backend computes the same function as ``"eager"`` within `TOLERANCE` (the largest absolute difference
 of output pixels in [0, 1]; fp32 engines only sum in another order, reduced precision engines round every

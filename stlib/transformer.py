@@ -370,8 +370,9 @@ class SpaceToDepthConv(nn.Module):
     tiles: 16), so 3 of them leave most lanes idle (about 170 GFLOP/s in bf16 on a CPU that does 900 elsewhere).
     Read on 2x2 blocks of pixels (space to depth, Shi et al. 2016's sub-pixel layout used in reverse) it is one
     convolution from 4 C_in to 4 C_out channels (the four output pixels of each block) with a (k + 2) // 2-tap
-    kernel at half the resolution: 25/20.25 of the multiply-adds in a layout the kernels fill, 2x faster with the
-    rearrangement. The folded weights are buffers computed once from `conv`'s; train the plain network.
+    kernel at half the resolution: 25/20.25 of the multiply-adds in a layout the kernels fill, 2.3x faster in bf16
+    and 1.6x in fp32 with the rearrangement. The folded weights are buffers computed once from `conv`'s; train the
+    plain network.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
