@@ -15,8 +15,8 @@ suite needs (``make test STLIB_FAST_BF16=1`` runs the whole suite as a bf16 CPU 
 Memory (`keep_freed_memory`): a frame of the style network allocates and frees tens of large tensors. glibc's
 malloc gives blocks of this size back to the kernel when they are freed and asks again for the next frame, and
 each new page then costs a page fault and a zeroing: about 24,000 faults (94 MB) per 640 x 480 frame of even the
-slim network, a third of its time. Keeping freed memory in the process (larger mmap and trim thresholds: the
-settings Intel's PyTorch tuning guide gives through jemalloc/tcmalloc or ``MALLOC_*`` variables) removes them;
+slim network, a third of its time. Keeping freed memory in the process (no mmap for large blocks, a large trim
+threshold: what Intel's PyTorch tuning guide gets from jemalloc/tcmalloc or ``MALLOC_*`` variables) removes them;
 the inference engines, `train` and `distill` turn it on for CPU work (``STLIB_KEEP_MEMORY=0`` leaves malloc alone).
 
 Several processes (``torchrun --nproc_per_node=N``; Li et al., "PyTorch Distributed: Experiences on Accelerating
@@ -94,9 +94,10 @@ def cpu_has_fast_bf16() -> bool:
     return detect_fast_bf16()
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt's parameters (malloc.h)
 _MALLOC_SETTINGS = (
-    (_M_MMAP_THRESHOLD, 32 << 20),  # blocks up to 32 MiB (glibc's largest threshold) come from the heap, not mmap
+    (_M_MMAP_THRESHOLD, 32 << 20),  # blocks up to 32 MiB (glibc's largest threshold) come from the heap ...
+    (_M_MMAP_MAX, 0),  # ... and larger ones too (a 256² batch of 4 has 34-67 MB activations): no mmap at all
     (_M_TRIM_THRESHOLD, 2**31 - 1),  # free memory at the heap's top goes back to the kernel only beyond 2 GiB
     (_M_TOP_PAD, 256 << 20),  # grow the heap 256 MiB at a time (untouched pages cost nothing)
 )
