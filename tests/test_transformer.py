@@ -520,19 +520,23 @@ def test_bad_shape_settings_raise_one_sentence(kwargs, match):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _both(folded: nn.Module, reference: nn.Module, size: tuple[int, int], channels_last: bool):
+    """(folded(x), reference(x)) for a random (2, 6, H, W) batch x in the standard or channels_last layout."""
+    x = torch.randn(2, 6, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return folded(x), reference(x)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (12, 16)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_folded_upsampling_is_nearest_upsampling_then_the_reflection_padded_conv(size, channels_last):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 3, padding=1, padding_mode="reflect")
     stage = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
-    x = torch.randn(2, 6, *size)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     folded = FoldedUpsample(conv)
-    with torch.no_grad():
-        y = folded(x)
-        expected = stage(x)
+    y, expected = _both(folded, stage, size, channels_last)
     assert y.shape == (2, 5, 2 * size[0], 2 * size[1])
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)  # borders included: reflect(up(x)) = up(replicate(x))
     assert y.is_contiguous(memory_format=torch.channels_last) == (channels_last and size != (1, 1))
@@ -550,13 +554,8 @@ def test_folding_refuses_a_convolution_it_does_not_compute():
 def test_space_to_depth_convolution_is_the_reflection_padded_convolution(kernel, size, channels_last):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 3, kernel, padding=kernel // 2, padding_mode="reflect")
-    x = torch.randn(2, 6, *size)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     folded = SpaceToDepthConv(conv)
-    with torch.no_grad():
-        y = folded(x)
-        expected = conv(x)
+    y, expected = _both(folded, conv, size, channels_last)
     assert y.shape == expected.shape == (2, 3, *size)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)  # odd sizes and reflected borders included
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
