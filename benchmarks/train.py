@@ -14,7 +14,8 @@ excluded; VGG16 weights "offline" unless --weights says otherwise, the speed doe
   activations stay in the process instead of faulting in again each step), to separate that gain from the rest.
 - fused: stlib's loss with one VGG pass over [photos; outputs] (``vgg_pass="fused"``).
 - ours fp32: stlib's loss: content targets from a no-grad pass truncated at relu2_2 (``vgg_pass="split"``).
-- ours channels_last, ours bf16 (--bf16), ours compile (--compile): each option on top of "ours fp32".
+- ours channels_last, ours bf16 (--bf16), ours compile (--compile), ours bf16 + compile (both): each option on top
+  of "ours fp32".
 - ours auto: what `train` picks here (``precision="auto"``, ``channels_last`` on CUDA only).
 
 Prints a Markdown table: seconds per step, images/s and the speed-up over "plain"; on a GPU also the
