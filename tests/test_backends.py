@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from stlib import backends
+from stlib import assets, backends
 from stlib.assets import content_image
 from stlib.backends import TOLERANCE, Backend, BackendError, choose_backend, export_onnx, make_backend
 from stlib.images import load_tensor
-from stlib.stylize import stylize_frame
+from stlib.stylize import load_model, stylize_frame
 from stlib.transformer import FoldedUpsample, TransformerConfig, TransformerNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,3 +206,27 @@ def test_cli_export_onnx_reports_parity_and_refuses_other_suffixes(net, tmp_path
     assert out.is_file() and "max abs difference" in printed and "(ok)" in printed
     assert cli.main(["export", str(model_file), "--onnx", "-o", str(tmp_path / "net.safetensors2")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_the_probe_is_the_sample_photo_or_a_synthetic_frame_without_it(monkeypatch):
+    frame = backends._probe_frame((48, 64), torch.device("cpu"))
+    photo = load_tensor(content_image("tubingen"), size=(64, 48))
+    assert frame.shape == (1, 3, 48, 64) and torch.equal(frame, photo)
+
+    def missing(name="tubingen"):
+        raise KeyError(name)
+
+    monkeypatch.setattr(backends, "content_image", missing)
+    synthetic = backends._probe_frame((48, 64), torch.device("cpu"))
+    assert synthetic.shape == (1, 3, 48, 64) and not torch.equal(synthetic, photo)
+    assert float(synthetic.min()) >= 0 and float(synthetic.max()) <= 1
+
+
+def test_a_shipped_network_passes_the_bf16_check_on_the_default_probe():
+    # On a CPU with native bf16, the synthetic probe frame put the shipped `wave` 0.15 from fp32 (its flat gradients
+    # amplified by the instance norms), so `auto` dropped bf16 there; on a photo it stays within 0.03.
+    model = load_model(assets.repo_root() / "checkpoints" / "wave.safetensors")
+    backend = make_backend(model, "bf16")  # checks against fp32 eager on the default (240, 320) probe
+    frame = backends._probe_frame((240, 320), torch.device("cpu"))
+    difference = backends.max_difference(backend, Backend("eager", model, model, torch.device("cpu")), frame)
+    assert 0 < difference <= TOLERANCE["bf16"]  # computed in bf16, and within the tolerance that `auto` applies
