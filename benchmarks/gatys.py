@@ -4,7 +4,8 @@ Gatys, Ecker & Bethge (CVPR 2016) style transfer by L-BFGS, one VGG16 forward + 
 
 1. Seconds per L-BFGS iteration and peak memory at 256 and 512 px for
    (a) a plain fp32 path: the whole VGG16 convolutional stack (no truncation), NCHW layout, no autocast;
-   (b) the optimised default: the VGG cut after the deepest layer used (relu5_1), channels_last, and
+   (b) the optimised default: the VGG cut after the deepest layer used (relu5_1), channels_last, freed memory
+       kept in the process on a CPU (`stlib.hardware.keep_freed_memory`; path (a) leaves malloc alone), and
        bf16 autocast when ``--autocast bf16`` is given (worth it on GPUs; slow on CPUs without bf16 units).
    Both run the same number of iterations from the photo; their final objectives are compared.
    Targets: (b) at least 2x faster per iteration than (a), final objectives within 5 %.
@@ -40,6 +41,8 @@ def _worker(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if not spec["fast"]:  # plain PyTorch keeps malloc's defaults (`stlib.hardware.keep_freed_memory`)
+        os.environ["STLIB_KEEP_MEMORY"] = "0"
     device = spec["device"]
     final = spec["scales"][-1] if spec.get("scales") else spec["size"]
     content = images.load_tensor(assets.content_image("tubingen"), size=final, device=device)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
+from .hardware import keep_freed_memory
 from .images import atomic_write
 from .options import option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
@@ -277,6 +278,8 @@ def optimize_image(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}.")
+    if init.device.type == "cpu":
+        keep_freed_memory()  # each iteration reuses the last one's VGG activations' memory (`stlib.hardware`)
     image = init.detach().clone().float().clamp_(0, 1).requires_grad_(True)
     if optimizer == "lbfgs":
         opt: torch.optim.Optimizer = torch.optim.LBFGS(

@@ -17,7 +17,8 @@ malloc gives blocks of this size back to the kernel when they are freed and asks
 each new page then costs a page fault and a zeroing: about 24,000 faults (94 MB) per 640 x 480 frame of even the
 slim network, a third of its time. Keeping freed memory in the process (no mmap for large blocks, a large trim
 threshold: what Intel's PyTorch tuning guide gets from jemalloc/tcmalloc or ``MALLOC_*`` variables) removes them;
-the inference engines, `train` and `distill` turn it on for CPU work (``STLIB_KEEP_MEMORY=0`` leaves malloc alone).
+the inference engines, `train`, `distill` and Gatys' `optimize_image` turn it on for CPU work
+(``STLIB_KEEP_MEMORY=0`` leaves malloc alone).
 
 Several processes (``torchrun --nproc_per_node=N``; Li et al., "PyTorch Distributed: Experiences on Accelerating
 Data Parallel Training", VLDB 2020): `init_distributed` joins the process group that torchrun's environment
