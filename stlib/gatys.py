@@ -257,6 +257,17 @@ def resize_tensor(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Ten
     return out.clamp(0, 1)
 
 
+def _optimizer(image: torch.Tensor, name: str, lr: float | None) -> torch.optim.Optimizer:
+    """L-BFGS (one evaluation per step, no line search) or Adam over the pixels of `image`."""
+    if name == "lbfgs":
+        return torch.optim.LBFGS(
+            [image], lr=lr or 1.0, max_iter=1, history_size=50, tolerance_grad=0.0, tolerance_change=0.0
+        )
+    if name == "adam":
+        return torch.optim.Adam([image], lr=lr or 0.02)
+    raise ValueError(f"Unknown optimizer {name!r}; choose 'lbfgs' or 'adam'.")
+
+
 def optimize_image(
     loss_fn: LossFn,
     init: torch.Tensor,
@@ -281,15 +292,7 @@ def optimize_image(
     if init.device.type == "cpu":
         keep_freed_memory()  # each iteration reuses the last one's VGG activations' memory (`stlib.hardware`)
     image = init.detach().clone().float().clamp_(0, 1).requires_grad_(True)
-    if optimizer == "lbfgs":
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=lr or 1.0, max_iter=1, history_size=50, tolerance_grad=0.0, tolerance_change=0.0
-        )
-    elif optimizer == "adam":
-        opt = torch.optim.Adam([image], lr=lr or 0.02)
-    else:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'.")
-
+    opt = _optimizer(image, optimizer, lr)
     history: list[dict[str, float]] = []
     best: dict = {"loss": math.inf, "image": None}  # the lowest objective evaluated so far, and its image
     start = time.perf_counter()
