@@ -95,10 +95,9 @@ def cpu_has_fast_bf16() -> bool:
     return detect_fast_bf16()
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt's parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # mallopt's parameters (malloc.h)
 _MALLOC_SETTINGS = (
-    (_M_MMAP_THRESHOLD, 32 << 20),  # blocks up to 32 MiB (glibc's largest threshold) come from the heap ...
-    (_M_MMAP_MAX, 0),  # ... and larger ones too (a 256² batch of 4 has 34-67 MB activations): no mmap at all
+    (_M_MMAP_MAX, 0),  # every block comes from the heap, none from mmap (a 256² batch of 4 has 34-67 MB activations)
     (_M_TRIM_THRESHOLD, 2**31 - 1),  # free memory at the heap's top goes back to the kernel only beyond 2 GiB
     (_M_TOP_PAD, 256 << 20),  # grow the heap 256 MiB at a time (untouched pages cost nothing)
 )
