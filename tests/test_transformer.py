@@ -14,6 +14,7 @@ from stlib.transformer import (
     FoldedUpsample,
     InstanceNorm,
     ResidualBlock,
+    RGBConv,
     SpaceToDepthConv,
     TransformerConfig,
     TransformerNet,
@@ -561,6 +562,31 @@ def test_space_to_depth_convolution_is_the_reflection_padded_convolution(kernel,
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
     # 2x2 blocks: 4 x 3 output and 4 x 6 input channels, (k + 2) // 2 taps at half the resolution
     assert folded.weight.shape == (12, 24, (kernel + 2) // 2, (kernel + 2) // 2)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (11, 14)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rgb_conv_trains_on_blocks_with_the_plain_convolutions_output_and_gradients(size, channels_last):
+    torch.manual_seed(0)
+    rgb = RGBConv(6, 3, 9, padding=4, padding_mode="reflect").double()
+    plain = nn.Conv2d(6, 3, 9, padding=4, padding_mode="reflect").double()
+    plain.load_state_dict(rgb.state_dict())  # the same parameters under the same names
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(memory_format=layout)
+    outputs, grads = [], []
+    for module in (rgb.train(), plain):
+        inp = x.clone().requires_grad_(True)
+        y = module(inp)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+        outputs.append(y)
+        grads.append([inp.grad, module.weight.grad, module.bias.grad])
+    torch.testing.assert_close(outputs[0], outputs[1])  # odd sizes and reflected borders included
+    for ours, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, expected)
+    assert outputs[0].is_contiguous(memory_format=layout)
+    net = TransformerNet()
+    assert type(net.decoder[-1]) is RGBConv and "decoder.6.weight" in net.state_dict()
+    assert type(TransformerNet(TransformerConfig.superres(4)).decoder[-1]) is nn.Conv2d  # sub-pixel output: 12 channels
 
 
 @pytest.mark.parametrize(
