@@ -74,8 +74,8 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             f"content_loss: features {tuple(features.shape)} and target {tuple(target.shape)} differ in shape."
         )
     features = features.float()
-    # mse_loss, not (f - t).pow(2).mean(): the latter's backward multiplies a broadcast (stride-0) gradient, which
-    # was 40x slower on CPUs (229 ms against 6 for a 4x128x128x128 relu2_2 in a training step).
+    # mse_loss, not (f - t).pow(2).mean(): one fused backward instead of a chain of multiplications of a broadcast
+    # gradient, which took 229 ms against 6 on a CPU for the relu2_2 features of a 256x256 batch of 4 (bf16).
     return F.mse_loss(features, target.float().expand_as(features))  # target may have batch 1: broadcast over B
 
 
