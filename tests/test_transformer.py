@@ -568,7 +568,7 @@ def test_space_to_depth_convolution_is_the_reflection_padded_convolution(kernel,
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_rgb_conv_trains_on_blocks_with_the_plain_convolutions_output_and_gradients(size, channels_last):
     torch.manual_seed(0)
-    rgb = RGBConv(6, 3, 9, padding=4, padding_mode="reflect").double()
+    rgb = RGBConv(6, 3, 9).double()
     plain = nn.Conv2d(6, 3, 9, padding=4, padding_mode="reflect").double()
     plain.load_state_dict(rgb.state_dict())  # the same parameters under the same names
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -598,6 +598,8 @@ def test_rgb_conv_trains_on_blocks_with_the_plain_convolutions_output_and_gradie
 def test_space_to_depth_refuses_a_convolution_it_does_not_compute(conv):
     with pytest.raises(ValueError, match="odd k x k, stride-1"):
         SpaceToDepthConv(conv)
+    with pytest.raises(ValueError, match=r"RGBConv must be an odd k x k.*not kernel \(4, 4\)"):
+        RGBConv(4, 3, 4)  # an even kernel cannot be centred: no 'same' reflection padding to compute on blocks
 
 
 @pytest.mark.parametrize(
