@@ -584,6 +584,9 @@ def test_rgb_conv_trains_on_blocks_with_the_plain_convolutions_output_and_gradie
     for ours, expected in zip(*grads, strict=True):
         torch.testing.assert_close(ours, expected)
     assert outputs[0].is_contiguous(memory_format=layout)
+    # the blocks really ran in training (no convolution of 3 output channels), the plain convolution in eval mode
+    assert "Convolution" not in type(outputs[0].grad_fn).__name__
+    assert "Convolution" in type(rgb.eval()(x).grad_fn).__name__
     net = TransformerNet()
     assert type(net.decoder[-1]) is RGBConv and "decoder.6.weight" in net.state_dict()
     assert type(TransformerNet(TransformerConfig.superres(4)).decoder[-1]) is nn.Conv2d  # sub-pixel output: 12 channels
