@@ -415,7 +415,7 @@ def _block_kernel(weight: torch.Tensor) -> torch.Tensor:
     phases = []
     for p, q in _PHASES:
         kernel = F.pad(weight, (q, 2 * taps - k - q, p, 2 * taps - k - p))  # (o, i, 2 taps, 2 taps)
-        blocks = kernel.view(c_out, c_in, taps, 2, taps, 2)  # (o, i, by, r, bx, s): tap 2 by + r, 2 bx + s
+        blocks = kernel.reshape(c_out, c_in, taps, 2, taps, 2)  # (o, i, by, r, bx, s): tap 2 by + r, 2 bx + s
         phases.append(blocks.permute(0, 3, 5, 1, 2, 4))  # (o, r, s, i, by, bx)
     return torch.stack(phases, 1).reshape(4 * c_out, 4 * c_in, taps, taps)  # (o, p q, r, s, i, ...) flattened
 

@@ -573,6 +573,7 @@ def test_rgb_conv_trains_on_blocks_with_the_plain_convolutions_output_and_gradie
     plain.load_state_dict(rgb.state_dict())  # the same parameters under the same names
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(memory_format=layout)
+    rgb.to(memory_format=layout)  # a channels_last network (TrainConfig.channels_last) has channels_last weights
     outputs, grads = [], []
     for module in (rgb.train(), plain):
         inp = x.clone().requires_grad_(True)
