@@ -475,10 +475,8 @@ def fold_upsampling(model: TransformerNet) -> TransformerNet:
     for index, stage in enumerate(folded.decoder):
         if isinstance(stage, nn.Sequential) and isinstance(stage[0], nn.Upsample) and stage[0].mode == "nearest":
             folded.decoder[index] = FoldedUpsample(stage[1])
-    last = folded.decoder[-1]
-    rgb_layer = type(last) in (nn.Conv2d, RGBConv) and last.out_channels < 8 and last.kernel_size[0] >= 5  # 9x9
-    if rgb_layer:
-        folded.decoder[-1] = SpaceToDepthConv(last)
+    if isinstance(folded.decoder[-1], RGBConv):  # a sub-pixel output layer (12 channels, 5x5) stays as it is
+        folded.decoder[-1] = SpaceToDepthConv(folded.decoder[-1])
     return folded
 
 
