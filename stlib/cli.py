@@ -408,7 +408,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     )
     result = stylize_video(
         model, source, output, size=args.size, fps=args.fps, max_frames=args.max_frames, strength=args.strength,
-        progress=not args.quiet,
+        progress=not args.quiet, smooth=args.smooth,
     )  # fmt: skip
     print(
         f"wrote {result.path} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps) in "
@@ -423,6 +423,10 @@ def _add_video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_resolution, metavar="WxH", help="fit frames to WxH first, e.g. 640x480")
     p.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
     p.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
+    p.add_argument(
+        "--smooth", type=parse_type(float, "fraction"), default=0.0, metavar="S",
+        help="less flicker: blend each frame with the previous one moved along the motion, 0 (off) .. 1 (default: 0)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_live_arguments(p)
 

@@ -4,7 +4,9 @@ J. Johnson, A. Alahi, L. Fei-Fei, "Perceptual Losses for Real-Time Style Transfe
 ECCV 2016: the feed-forward network stylises a frame in one forward pass, so a video is stylised frame by
 frame with `stlib.stylize.stylize_frame` (uint8 RGB in, uint8 RGB out), the same function the webcam widget
 uses. Each frame is stylised on its own, so textures may flicker from frame to frame; M. Ruder, A. Dosovitskiy,
-T. Brox, "Artistic Style Transfer for Videos", GCPR 2016, add a temporal loss against that.
+T. Brox, "Artistic Style Transfer for Videos", GCPR 2016, add a temporal loss against that. At run time,
+``smooth`` (`stylize_video`, `process_frame`) blends each stylised frame with the previous one warped along the
+optical flow of the input frames (`stlib.temporal.TemporalSmoother`, after Bonneel et al. 2015).
 
 Files are read and written with OpenCV (``opencv-python-headless``, the ``webcam`` extra), which handles
 video only: the original audio track is not copied, so stylised clips are silent. Outputs are written to a
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from .temporal import TemporalSmoother, check_smooth
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -107,16 +111,26 @@ def blend(original: np.ndarray, stylised: np.ndarray, strength: float) -> np.nda
 
 
 def process_frame(
-    model: TransformerNet | Backend, frame: np.ndarray, strength: float = 1.0, mirror: bool = False
+    model: TransformerNet | Backend,
+    frame: np.ndarray,
+    strength: float = 1.0,
+    mirror: bool = False,
+    smoother: TemporalSmoother | None = None,
 ) -> np.ndarray:
-    """The per-frame function of every live source: mirror, stylise (`stylize_frame`), blend; uint8 RGB in and out."""
+    """The per-frame function of every live source: mirror, stylise, smooth over time, blend; uint8 RGB in and out.
+
+    `smoother` (one per stream of frames, `stlib.temporal.TemporalSmoother`) keeps the previous stylised frame.
+    """
     from .stylize import stylize_frame
 
     if mirror:
         frame = np.ascontiguousarray(frame[:, ::-1])
     if strength <= 0.0:
         return frame
-    return blend(frame, stylize_frame(model, frame), strength)
+    styled = stylize_frame(model, frame)
+    if smoother is not None:
+        styled = smoother(frame, styled)
+    return blend(frame, styled, strength)
 
 
 def parse_resolution(text: str | tuple[int, int]) -> tuple[int, int]:
@@ -340,14 +354,15 @@ def stylize_video(
     max_frames: int | None = None,
     strength: float = 1.0,
     progress: bool | Callable[[int, int], None] = False,
+    smooth: float = 0.0,
 ) -> VideoResult:
     """Stylise every frame of a video file (or an iterable of RGB frames) into `out` (silent: no audio).
 
     `size` = (width, height) fits each frame first (scale + centre crop); `fps` defaults to the input's
-    (25 for an iterable); `progress` is True for a tqdm bar or a callback(done, total).
+    (25 for an iterable); `progress` is True for a tqdm bar or a callback(done, total); `smooth` in [0, 1]
+    blends each stylised frame with the previous one moved along the video's motion (`stlib.temporal`; 0: off).
     """
-    from .stylize import stylize_frame
-
+    smoother = _video_smoother(source, smooth)
     out = Path(out)
     _check_video_output(out)
     total = 0
@@ -378,7 +393,7 @@ def stylize_video(
         for frame in frames:
             if max_frames is not None and count >= max_frames:
                 break
-            result = blend(frame, stylize_frame(model, frame), strength)
+            result = process_frame(model, frame, strength, smoother=smoother) if strength > 0 else frame
             shape[:] = result.shape[:2]
             count += 1
             if bar is not None:
@@ -393,6 +408,21 @@ def stylize_video(
         if bar is not None:
             bar.close()
     return VideoResult(path, count, shape[1], shape[0], float(fps), time.perf_counter() - start)
+
+
+def _video_smoother(source: object, smooth: float) -> TemporalSmoother | None:
+    """The smoother for `smooth` (None when 0); one sentence when it is out of range or the source is one image."""
+    from .images import is_image_name
+
+    smooth = check_smooth(smooth)
+    single = isinstance(source, np.ndarray) and source.ndim == 3
+    if single or (isinstance(source, (str, os.PathLike)) and is_image_name(source)):
+        name = "a single image" if single else f"'{source}', a single image"
+        raise VideoError(
+            f"stylize_video needs video frames, but got {name}: stylise an image with stlib.stylize instead"
+            + (" (smoothing works across frames)." if smooth > 0 else ".")
+        )
+    return TemporalSmoother(smooth) if smooth > 0 else None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -100,6 +100,15 @@ function render({ model, el }) {
     title: "style strength (blend with the original frame)",
   });
   const strengthValue = h("span", { class: "stlib-webcam-strength-value" });
+  const smoothSlider = h("input", {
+    type: "range",
+    min: "0",
+    max: "1",
+    step: "0.05",
+    class: "stlib-webcam-smooth",
+    title: "less flicker: blend with the previous frame moved along the motion (0: off)",
+  });
+  const smoothValue = h("span", { class: "stlib-webcam-smooth-value" });
   const startButton = h("button", { class: "stlib-webcam-start", text: "Start" });
   const snapshotButton = h("button", { class: "stlib-webcam-snapshot", text: "Snapshot", title: "save to outputs/" });
   const controls = h("div", { class: "stlib-webcam-controls" }, [
@@ -108,6 +117,7 @@ function render({ model, el }) {
     h("label", {}, ["source ", sourceSelect]),
     h("label", {}, [mirrorBox, " mirror"]),
     h("label", {}, ["strength ", strengthSlider, strengthValue]),
+    h("label", {}, ["smooth ", smoothSlider, smoothValue]),
     startButton,
     snapshotButton,
   ]);
@@ -166,6 +176,9 @@ function render({ model, el }) {
     mirrorBox.checked = model.get("mirror");
     strengthSlider.value = String(model.get("strength"));
     strengthValue.textContent = Number(model.get("strength")).toFixed(2);
+    smoothSlider.value = String(model.get("smooth"));
+    smoothValue.textContent = Number(model.get("smooth")) > 0 ? Number(model.get("smooth")).toFixed(2) : "off";
+    root.dataset.smooth = String(model.get("smooth"));
     startButton.textContent = model.get("running") ? "Stop" : "Start";
     video.style.transform = model.get("mirror") ? "scaleX(-1)" : "";
     previewBox.style.display = model.get("source") === "browser" ? "" : "none";
@@ -189,6 +202,7 @@ function render({ model, el }) {
   sourceSelect.addEventListener("change", () => setTraits({ source: sourceSelect.value, error: "" }));
   mirrorBox.addEventListener("change", () => setTraits({ mirror: mirrorBox.checked }));
   strengthSlider.addEventListener("input", () => setTraits({ strength: parseFloat(strengthSlider.value) }));
+  smoothSlider.addEventListener("input", () => setTraits({ smooth: parseFloat(smoothSlider.value) }));
   startButton.addEventListener("click", () => {
     cameraFailed = false;
     setTraits({ running: !model.get("running"), error: "" });
@@ -397,7 +411,7 @@ function render({ model, el }) {
     if (!running) overlay.textContent = frames ? `stopped · ${frames} frames` : "stopped";
     else if (source !== "browser" && !frames) overlay.textContent = "waiting for the kernel…";
   }
-  const names = ["models", "model_key", "source", "resolution", "mirror", "strength", "running", "status", "error"];
+  const names = ["models", "model_key", "source", "resolution", "mirror", "strength", "smooth", "running", "status", "error"];
   for (const name of names) model.on(`change:${name}`, update);
   function onTransport() {
     base64Mode = model.get("transport") === "base64"; // "auto" starts again with binary buffers

@@ -39,6 +39,7 @@ import numpy as np
 import traitlets as t
 from PIL import Image
 
+from .temporal import TemporalSmoother, check_smooth
 from .video import (
     CameraError,
     CameraReader,
@@ -81,6 +82,7 @@ class WebcamConfig:
     resolution: str = "320x240"  # frames are captured (browser) or fitted (kernel sources) to this size
     mirror: bool = True  # flip left-right, like a mirror (a selfie camera)
     strength: float = 1.0  # 0: the original frame, 1: fully stylised
+    smooth: float = 0.0  # less flicker: blend with the previous frame moved along the motion (stlib.temporal); 0: off
     quality: int = 80  # JPEG quality of the frames in both directions
     max_in_flight: int = 2  # frames sent but not yet answered (back-pressure)
     max_age_ms: float = 1500.0  # the kernel drops frames that waited longer than this before processing
@@ -96,6 +98,7 @@ class WebcamConfig:
         parse_resolution(self.resolution)
         if not (isinstance(self.strength, (int, float)) and 0.0 <= self.strength <= 1.0):
             raise ValueError(f"strength must be a number between 0 and 1, got {self.strength!r}.")
+        check_smooth(self.smooth)
         if not (isinstance(self.quality, int) and 10 <= self.quality <= 100):
             raise ValueError(f"quality must be an integer between 10 and 100, got {self.quality!r}.")
         if not (isinstance(self.max_in_flight, int) and 1 <= self.max_in_flight <= 8):
@@ -155,15 +158,18 @@ def measure_pipeline(
     quality: int = 80,
     strength: float = 1.0,
     warmup: int = 1,
+    smooth: float = 0.0,
 ) -> list[PipelineTiming]:
     """Run the widget's frame pipeline (encode, decode, network, encode) over synthetic frames; time each step.
 
-    This is the loop without the browser and the transport, so its fps is an upper bound of the widget's.
+    This is the loop without the browser and the transport, so its fps is an upper bound of the widget's;
+    `smooth` > 0 adds the temporal smoothing to the network step.
     """
     rows = []
     for resolution in resolutions:
         width, height = parse_resolution(resolution)
         scene = SyntheticScene(width, height)
+        smoother = TemporalSmoother(smooth) if check_smooth(smooth) > 0 else None
         totals = {"encode": 0.0, "decode": 0.0, "network": 0.0, "reply": 0.0}
         for index in range(warmup + frames):
             frame = scene.frame(index)
@@ -172,7 +178,7 @@ def measure_pipeline(
             t1 = time.perf_counter()
             received = decode_jpeg(sent)
             t2 = time.perf_counter()
-            styled = process_frame(model, received, strength=strength)
+            styled = process_frame(model, received, strength=strength, smoother=smoother)
             t3 = time.perf_counter()
             encode_jpeg(styled, quality)
             t4 = time.perf_counter()
@@ -252,6 +258,7 @@ class WebcamStylizer(_WidgetBase):
     resolutions = t.List(t.Unicode(), default_value=list(RESOLUTIONS)).tag(sync=True)
     mirror = t.Bool(True).tag(sync=True)
     strength = t.Float(1.0, min=0.0, max=1.0).tag(sync=True)
+    smooth = t.Float(0.0, min=0.0, max=1.0).tag(sync=True)  # temporal smoothing (0: off)
     quality = t.Int(80).tag(sync=True)
     max_in_flight = t.Int(2).tag(sync=True)
     transport = t.Unicode("auto").tag(sync=True)
@@ -275,6 +282,7 @@ class WebcamStylizer(_WidgetBase):
         self._lock = threading.Lock()
         self._last_input: np.ndarray | None = None
         self._last_output: np.ndarray | None = None
+        self._smoothers: dict[str, TemporalSmoother] = {}  # per stream ("browser", "kernel"): the previous frame
         self._ids = itertools.count(1)
         self._pending: dict[int, float] = {}  # kernel sources: frame id -> send time (perf_counter)
         self._pending_lock = threading.Condition()
@@ -287,11 +295,13 @@ class WebcamStylizer(_WidgetBase):
         self.timings: deque[dict[str, float]] = deque(maxlen=50)  # per frame: decode/network/encode ms
         self._set_models(model)
         with self.hold_trait_notifications():
-            for name in ("source", "resolution", "mirror", "strength", "quality", "max_in_flight", "transport"):
+            names = ("source", "resolution", "mirror", "strength", "smooth", "quality", "max_in_flight", "transport")
+            for name in names:
                 setattr(self, name, getattr(config, name))
         self.observe(self._on_model_key, names="model_key")
         self.observe(self._on_transport, names="transport")
         self.observe(self._on_running_or_source, names=["running", "source", "resolution"])
+        self.observe(self._reset_smoothing, names=["model_key", "source", "resolution", "mirror", "running"])
         self.on_msg(self._on_message)
         self._on_model_key({"new": self.model_key})
 
@@ -369,12 +379,26 @@ class WebcamStylizer(_WidgetBase):
         """The network in use bound to its backend (`stlib.backends.Backend`), or None."""
         return self._backends.get(self.model_key)
 
-    def _process(self, frame: np.ndarray) -> tuple[bytes, dict[str, float]]:
+    def _reset_smoothing(self, change: dict | None = None) -> None:
+        """Forget the previous frames (a new style, source, size or mirror image is a new stream)."""
+        self._smoothers = {}  # a new dict: a frame being processed keeps its own smoother
+
+    def _smoother(self, stream: str) -> TemporalSmoother | None:
+        """The temporal smoother of `stream` at the current `smooth` (None when off)."""
+        if self.smooth <= 0:
+            self._smoothers.pop(stream, None)
+            return None
+        smoother = self._smoothers.setdefault(stream, TemporalSmoother(self.smooth))
+        smoother.strength = check_smooth(self.smooth)
+        return smoother
+
+    def _process(self, frame: np.ndarray, stream: str = "browser") -> tuple[bytes, dict[str, float]]:
         model = self.backend
         if model is None:
             raise CameraError(self.error or "No style network is loaded.")
         t0 = time.perf_counter()
-        styled = process_frame(model, frame, strength=self.strength, mirror=self.mirror)
+        smoother = self._smoother(stream)
+        styled = process_frame(model, frame, strength=self.strength, mirror=self.mirror, smoother=smoother)
         t1 = time.perf_counter()
         data = encode_jpeg(styled, self.quality)
         t2 = time.perf_counter()
@@ -499,7 +523,7 @@ class WebcamStylizer(_WidgetBase):
                     self.error = f"The {source} source stopped delivering frames."
                     break
                 frame = fit_frame(frame, width, height)
-                reply, timing = self._process(frame)
+                reply, timing = self._process(frame, "kernel")
                 frame_id = next(self._ids)
                 with self._pending_lock:
                     self._pending[frame_id] = time.perf_counter()

@@ -18,7 +18,7 @@ LAYERS = [
     {"superres"},  # the super-resolution task's data and scores (images)
     {"vgg", "transformer", "data", "plots"},  # the loss network, the image network, photos, figures
     {"perceptual", "checkpoint", "backends"},  # the objective, model files, inference engines
-    {"gatys", "train", "stylize", "upscale", "distill"},  # the two methods and what uses their results
+    {"gatys", "train", "stylize", "upscale", "distill", "temporal"},  # the two methods and what uses their results
     {"video", "desktop", "webcam"},  # frames and live sources
     {"cli", "__main__", "demo"},  # the command line, and the course run headless
 ]

@@ -1,0 +1,204 @@
+"""Tests for stlib.temporal: the warping error on motions with known answers, and the flow-guided smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stlib import assets, images
+from stlib.temporal import (
+    SmoothConfig,
+    TemporalSmoother,
+    check_smooth,
+    clip_motion,
+    contrast_blend,
+    optical_flow,
+    smooth_frames,
+    visible_mask,
+    warp,
+    warping_error,
+)
+from stlib.video import SyntheticScene, VideoError, read_frames, stylize_video
+
+pytest.importorskip("cv2", reason="optical flow needs OpenCV (the webcam extra)")
+
+SIZE = (120, 160)  # (H, W) of the synthetic clips
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """The bundled photo, 240 x 320 uint8 RGB: a textured scene to move a window over."""
+    return np.asarray(images.load_image(assets.content_image("tubingen"), size=(320, 240)))
+
+
+def shifted_clip(photo: np.ndarray, count: int = 6, step: tuple[int, int] = (2, 3)) -> list[np.ndarray]:
+    """`count` crops of the photo whose window moves by `step` = (dy, dx) px per frame: a pure shift."""
+    h, w = SIZE
+    return [np.ascontiguousarray(photo[20 + t * step[0] : 20 + t * step[0] + h, 30 + t * step[1] : 30 + t * step[1] + w])
+            for t in range(count)]  # fmt: skip
+
+
+def colour_map(frame: np.ndarray) -> np.ndarray:
+    """A shift-equivariant filter: each pixel's colour through a fixed curve (a stand-in for a style)."""
+    x = frame.astype(np.float32) / 255
+    return np.clip(255 * (1 - x) ** 1.5 + 0.5, 0, 255).astype(np.uint8)[..., ::-1].copy()
+
+
+def test_optical_flow_recovers_a_shift_and_warp_undoes_it(photo):
+    a, b = shifted_clip(photo, 2)
+    flow = optical_flow(b, a)  # b(x) ~ a(x + flow): the content moved by -step, so flow ~ +step
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.allclose(np.median(flow[inner].reshape(-1, 2), axis=0), (3, 2), atol=0.1)
+    moved = warp(a.astype(np.float32), flow)
+    assert np.abs(moved[inner] - b[inner]).mean() < 3  # grey levels
+
+
+def test_visible_mask_hides_the_pixels_that_came_into_view(photo):
+    a, b = shifted_clip(photo, 2, step=(0, 6))
+    visible = visible_mask(optical_flow(b, a), optical_flow(a, b))
+    # b's right edge shows 6 columns a did not have; its left part was all in a.
+    assert visible[:, -4:].mean() < 0.1
+    assert visible[:, :100].mean() > 0.95
+
+
+def test_warping_error_is_zero_for_a_shift_equivariant_filter(photo):
+    frames = shifted_clip(photo)
+    motions = clip_motion(frames)
+    floor = warping_error(frames, motions=motions)
+    styled = warping_error([colour_map(f) for f in frames], motions=motions)
+    assert floor < 2e-4 and styled < 2e-4  # both follow the motion (bilinear resampling is all that is left)
+
+
+def test_warping_error_of_a_random_colour_per_frame_is_its_known_size(photo):
+    frames = shifted_clip(photo)
+    rng = np.random.default_rng(0)
+    offsets = rng.uniform(-40, 40, size=(len(frames), 3)).round()  # grey levels per frame and channel
+    base = [np.clip(f.astype(np.float32), 45, 210) for f in frames]  # room for the offsets: no clipping
+    outputs = [(b + o).astype(np.uint8) for b, o in zip(base, offsets, strict=True)]
+    expected = np.mean([((offsets[t] - offsets[t - 1]) / 255) ** 2 for t in range(1, len(frames))])
+    got = warping_error(outputs, inputs=frames)
+    assert got == pytest.approx(expected, rel=0.1)
+    assert got > 50 * warping_error(frames, inputs=frames)
+
+
+def test_warping_error_explains_wrong_inputs():
+    frame = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="single image"):
+        warping_error(frame, inputs=[frame])
+    with pytest.raises(ValueError, match="2 input frames but 3 output frames"):
+        warping_error([frame] * 3, inputs=[frame] * 2)
+
+
+def flickering(frames: list[np.ndarray], amount: float = 30.0, seed: int = 0) -> list[np.ndarray]:
+    """The filter's output with a new random texture in every frame (what a network's flicker looks like)."""
+    rng = np.random.default_rng(seed)
+    noisy = []
+    for frame in frames:
+        grain = rng.normal(0, amount, size=(frame.shape[0] // 4, frame.shape[1] // 4, 1)).repeat(4, 0).repeat(4, 1)
+        noisy.append(np.clip(colour_map(frame) + grain, 0, 255).astype(np.uint8))
+    return noisy
+
+
+def test_smoothing_halves_the_flicker_and_keeps_the_picture(photo):
+    frames = shifted_clip(photo, count=10)
+    outputs = flickering(frames)
+    motions = clip_motion(frames)
+    before = warping_error(outputs, motions=motions)
+    after = warping_error(list(smooth_frames(frames, outputs, strength=0.5)), motions=motions)
+    assert after < 0.5 * before
+    steady = list(smooth_frames(frames, [colour_map(f) for f in frames], strength=0.8))
+    # Without flicker the smoothing changes (nearly) nothing: no drift, no blur building up over the frames.
+    assert np.abs(steady[-1].astype(np.float32) - colour_map(frames[-1]))[8:-8, 8:-8].mean() < 2
+
+
+def test_strength_zero_returns_the_outputs_unchanged(photo):
+    frames = shifted_clip(photo, count=3)
+    outputs = flickering(frames)
+    for got, want in zip(smooth_frames(frames, outputs, strength=0.0), outputs, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_scene_cut_resets_the_blend(photo):
+    """Two clips joined: the first frame of the second shot is its own output, with no ghost of the first shot."""
+    first = shifted_clip(photo, count=4)
+    painting = np.asarray(images.load_image(assets.style_image("starry_night"), size=(320, 240)))
+    second = shifted_clip(painting, count=3)
+    frames, outputs = first + second, flickering(first + second)
+    smoother = TemporalSmoother(0.9)
+    result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
+    assert smoother.resets == 1
+    assert np.array_equal(result[4], outputs[4])
+    assert not np.array_equal(result[3], outputs[3])  # within a shot it did blend
+
+
+def test_no_ghost_trail_behind_a_moving_object():
+    """A disc crosses a still scene: where it was, the output is the scene's, not a fading copy of the disc."""
+    scene = SyntheticScene(160, 120, fps=30)
+    background = scene.frame(0)
+    frames, centres = [], []
+    yy, xx = np.mgrid[0:120, 0:160]
+    for t in range(8):
+        frame, cx = background.copy(), 40 + 10 * t
+        frame[(yy - 60) ** 2 + (xx - cx) ** 2 <= 15**2] = (20, 200, 40)
+        frames.append(frame)
+        centres.append(cx)
+    outputs = [colour_map(f) for f in frames]
+    smoother = TemporalSmoother(0.9)
+    result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
+    # The pixels the disc covered two frames ago and no longer covers: the trail a ghost would leave.
+    trail = ((yy - 60) ** 2 + (xx - centres[-3]) ** 2 <= 15**2) & ((yy - 60) ** 2 + (xx - centres[-1]) ** 2 > 17**2)
+    error = np.abs(result[-1].astype(np.float32) - outputs[-1])[trail].mean()
+    assert error < 6  # grey levels: the scene came back (the disc's colour is > 100 away)
+
+
+def test_contrast_blend_keeps_the_contrast_of_two_different_textures():
+    rng = np.random.default_rng(1)
+    a = rng.normal(128, 30, size=(64, 64, 3)).astype(np.float32)
+    b = rng.normal(128, 30, size=(64, 64, 3)).astype(np.float32)
+    half = np.full((64, 64), 0.5, np.float32)
+    plain = 0.5 * (a + b)
+    kept = contrast_blend(a, b, half)
+    assert plain.std() < 0.8 * a.std()  # plain averaging loses contrast (1/sqrt(2) of it)
+    assert kept.std() == pytest.approx(a.std(), rel=0.1)
+    assert np.allclose(contrast_blend(a, a, half), a, atol=1e-3)  # where the two agree, nothing changes
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", None, True, float("nan")])
+def test_a_strength_out_of_range_is_one_sentence(bad):
+    with pytest.raises(ValueError, match=r"^The smoothing strength must be a number from 0 \(off\) to 1, got .*\.$"):
+        check_smooth(bad)
+    with pytest.raises(ValueError, match="smoothing strength"):
+        TemporalSmoother(bad)
+
+
+def test_smoothing_a_single_image_is_one_sentence(tmp_path, photo):
+    frame = shifted_clip(photo, 1)[0]
+    with pytest.raises(ValueError, match=r"^Smoothing needs a sequence of video frames, but the input frames are a"):
+        list(smooth_frames(frame, frame))
+    image = images.save_image(Image.fromarray(frame), tmp_path / "photo.png")
+    with pytest.raises(VideoError, match=r"photo.png', a single image: .*\(smoothing works across frames\)\.$"):
+        stylize_video(colour_map, image, tmp_path / "out.avi", smooth=0.5)
+    with pytest.raises(VideoError, match="single image"):
+        stylize_video(colour_map, frame, tmp_path / "out.avi")
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="flow method must be one of"):
+        SmoothConfig(method="lucas-kanade")
+    with pytest.raises(ValueError, match="flow scale"):
+        SmoothConfig(scale=2.0)
+
+
+def test_two_real_clips_joined_leave_no_ghost(shared_dir):
+    """A webcam clip then the room clip (Intel IoT devkit sample videos, CC BY 4.0): the cut resets the blend."""
+    video = shared_dir / "video"
+    first = list(read_frames(video / "book.mkv", size=(320, 240), max_frames=5))
+    second = list(read_frames(video / "one-by-one-person-detection.mp4", size=(320, 240), max_frames=3))
+    frames = first + second
+    outputs = flickering(frames)
+    smoother = TemporalSmoother(0.9)
+    result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
+    assert smoother.resets == 1
+    assert np.array_equal(result[5], outputs[5])
+    assert warping_error(result[:5], inputs=first) < 0.5 * warping_error(outputs[:5], inputs=first)
