@@ -35,8 +35,8 @@ def photo() -> np.ndarray:
 def shifted_clip(photo: np.ndarray, count: int = 6, step: tuple[int, int] = (2, 3)) -> list[np.ndarray]:
     """`count` crops of the photo whose window moves by `step` = (dy, dx) px per frame: a pure shift."""
     h, w = SIZE
-    return [np.ascontiguousarray(photo[20 + t * step[0] : 20 + t * step[0] + h, 30 + t * step[1] : 30 + t * step[1] + w])
-            for t in range(count)]  # fmt: skip
+    tops, lefts = [20 + t * step[0] for t in range(count)], [30 + t * step[1] for t in range(count)]
+    return [np.ascontiguousarray(photo[y : y + h, x : x + w]) for y, x in zip(tops, lefts, strict=True)]
 
 
 def colour_map(frame: np.ndarray) -> np.ndarray:
