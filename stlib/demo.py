@@ -126,7 +126,10 @@ CAPTIONS = {
     "03_pixel_vs_perceptual.png": "A 2-pixel shift and a blur: pixel error prefers the blur, deep features the shift.",
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
     GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",
-    CLIP_OUTPUT: "A short moving scene, original and stylised frame by frame with the_scream network.",
+    CLIP_OUTPUT: "A short moving scene: the original, the_scream network frame by frame, and the same with temporal "
+    "smoothing (strength 0.5; compare how the textures hold still).",
+    "04_flicker_before_after.png": "Flicker: a frame stylised frame by frame and smoothed along the optical flow, and "
+    "how much each changes from the previous frame (the title names the clip).",
     **{
         f"superres_tubingen_x{f}_{loss}.jpg": f"Super-resolution x{f}: bicubic (left) and the {name} network (right)."
         for f in (4, 8)
@@ -510,20 +513,33 @@ def superres_samples(out_dir: str | os.PathLike, networks: Sequence[Path], size:
 
 
 def stylised_clip(
-    out_dir: str | os.PathLike, network: str | os.PathLike, frames: int = 30, size: tuple[int, int] = (320, 240)
+    out_dir: str | os.PathLike,
+    network: str | os.PathLike,
+    frames: int = 30,
+    size: tuple[int, int] = (320, 240),
+    smooth: float = 0.0,
 ) -> Path:
-    """A moving synthetic scene beside its stylised version, frame by frame, as a looping GIF; returns its path."""
+    """A moving synthetic scene beside its stylised version, frame by frame, as a looping GIF; returns its path.
+
+    With `smooth` > 0 a third panel shows the same frames after temporal smoothing (`stlib.temporal`): before/after.
+    """
     import numpy as np
     from PIL import Image
 
     from .checkpoint import load_model
     from .images import atomic_write
     from .stylize import stylize_frame
+    from .temporal import TemporalSmoother
     from .video import SyntheticScene
 
     model = load_model(network, task="style")
     scene = SyntheticScene(*size, fps=12)
-    pairs = [Image.fromarray(np.concatenate([f, stylize_frame(model, f)], axis=1)) for f in scene.frames(frames)]
+    smoother = TemporalSmoother(smooth) if smooth > 0 else None
+    pairs = []
+    for frame in scene.frames(frames):
+        styled = stylize_frame(model, frame)
+        panels = [frame, styled] + ([smoother(frame, styled)] if smoother is not None else [])
+        pairs.append(Image.fromarray(np.concatenate(panels, axis=1)))
     path = Path(out_dir) / f"clip_{Path(network).stem}.gif"
     return atomic_write(
         path,
@@ -726,7 +742,7 @@ def _extras(out: Path, config: DemoConfig) -> list[Path]:
         done = _step(f"A short clip stylised with {clip_net.stem}", config.progress)
         frames = {"quick": 6, "demo": 20, "full": 48}[config.mode]
         size = (160, 120) if config.mode == "quick" else (320, 240)
-        extras.append(stylised_clip(out, clip_net, frames=frames, size=size))
+        extras.append(stylised_clip(out, clip_net, frames=frames, size=size, smooth=0.5))
         done(f"wrote {extras[-1]}")
     else:
         print("No trained networks in checkpoints/: skipping the feed-forward steps.", flush=True)
