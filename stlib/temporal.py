@@ -227,7 +227,7 @@ class SmoothConfig:
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
     sigma: float = 0.06  # photometric error (luminance in [0, 1]) at which the blend weight falls to 1/e
     min_visible: float = 0.5  # fewer visible pixels than this fraction: a scene cut, start again
-    contrast: bool = True  # restore the local contrast that averaging two textures removes (`contrast_blend`)
+    contrast: bool = True  # give back the local contrast that averaging two textures removes (`contrast_blend`)
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
     cubic: bool = True  # warp the previous output with bicubic (sharper) instead of bilinear interpolation
 
@@ -303,24 +303,23 @@ class TemporalSmoother:
 
 
 def contrast_blend(current: np.ndarray, previous: np.ndarray, weight: np.ndarray, window: int = 15) -> np.ndarray:
-    """current + weight * (previous - current), its local contrast raised back to the weighted mix of the two's.
+    """current + weight * (previous - current), its local contrast raised back to that of `current`.
 
-    Averaging two textures that differ lowers their contrast (the variance of a sum of uncorrelated halves is
-    half); per pixel, with local means m and variances v over a `window` box, the mix M becomes
-    m_M + g * (M - m_M) with g = sqrt(((1 - w) v_current + w v_previous) / v_M) in [1, 2] (1 where the two agree).
+    Averaging two textures that differ lowers their contrast (the variance of the mean of two uncorrelated halves
+    is half of theirs), which a viewer and the style loss see as a duller painting. With local means m and
+    variances v over a `window` box, the mix M becomes m_M + g * (M - m_M), g = sqrt(v_current / v_M) in [1, 2]:
+    1 where the two agree, so only the texture's contrast changes, never its mean colour.
     """
     cv2 = _cv2()
-    w = weight[..., None]  # (H, W, 1)
-    mixed = current + w * (previous - current)  # (H, W, 3)
+    mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
 
     def local(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean = cv2.blur(x, (window, window))
         return mean, np.maximum(cv2.blur(x * x, (window, window)) - mean * mean, 0.0)
 
-    (_, var_c), (_, var_p), (mean_m, var_m) = local(current), local(previous), local(mixed)
-    target = (1 - w) * var_c + w * var_p
-    gain = np.sqrt(np.clip(target / np.maximum(var_m, 1e-3), 1.0, 4.0))
-    return mean_m + gain * (mixed - mean_m)
+    (_, var_current), (mean_mixed, var_mixed) = local(current), local(mixed)
+    gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))
+    return mean_mixed + gain * (mixed - mean_mixed)
 
 
 def _resize_flow_weight(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -171,7 +171,7 @@ def test_quick_demo_writes_figures_progress_and_a_gallery(quick_demo):
     with Image.open(result.out / demo.GATYS_OUTPUT) as image:
         assert max(image.size) == 128
     with Image.open(result.out / demo.CLIP_OUTPUT) as clip:
-        assert clip.n_frames == 6 and clip.size == (320, 120)  # original | stylised, side by side
+        assert clip.n_frames == 6 and clip.size == (480, 120)  # original | stylised | smoothed, side by side
     assert (result.out / "notebooks" / "01_vgg_features.ipynb").is_file()
     times = json.loads((result.out / "demo_times.json").read_text())["quick"]["01_vgg_features.ipynb"]
     assert len(times) == code_cells  # one measured time per code cell

@@ -179,3 +179,44 @@ def test_file_reader_plays_the_scene_or_a_file_in_real_time(clip):
     assert all(f is not None and f.shape == (48, 64, 3) for f in read)
     assert time.perf_counter() - start >= 1.0  # paced: 12 frames at 10 fps take about 1.1 s
     looped.close()
+
+
+class Flicker(torch.nn.Module):
+    """A per-frame filter that flickers: the frame plus a new coarse random texture at every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.amount = torch.nn.Parameter(torch.tensor(0.12), requires_grad=False)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        grain = torch.randn(1, 1, h // 4 + 1, w // 4 + 1, generator=self.generator) * self.amount  # (1, 1, h', w')
+        return (x + grain.repeat_interleave(4, 2).repeat_interleave(4, 3)[..., :h, :w]).clamp(0, 1)
+
+
+def test_stylize_video_smooths_along_the_motion(tmp_path, clip):
+    from stlib.temporal import warping_error
+
+    frames, path = clip
+    frames = list(SyntheticScene(160, 120, fps=10).frames(8))
+    plain = stylize_video(Flicker().eval(), iter(frames), tmp_path / "plain.avi", fps=10)
+    smooth = stylize_video(Flicker().eval(), iter(frames), tmp_path / "smooth.avi", fps=10, smooth=0.8)
+    assert smooth.frames == plain.frames == 8
+    before = warping_error(list(read_frames(plain.path)), inputs=frames)
+    assert warping_error(list(read_frames(smooth.path)), inputs=frames) < 0.5 * before
+    with pytest.raises(ValueError, match=r"^The smoothing strength must be a number from 0 \(off\) to 1, got 1\.5\.$"):
+        stylize_video(Flicker().eval(), path, tmp_path / "bad.avi", smooth=1.5)
+
+
+def test_cli_video_smooth_option(tmp_path, clip, model, capsys):
+    _, path = clip
+    model_file = save_model(model, tmp_path / "slim.safetensors")
+    out = tmp_path / "smooth.mp4"
+    code = cli.main(["video", str(path), "-o", str(out), "--model", str(model_file), "--smooth", "0.5", "--quiet"])
+    assert code == 0 and probe(out).frames >= 7
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["video", str(path), "-o", str(out), "--model", str(model_file), "--smooth", "2"])
+    _, stderr = capsys.readouterr()
+    assert "--smooth" in stderr and "between 0 and 1" in stderr

@@ -275,3 +275,33 @@ def test_missing_kernel_camera_gives_a_clear_error(model_file):
         time.sleep(0.05)
     assert not w.running and "No camera 97" in w.error
     w.close()
+
+
+def test_smoothing_keeps_one_stream_per_source_and_restarts_on_a_new_style(widget, frame, model_file, tmp_path):
+    with pytest.raises(ValueError, match="smoothing strength"):
+        WebcamConfig(smooth=1.5)
+    widget.mirror = False
+    browser_frame(widget, 1, frame)
+    assert widget._smoothers == {}  # off by default: no state kept
+    widget.smooth = 0.8
+    scene = SyntheticScene(64, 48)
+    for frame_id in range(2, 5):
+        browser_frame(widget, frame_id, scene.frame(frame_id))
+    smoother = widget._smoothers["browser"]
+    assert smoother.strength == 0.8 and smoother.last_weight is not None and smoother.last_weight.max() > 0
+    # A new style (another network file) is a new stream: the previous frame is forgotten.
+    other = model_file.with_name("other.safetensors")
+    other.write_bytes(model_file.read_bytes())
+    widget.models = [*widget.models, ["other", str(other)]]
+    widget.model_key = str(other)
+    assert widget._smoothers == {}
+    browser_frame(widget, 5, scene.frame(5))
+    assert float(widget._smoothers["browser"].last_weight.max()) == 0.0  # the first frame of the new stream
+    widget.smooth = 0.0
+    browser_frame(widget, 6, scene.frame(6))
+    assert "browser" not in widget._smoothers
+
+
+def test_measure_pipeline_with_smoothing(model):
+    (row,) = measure_pipeline(model, ("64x48",), frames=3, smooth=0.5)
+    assert row.network_ms > 0 and row.fps > 0
