@@ -4,6 +4,7 @@
     python -m benchmarks.webcam --model a.safetensors --model b.safetensors --seconds 30 --threads 2
     python -m benchmarks.webcam --quick          # a tiny random network, 10 s per resolution (a smoke run)
     python -m benchmarks.webcam --model a.safetensors --backend eager --backend auto   # before / after
+    python -m benchmarks.webcam --model a.safetensors --smooth 0 --smooth 0.5   # without / with temporal smoothing
 
 For each model and resolution (default 320x240 and 640x480): JupyterLab (127.0.0.1, random port and token)
 shows `stlib.webcam.WebcamStylizer` in headless Debian Chromium with a fake camera playing the bundled photo;
@@ -48,10 +49,11 @@ from tests.browser import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _notebook(model: Path, resolution: str, backend: str) -> dict:
+def _notebook(model: Path, resolution: str, backend: str, smooth: float = 0.0) -> dict:
     source = (
         "from stlib.webcam import WebcamStylizer\n"
-        f"cam = WebcamStylizer(model={str(model)!r}, resolution={resolution!r}, backend={backend!r})\ncam"
+        f"cam = WebcamStylizer(model={str(model)!r}, resolution={resolution!r}, backend={backend!r}, "
+        f"smooth={smooth!r})\ncam"
     )
     return {
         "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}],
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--backend", action="append", help="stlib.backends name(s) to compare, e.g. eager and auto (default: auto)"
     )
+    parser.add_argument("--smooth", action="append", type=float, help="temporal smoothing strength(s) (default: 0)")
     parser.add_argument("--quick", action="store_true", help="a tiny random network and 10 s per resolution")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "test-artifacts", help="where to save them")
     args = parser.parse_args()
@@ -125,9 +128,10 @@ def main() -> None:
     with JupyterLab(tmp, tmp / "jupyter", env=env) as lab, sync_playwright() as pw:
         browser = launch_chromium(pw, fake_video=y4m)
         try:
-            for model_path, backend in [(Path(m).resolve(), b) for m in models for b in backends]:
-                name = f"bench_{model_path.stem}_{backend}.ipynb"
-                (tmp / name).write_text(json.dumps(_notebook(model_path, resolutions[0], backend)))
+            runs = [(Path(m).resolve(), b, s) for m in models for b in backends for s in args.smooth or [0.0]]
+            for model_path, backend, smooth in runs:
+                name = f"bench_{model_path.stem}_{backend}_{smooth:g}.ipynb"
+                (tmp / name).write_text(json.dumps(_notebook(model_path, resolutions[0], backend, smooth)))
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 errors: list[str] = []
                 page.on("pageerror", lambda err, errors=errors: errors.append(str(err)))
@@ -138,10 +142,11 @@ def main() -> None:
                     page.locator(WIDGET).screenshot(
                         path=str(args.screenshots / f"bench_{model_path.stem}_{backend}_{resolution}.png")
                     )
-                    measured.append((model_path, backend, resolution, browser_row))
+                    measured.append((model_path, backend, smooth, resolution, browser_row))
                     print(
-                        f"{model_path.stem} ({backend}) {resolution}: browser {browser_row['fps']:.2f} fps "
-                        f"({browser_row['frames']} frames in {browser_row['seconds']:.0f} s), latency "
+                        f"{model_path.stem} ({backend}, smooth {smooth:g}) {resolution}: browser "
+                        f"{browser_row['fps']:.2f} fps ({browser_row['frames']} frames in "
+                        f"{browser_row['seconds']:.0f} s), latency "
                         f"{browser_row['latency_ms']:.0f} ms",
                         flush=True,
                     )
@@ -154,11 +159,12 @@ def main() -> None:
 
     # The kernel-side pipeline alone, once the browser and JupyterLab are gone (they would compete for the CPU).
     rows = []
-    for model_path, backend, resolution, browser_row in measured:
+    for model_path, backend, smooth, resolution, browser_row in measured:
         width, height = (int(v) for v in resolution.split("x"))
         net = make_backend(load_model(model_path), backend, probe=(height, width))
-        pipeline = measure_pipeline(net, (resolution,), frames=max(3, args.min_frames))[0]
-        rows.append((f"{model_path.stem} ({net.name})", resolution, browser_row, pipeline))
+        pipeline = measure_pipeline(net, (resolution,), frames=max(3, args.min_frames), smooth=smooth)[0]
+        label = f"{model_path.stem} ({net.name}" + (f", smooth {smooth:g})" if smooth else ")")
+        rows.append((label, resolution, browser_row, pipeline))
     print()
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()} "

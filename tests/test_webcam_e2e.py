@@ -5,8 +5,9 @@ off) on a copy of notebook 04, opens it in Debian's Chromium with a fake camera 
 bundled photo (``--use-file-for-fake-video-capture``), runs every cell, presses Start and waits for 20 stylised
 frames. It checks that no page error occurred, that the displayed frame is the network's stylisation of the
 camera frame (close to what `stylize_frame` gives for it, and changed from the camera frame the way the
-network changes it) after a 20 s kernel stall at the start, switches to the base64 transport and back, takes a
-snapshot, then denies the camera and checks the message and the one-click switch to the file source. Screenshots go to
+network changes it) after a 20 s kernel stall at the start, sets the smoothing slider (the kernel then smooths
+the browser's stream) and turns it off, switches to the base64 transport and back, takes a snapshot, then denies
+the camera and checks the message and the one-click switch to the file source. Screenshots go to
 ``test-artifacts/``. It skips, saying why, only where Chromium or Playwright is missing.
 
 The browser harness is `tests.browser` (also used by ``python -m benchmarks.webcam``).
@@ -50,6 +51,13 @@ def _stalled(content, buffers, _once=[True]):
         _time.sleep(20)
     _handle_frame(content, buffers)
 cam._on_frame = _stalled
+"""
+
+# What the kernel's smoothing holds, shown in the widget's status line.
+SMOOTHING_STATE = """
+_weights = [s.last_weight for s in cam._smoothers.values() if s.last_weight is not None]
+cam.status = (f"smooth {cam.smooth} streams {sorted(cam._smoothers)} "
+              f"blended {bool(_weights) and float(max(w.max() for w in _weights)) > 0}")
 """
 
 OUTPUT_PNG = f"() => document.querySelector('{WIDGET} .stlib-webcam-output').toDataURL('image/png')"
@@ -163,6 +171,20 @@ def test_webcam_widget_in_jupyterlab(browser_ready, tmp_path):
             assert changed > 6, "the displayed frame is (nearly) the camera frame: not stylised"
             assert agreement > 0.6, "the displayed frame differs from the camera frame otherwise than the network does"
             assert layout > 0.3, "the displayed frame lost the camera frame's layout"
+
+            # 1b. The smoothing slider: the kernel smooths the browser's stream at the chosen strength; 0 turns it off.
+            page.fill(f"{WIDGET} .stlib-webcam-smooth", "0.5")
+            page.wait_for_function(f"() => document.querySelector('{WIDGET}').dataset.smooth === '0.5'")
+            assert page.inner_text(f"{WIDGET} .stlib-webcam-smooth-value") == "0.50"
+            before = int(widget_data(page)["frames"])
+            wait_for_frames(page, before + 5, timeout_s=120)
+            run_in_kernel(page, SMOOTHING_STATE)
+            status = page.locator(f"{WIDGET} .stlib-webcam-status")
+            status.filter(has_text="smooth 0.5").wait_for(timeout=30_000)
+            assert "streams ['browser']" in status.inner_text() and "blended True" in status.inner_text()
+            page.fill(f"{WIDGET} .stlib-webcam-smooth", "0")
+            page.wait_for_function(f"() => document.querySelector('{WIDGET}').dataset.smooth === '0'")
+            assert page.inner_text(f"{WIDGET} .stlib-webcam-smooth-value") == "off"
 
             # 2. The base64 fallback (what runs where a front end drops binary buffers), both ways, switched on
             # from the kernel as a learner would: cam.transport = "base64".
