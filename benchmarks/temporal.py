@@ -14,7 +14,8 @@ For each clip (default: book, walk, again and a stretch of one-by-one-person-det
   stronger flow than the smoother's own) of each, beside the input clip's E_warp (the floor);
 - the style term of the network's own objective (`stlib.perceptual.PerceptualLoss` from the model file's
   training settings; `--style-frames` frames spread over the clip) so that a blurred result cannot look stable;
-- milliseconds per frame: the network, and the network plus the smoothing.
+- milliseconds per frame: the network, and the network plus the smoothing, timed in turn on the same frames
+  (`interleaved_ms`, median of 5).
 
 Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame outputs (re-runs skip the network
 and reuse the times measured then).
@@ -78,6 +79,26 @@ def per_frame(network, frames: list[np.ndarray], cache: Path | None) -> tuple[li
     return outputs, ms
 
 
+def interleaved_ms(network, frames: list[np.ndarray], strengths: list[float], config: SmoothConfig, count: int = 5):
+    """Median ms per frame of the network alone and of the network + smoothing at each strength, measured in turn
+    on the same `count` consecutive frames (so that a change of the machine's load hits all of them alike)."""
+    smoothers = {s: TemporalSmoother(s, config) for s in strengths}
+    times: dict[float, list[float]] = {0.0: [], **{s: [] for s in strengths}}
+    stylize_frame(network, frames[0])  # warm-up
+    for index, frame in enumerate(frames[: count + 1]):
+        start = time.perf_counter()
+        styled = stylize_frame(network, frame)
+        net = 1000 * (time.perf_counter() - start)
+        for strength, smoother in smoothers.items():
+            start = time.perf_counter()
+            smoother(frame, styled)
+            if index > 0:  # the first frame only stores its state
+                times[strength].append(net + 1000 * (time.perf_counter() - start))
+        if index > 0:
+            times[0.0].append(net)
+    return {strength: statistics.median(values) for strength, values in times.items()}
+
+
 def smoothed(frames, outputs, strength: float, config: SmoothConfig) -> tuple[list[np.ndarray], float, int]:
     """The smoother over a clip: outputs, median ms per frame of the smoothing alone, scene resets."""
     smoother = TemporalSmoother(strength, config)
@@ -133,22 +154,24 @@ def run_clip(args, path: Path, models: list[Path], config: SmoothConfig) -> list
         model = load_model(model_file)
         network = make_backend(model, "auto", probe=(h, w))
         cache = args.cache / f"{path.stem}_{model_file.stem}_{len(frames)}.npz" if args.cache else None
-        outputs, net_ms = per_frame(network, frames, cache)
+        outputs, _ = per_frame(network, frames, cache)
+        cost = interleaved_ms(network, frames, args.strengths, config)
         objective = style_objective(model_file)
-        methods = {"per frame": (outputs, 0.0, 0)}
+        methods = {"per frame": (outputs, 0.0, 0, 0.0)}
         for strength in args.strengths:
-            methods[f"smooth {strength:g}"] = smoothed(frames, outputs, strength, config)
+            methods[f"smooth {strength:g}"] = (*smoothed(frames, outputs, strength, config), strength)
         base_style = None
-        for method, (result, extra_ms, resets) in methods.items():
+        for method, (result, extra_ms, resets, strength) in methods.items():
             style = style_term(objective, result, picks)
             base_style = base_style or style
             error = warping_error(result, motions=motions)
             rows.append(dict(clip=path.stem, size=f"{w}x{h}", frames=len(frames), network=model_file.stem,
                              engine=network.name, method=method, error=error, floor=floor, style=style,
-                             style_ratio=style / base_style, ms=net_ms + extra_ms, extra_ms=extra_ms,
+                             style_ratio=style / base_style, ms=cost[strength], extra_ms=extra_ms,
                              resets=resets))  # fmt: skip
             print(f"  {path.stem} {model_file.stem} {method}: E_warp {1e3 * error:.2f} (floor {1e3 * floor:.2f}), "
-                  f"style {style:.4g}, {net_ms + extra_ms:.0f} ms/frame, {resets} resets", flush=True)  # fmt: skip
+                  f"style {style:.4g}, {cost[strength]:.0f} ms/frame (smoothing alone over the clip "
+                  f"{extra_ms:.1f} ms), {resets} resets", flush=True)  # fmt: skip
         if args.crops:
             save_crops(args.crops, f"{path.stem}_{model_file.stem}", frames, {k: v[0] for k, v in methods.items()})
         objective.close()

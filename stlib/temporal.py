@@ -151,11 +151,15 @@ def visible_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """bool (H, W): pixels of frame t whose flow to t-1 (`backward`) and back (`forward`, t-1 -> t) agree."""
     back_again = warp(forward, backward)  # forward flow at x + backward(x), (H, W, 2)
     total = backward + back_again
-    limit = 0.01 * ((backward**2).sum(-1) + (back_again**2).sum(-1)) + 0.5
+
+    def square(f: np.ndarray) -> np.ndarray:
+        return f[..., 0] * f[..., 0] + f[..., 1] * f[..., 1]  # (H, W)
+
+    limit = 0.01 * (square(backward) + square(back_again)) + 0.5
     map_x, map_y = _sample_grid(backward)
     h, w = backward.shape[:2]
     inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return ((total**2).sum(-1) <= limit) & inside
+    return (square(total) <= limit) & inside
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ def check_smooth(strength: object) -> float:
 class SmoothConfig:
     """How `TemporalSmoother` follows the motion; the defaults were chosen on real clips (benchmarks/temporal.py)."""
 
-    method: str = "dis-fast"  # optical flow (FLOW_METHODS)
+    method: str = "dis-medium"  # optical flow (FLOW_METHODS)
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
     sigma: float = 0.06  # photometric error (luminance in [0, 1]) at which the blend weight falls to 1/e
     min_visible: float = 0.5  # fewer visible pixels than this fraction: a scene cut, start again
@@ -269,7 +273,8 @@ class TemporalSmoother:
         if visible.mean() < self.config.min_visible:
             return None
         moved = warp(self._small, backward).astype(np.float32)  # (h, w, 3): the previous input, moved
-        error = np.abs(small.astype(np.float32) - moved).max(axis=-1) / 255  # (h, w): colour, not only luminance
+        error = cv2.absdiff(small.astype(np.float32), moved)  # (h, w, 3): colour, not only luminance
+        error = np.maximum(np.maximum(error[..., 0], error[..., 1]), error[..., 2]) / 255  # (h, w)
         weight = self.strength * visible * np.exp(-((error / self.config.sigma) ** 2))
         weight = cv2.erode(weight.astype(np.float32), np.ones((3, 3), np.uint8))  # no leak across motion edges
         return backward, weight
@@ -307,18 +312,20 @@ def contrast_blend(current: np.ndarray, previous: np.ndarray, weight: np.ndarray
 
     Averaging two textures that differ lowers their contrast (the variance of the mean of two uncorrelated halves
     is half of theirs), which a viewer and the style loss see as a duller painting. With local means m and
-    variances v over a `window` box, the mix M becomes m_M + g * (M - m_M), g = sqrt(v_current / v_M) in [1, 2]:
-    1 where the two agree, so only the texture's contrast changes, never its mean colour.
+    variances v of the luminance over a `window` box, the mix M becomes m_M + g * (M - m_M),
+    g = sqrt(v_current / v_M) in [1, 2]: 1 where the two agree, so only the texture's contrast changes.
     """
     cv2 = _cv2()
-    mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
+    mixed = current + weight[..., None] * (previous - current)  # (H, W, 3) float32
 
     def local(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean = cv2.blur(x, (window, window))
-        return mean, np.maximum(cv2.blur(x * x, (window, window)) - mean * mean, 0.0)
+        luma = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)  # (H, W)
+        mean = cv2.blur(luma, (window, window))
+        return mean, cv2.blur(luma * luma, (window, window)) - mean * mean
 
-    (_, var_current), (mean_mixed, var_mixed) = local(current), local(mixed)
-    gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))
+    (_, var_current), (_, var_mixed) = local(current), local(mixed)
+    gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))[..., None]  # (H, W, 1)
+    mean_mixed = cv2.blur(mixed, (window, window))  # (H, W, 3)
     return mean_mixed + gain * (mixed - mean_mixed)
 
 
