@@ -10,7 +10,8 @@ Modules (one concept each), lowest layer first; a module imports only from the l
 - `perceptual` (the objective: layers, weights and the normalised loss terms), `checkpoint` (model files and
   training states), `backends` (fast inference engines);
 - `gatys` (image optimisation: style transfer and feature inversion), `train` (training a network on an
-  objective), `stylize` (images and frames through a trained network), `distill` (slim students);
+  objective), `stylize` (images and frames through a trained network), `distill` (slim students), `temporal`
+  (flicker of stylised video: the warping error and flow-guided smoothing);
 - `video` (video files, the synthetic scene, live camera and file sources), `desktop` (the OpenCV window app),
   `webcam` (the live Jupyter widget);
 - `cli` (``python -m stlib``).
