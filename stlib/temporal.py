@@ -24,12 +24,16 @@ colour grade)::
 
     O_t = P_t + w_t * (warp(O_{t-1}) - P_t),    w_t = s * M_t * exp(-(e_t / sigma)^2)
 
-with s the user's strength in [0, 1], M_t the consistency mask above and e_t the photometric error of the
-inputs, |I_t - warp(I_{t-1})| (a wrong flow, an occlusion or a lighting change makes it large, so the pixel
-follows its own frame). Along a motion path O_t is an exponential moving average of the per-frame outputs with
-factor w <= s, so an error fades within a few frames instead of accumulating; a frame where few pixels are
-visible (a scene cut, a camera jump) resets it (`SmoothConfig`). Bonneel et al. solve a gradient-domain problem
-per frame (the gradients of P_t, the values of the warped output); this is its cheap zero-order version.
+with s the user's strength in [0, 1], M_t the consistency mask above and e_t the colour error of the inputs,
+max over channels of |I_t - warp(I_{t-1})| (a wrong flow, an occlusion or a lighting change makes it large, so the
+pixel follows its own frame); the weight is eroded by a pixel so it cannot leak across a motion edge. Along a
+motion path O_t is an exponential moving average of the per-frame outputs with factor w <= s, so an error fades
+within a few frames instead of accumulating; a frame where few pixels are visible (a scene cut, a camera jump)
+starts again (`SmoothConfig`). Averaging two textures lowers their contrast, so `contrast_blend` raises the local
+contrast of the mix back to that of P_t. The flow (DIS "medium") runs at half the frame size and the previous
+output is warped bicubically; benchmarks/temporal.py and benchmarks/RESULTS.md hold the measurements behind
+these choices. Bonneel et al. solve a gradient-domain problem per frame (the gradients of P_t, the values of the
+warped output); this is a cheaper, zero-order relative of it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "TemporalSmoother",
     "check_smooth",
     "clip_motion",
+    "contrast_blend",
     "motion",
     "optical_flow",
     "smooth_frames",
@@ -229,7 +234,7 @@ class SmoothConfig:
 
     method: str = "dis-medium"  # optical flow (FLOW_METHODS)
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
-    sigma: float = 0.06  # photometric error (luminance in [0, 1]) at which the blend weight falls to 1/e
+    sigma: float = 0.06  # colour error of the moved input (largest channel, in [0, 1]) where the weight falls to 1/e
     min_visible: float = 0.5  # fewer visible pixels than this fraction: a scene cut, start again
     contrast: bool = True  # give back the local contrast that averaging two textures removes (`contrast_blend`)
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
