@@ -15,7 +15,7 @@ For each clip (default: book, walk, again and a stretch of one-by-one-person-det
 - the style term of the network's own objective (`stlib.perceptual.PerceptualLoss` from the model file's
   training settings; `--style-frames` frames spread over the clip) so that a blurred result cannot look stable;
 - milliseconds per frame: the network, and the network plus the smoothing, timed in turn on the same frames
-  (`interleaved_ms`, median of 5).
+  (`interleaved_ms`, median of 3).
 
 Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame outputs (re-runs skip the network
 and reuse the times measured then).
@@ -79,7 +79,7 @@ def per_frame(network, frames: list[np.ndarray], cache: Path | None) -> tuple[li
     return outputs, ms
 
 
-def interleaved_ms(network, frames: list[np.ndarray], strengths: list[float], config: SmoothConfig, count: int = 5):
+def interleaved_ms(network, frames: list[np.ndarray], strengths: list[float], config: SmoothConfig, count: int = 3):
     """Median ms per frame of the network alone and of the network + smoothing at each strength, measured in turn
     on the same `count` consecutive frames (so that a change of the machine's load hits all of them alike)."""
     smoothers = {s: TemporalSmoother(s, config) for s in strengths}

@@ -235,7 +235,7 @@ class SmoothConfig:
     method: str = "dis-medium"  # optical flow (FLOW_METHODS)
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
     sigma: float = 0.06  # colour error of the moved input (largest channel, in [0, 1]) where the weight falls to 1/e
-    min_visible: float = 0.5  # fewer visible pixels than this fraction: a scene cut, start again
+    min_visible: float = 0.7  # fewer visible pixels than this fraction: a scene cut or a camera jump, start again
     contrast: bool = True  # give back the local contrast that averaging two textures removes (`contrast_blend`)
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
     cubic: bool = True  # warp the previous output with bicubic (sharper) instead of bilinear interpolation
