@@ -142,39 +142,44 @@ def save_crops(folder: Path, name: str, frames: list[np.ndarray], methods: dict[
         images.save_image(Image.fromarray(np.concatenate(row, axis=1)), folder / f"{name}_frame{t:03d}.png")
 
 
-def run_clip(args, path: Path, models: list[Path], config: SmoothConfig) -> list[dict]:
-    """Every network and method on one clip: a row each."""
-    frames = clip_frames(path, args.frames)
-    h, w = frames[0].shape[:2]
-    motions = clip_motion(frames)  # the metric's flow: DIS medium, full resolution
+def clip_data(path: Path, count: int, style_frames: int) -> dict:
+    """A clip's frames, their motion by the metric's flow (DIS medium, full resolution), its floor, scored frames."""
+    frames = clip_frames(path, count)
+    motions = clip_motion(frames)
+    picks = [round(i) for i in np.linspace(1, len(frames) - 1, style_frames)]
     floor = warping_error(frames, motions=motions)
-    picks = [round(i) for i in np.linspace(1, len(frames) - 1, args.style_frames)]
+    return dict(name=path.stem, frames=frames, motions=motions, floor=floor, picks=picks)
+
+
+def run_network(args, model_file: Path, clips: list[dict], config: SmoothConfig) -> list[dict]:
+    """One network (engine chosen once, at 640x480) and every method on every clip: a row each."""
+    network = make_backend(load_model(model_file), "auto", probe=(480, 640))
+    objective = style_objective(model_file)
     rows = []
-    for model_file in models:
-        model = load_model(model_file)
-        network = make_backend(model, "auto", probe=(h, w))
-        cache = args.cache / f"{path.stem}_{model_file.stem}_{len(frames)}.npz" if args.cache else None
+    for clip in clips:
+        frames, motions, floor = clip["frames"], clip["motions"], clip["floor"]
+        h, w = frames[0].shape[:2]
+        cache = args.cache / f"{clip['name']}_{model_file.stem}_{len(frames)}.npz" if args.cache else None
         outputs, _ = per_frame(network, frames, cache)
         cost = interleaved_ms(network, frames, args.strengths, config)
-        objective = style_objective(model_file)
         methods = {"per frame": (outputs, 0.0, 0, 0.0)}
         for strength in args.strengths:
             methods[f"smooth {strength:g}"] = (*smoothed(frames, outputs, strength, config), strength)
         base_style = None
         for method, (result, extra_ms, resets, strength) in methods.items():
-            style = style_term(objective, result, picks)
+            style = style_term(objective, result, clip["picks"])
             base_style = base_style or style
             error = warping_error(result, motions=motions)
-            rows.append(dict(clip=path.stem, size=f"{w}x{h}", frames=len(frames), network=model_file.stem,
+            rows.append(dict(clip=clip["name"], size=f"{w}x{h}", frames=len(frames), network=model_file.stem,
                              engine=network.name, method=method, error=error, floor=floor, style=style,
                              style_ratio=style / base_style, ms=cost[strength], extra_ms=extra_ms,
                              resets=resets))  # fmt: skip
-            print(f"  {path.stem} {model_file.stem} {method}: E_warp {1e3 * error:.2f} (floor {1e3 * floor:.2f}), "
+            print(f"  {clip['name']} {model_file.stem} {method}: E_warp {1e3 * error:.2f} (floor {1e3 * floor:.2f}), "
                   f"style {style:.4g}, {cost[strength]:.0f} ms/frame (smoothing alone over the clip "
                   f"{extra_ms:.1f} ms), {resets} resets", flush=True)  # fmt: skip
         if args.crops:
-            save_crops(args.crops, f"{path.stem}_{model_file.stem}", frames, {k: v[0] for k, v in methods.items()})
-        objective.close()
+            save_crops(args.crops, f"{clip['name']}_{model_file.stem}", frames, {k: v[0] for k, v in methods.items()})
+    objective.close()
     return rows
 
 
@@ -214,9 +219,11 @@ def main() -> None:
         raise SystemExit(f"Clip(s) not found: {', '.join(missing)} (the real clips live in ../shared/video).")
     load = os.getloadavg()
     config = SmoothConfig()
+    data = [clip_data(clip, args.frames, args.style_frames) for clip in clips]
     rows = []
-    for clip in clips:
-        rows += run_clip(args, clip, models, config)
+    for model_file in models:
+        rows += run_network(args, model_file, data, config)
+    rows.sort(key=lambda r: [c["name"] for c in data].index(r["clip"]))  # by clip, networks in order
     print(f"\n{describe_machine()}; load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"smoother: {config}; clips: {CREDIT}")
     print_table(rows)
