@@ -23,7 +23,15 @@ import torch
 from PIL import Image
 
 from stlib import data
-from stlib.data import DatasetError, DownloadError, ImageFolderDataset, ShuffleSampler, download_coco, make_loader
+from stlib.data import (
+    COCO_SPLITS,
+    DatasetError,
+    DownloadError,
+    ImageFolderDataset,
+    ShuffleSampler,
+    download_coco,
+    make_loader,
+)
 from stlib.images import load_image, resize, to_tensor
 
 
@@ -438,3 +446,19 @@ def test_http_errors_and_unreachable_servers_name_the_url(server, tmp_path):
         download_coco(tmp_path, url="ftp://example.org/train2017.zip", progress=False)
     with pytest.raises(ValueError, match="keep must be a positive integer"):
         download_coco(tmp_path, url=url, keep=0)
+
+
+def test_the_val2017_split_downloads_into_its_own_folder(server, tmp_path):
+    url, state = server
+    images = {f"{i:012d}.jpg": _jpeg(i) for i in range(3)}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, payload in images.items():
+            zf.writestr(f"val2017/{name}", payload)
+    state.payload = buffer.getvalue()
+    out = download_coco(tmp_path, url=url, split="val2017", progress=False, timeout=10)
+    assert out == tmp_path / "val2017" and sorted(p.name for p in out.iterdir()) == sorted(images)
+    assert (tmp_path / "val2017.zip").is_file() and not (tmp_path / "train2017").exists()
+    assert COCO_SPLITS["val2017"][0].endswith("/zips/val2017.zip") and COCO_SPLITS["val2017"][1] == 815_585_330
+    with pytest.raises(ValueError, match="split must be one of train2017, val2017, got 'test2017'"):
+        download_coco(tmp_path, split="test2017")
