@@ -118,3 +118,18 @@ def test_the_gpu_command_rehearsed_on_the_cpu(pack, tmp_path):
             assert (out / "logs" / name).is_file(), name
     assert (out / "loss_curves.png").is_file() and (out / "summary.md").is_file()
     assert "steps/s" in result.stdout
+
+
+def test_make_styles_path_trains_to_a_step_count_and_resumes(tmp_path, offline_weights):
+    common = ["--data", str(ROOT / "data" / "samples"), "--weights", "offline", "--styles", "wave", "--size", "32",
+              "--batch-size", "1", "--style-size", "64", "--num-workers", "0", "--out", str(tmp_path / "styles"),
+              "--export-dir", str(tmp_path / "ship")]  # fmt: skip
+    first = job("run", *common, "--steps", "2")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "no deadline" in first.stdout and read_metadata(tmp_path / "ship" / "wave.safetensors")["info"]["step"] == 2
+    again = job("run", *common, "--steps", "3", "--resume")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    info = read_metadata(tmp_path / "ship" / "wave.safetensors")["info"]
+    assert info["step"] == 3 and info["train_config"]["vgg_weights"] == "offline"
+    assert info["trained"].startswith("3 steps of tools/styles_job.py from a resumed run")
+    assert "--resume" in (tmp_path / "styles" / "wave.log").read_text().splitlines()[0]

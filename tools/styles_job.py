@@ -93,6 +93,7 @@ class Run:
     rate: float | None = None  # steps per second, measured in the first seconds
     returncode: int | None = None
     signalled: bool = False
+    resumed: bool = False  # continued its run folder's training state (--resume)
 
     @property
     def csv(self) -> Path:
@@ -119,7 +120,7 @@ def shipped_step(path: Path) -> int:
 
 def start_run(style: str, args: argparse.Namespace, recipe: Recipe, data: Path, val: Path | None, weights: str) -> Run:
     """Start ``python -m stlib train`` for one style; its output goes to RUNS/STYLE.log."""
-    runs = Path(args.runs)
+    runs = Path(args.runs or args.out)
     run = Run(style, model=runs / f"{style}.safetensors", log=runs / f"{style}.log")
     command = [sys.executable, "-m", "stlib", "train", "--style", str(ROOT / "style_images" / f"{style}.jpg")]
     command += ["--data", str(data), "-o", str(run.model), "--weights", weights, *recipe.arguments()]
@@ -128,6 +129,7 @@ def start_run(style: str, args: argparse.Namespace, recipe: Recipe, data: Path, 
     init = ROOT / "checkpoints" / f"{style}.safetensors"
     if args.resume:
         command.append("--resume")
+        run.resumed = True
     elif init.is_file() and not args.from_scratch:
         run.start_step = shipped_step(init)
         command += ["--init", str(init)]
@@ -211,7 +213,8 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
     config = dict(info["train_config"])
     if VGG_FILE in str(config.get("vgg_weights")):
         config["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
-    trained = f"{step} steps of tools/styles_job.py from {'the shipped weights' if run.start_step else 'scratch'}"
+    origin = "a resumed run" if run.resumed else "the shipped weights" if run.start_step else "scratch"
+    trained = f"{step} steps of tools/styles_job.py from {origin}"
     if run.start_step:
         trained += f" (which had {run.start_step} steps)"
     extra = {"train_config": config, "dataset": data_note, "trained": f"{trained}, {device_note}"}
