@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -42,15 +43,19 @@ from tqdm.auto import tqdm
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, list_images, load_image, resize, to_tensor
 
 __all__ = [
+    "COCO_SPLITS",
     "COCO_TRAIN_BYTES",
     "COCO_TRAIN_MD5",
     "COCO_TRAIN_URL",
     "IMAGE_EXTENSIONS",
+    "SR_BENCHMARK_MD5",
+    "SR_BENCHMARK_URL",
     "DatasetError",
     "DownloadError",
     "ImageFolderDataset",
     "ShuffleSampler",
     "download_coco",
+    "download_sr_benchmark",
     "make_loader",
 ]
 
@@ -61,6 +66,9 @@ COCO_SPLITS = {  # split: (url, bytes, md5); val2017 is 5,000 photos, a quick st
     "train2017": (COCO_TRAIN_URL, COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
     "val2017": ("http://images.cocodataset.org/zips/val2017.zip", 815_585_330, "442b8da7639aecaf257c1dceb8ba8c80"),
 }
+# EDSR's test sets (Set5, Set14, B100 = BSD100, Urban100), the archive that torchSR and others fetch
+SR_BENCHMARK_URL = "https://cv.snu.ac.kr/research/EDSR/benchmark.tar"
+SR_BENCHMARK_MD5 = "4ace41d33c2384b97e6b320cd0afd6ba"
 _KNOWN_ARCHIVES: dict[str, tuple[int, str]] = {
     url.replace("http://", scheme): (size, md5)
     for url, size, md5 in COCO_SPLITS.values()
@@ -400,6 +408,63 @@ def download_coco(
     return final
 
 
+def download_sr_benchmark(
+    dest: str | os.PathLike,
+    url: str = SR_BENCHMARK_URL,
+    md5: str | None = SR_BENCHMARK_MD5,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download (resumably) and verify EDSR's test-set archive; extract Set5 and BSD100 into ``dest``; return it.
+
+    The archive (Set5, Set14, B100 and Urban100 with their bicubic inputs) goes to ``dest/benchmark.tar`` through a
+    ``.part`` file, is checked against its published md5, and only the high-resolution images of Set5 and B100 are
+    extracted, to ``dest/Set5/*.png`` and ``dest/BSD100/*.png`` (the layout `stlib.superres` and notebook 05 read;
+    B100 is BSD100). Extraction goes to a temporary folder renamed when complete; existing folders are kept.
+    """
+    dest = Path(dest)
+    targets = {"Set5": dest / "Set5", "B100": dest / "BSD100"}
+    if all(folder.is_dir() for folder in targets.values()):
+        return dest
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise DownloadError(f"Cannot download '{url}': only http:// and https:// URLs are supported.")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "benchmark.tar"
+    if not archive.is_file():
+        _download(url, archive, None, timeout, progress)
+    if md5 is not None:
+        _verify_md5(archive, md5, progress)
+    tmp = Path(tempfile.mkdtemp(prefix=".benchmark-extracting-", dir=dest))
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts  # benchmark/Set5/HR/baby.png
+                if (
+                    member.isfile()
+                    and len(parts) == 4
+                    and parts[1] in targets
+                    and parts[2] == "HR"
+                    and parts[3] != ".."
+                ):
+                    (tmp / parts[1]).mkdir(exist_ok=True)
+                    with tar.extractfile(member) as source, open(tmp / parts[1] / parts[3], "wb") as out:
+                        shutil.copyfileobj(source, out)
+        for name, folder in targets.items():
+            if not (tmp / name).is_dir():
+                raise DownloadError(
+                    f"Archive '{archive}' has no {name} high-resolution images; delete it and run again."
+                )
+            if not folder.is_dir():
+                os.replace(tmp / name, folder)
+    except tarfile.TarError as err:
+        raise DownloadError(
+            f"Archive '{archive}' is not a valid tar file ({_reason(err)}); delete it and run again."
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def _download(url: str, archive: Path, expected_size: int | None, timeout: float, progress: bool) -> None:
     """Download `url` to `archive` via `archive`.part, resuming a partial file with an HTTP Range request."""
     part = archive.with_name(archive.name + ".part")
@@ -500,6 +565,23 @@ def _content_range_total(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _verify_md5(archive: Path, md5: str, progress: bool) -> None:
+    """Check the archive's md5 (one clear sentence when it differs)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with (
+        open(archive, "rb") as file,
+        tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, desc="md5", disable=not progress) as bar,
+    ):
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != md5:
+        raise DownloadError(
+            f"Archive '{archive}' has md5 {digest.hexdigest()} instead of {md5} (corrupt download); "
+            "delete it and run again."
+        )
+
+
 def _verify_archive(archive: Path, expected_size: int | None, md5: str | None, progress: bool) -> None:
     """Check the archive's size and md5 when known, and that it opens as a zip file."""
     size = archive.stat().st_size
@@ -508,19 +590,7 @@ def _verify_archive(archive: Path, expected_size: int | None, md5: str | None, p
             f"Archive '{archive}' has {size:,} bytes instead of {expected_size:,}; delete it and run again."
         )
     if md5 is not None:
-        digest = hashlib.md5(usedforsecurity=False)
-        with (
-            open(archive, "rb") as file,
-            tqdm(total=size, unit="B", unit_scale=True, desc="md5", disable=not progress) as bar,
-        ):
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
-                bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise DownloadError(
-                f"Archive '{archive}' has md5 {digest.hexdigest()} instead of {md5} (corrupt download); "
-                "delete it and run again."
-            )
+        _verify_md5(archive, md5, progress)
     try:
         with zipfile.ZipFile(archive):
             pass

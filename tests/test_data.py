@@ -12,6 +12,7 @@ import io
 import json
 import re
 import socket
+import tarfile
 import threading
 import warnings
 import zipfile
@@ -25,11 +26,14 @@ from PIL import Image
 from stlib import data
 from stlib.data import (
     COCO_SPLITS,
+    SR_BENCHMARK_MD5,
+    SR_BENCHMARK_URL,
     DatasetError,
     DownloadError,
     ImageFolderDataset,
     ShuffleSampler,
     download_coco,
+    download_sr_benchmark,
     make_loader,
 )
 from stlib.images import load_image, resize, to_tensor
@@ -462,3 +466,41 @@ def test_the_val2017_split_downloads_into_its_own_folder(server, tmp_path):
     assert COCO_SPLITS["val2017"][0].endswith("/zips/val2017.zip") and COCO_SPLITS["val2017"][1] == 815_585_330
     with pytest.raises(ValueError, match="split must be one of train2017, val2017, got 'test2017'"):
         download_coco(tmp_path, split="test2017")
+
+
+def _benchmark_tar(names: dict[str, list[str]]) -> bytes:
+    """A tiny benchmark.tar in EDSR's layout: benchmark/<set>/HR/<name>.png and a bicubic input beside it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder, files in names.items():
+            for i, name in enumerate(files):
+                for sub in ("HR", "LR_bicubic/X4"):
+                    payload = _jpeg(i)
+                    info = tarfile.TarInfo(f"benchmark/{folder}/{sub}/{name}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def test_the_sr_benchmark_download_verifies_and_extracts_set5_and_bsd100(server, tmp_path):
+    url, state = server
+    state.payload = _benchmark_tar({"Set5": ["baby.png", "bird.png"], "B100": ["3096.png"], "Set14": ["lenna.png"]})
+    md5 = hashlib.md5(state.payload).hexdigest()
+    out = download_sr_benchmark(tmp_path, url=url, md5=md5, progress=False, timeout=10)
+    assert sorted(p.name for p in (out / "Set5").iterdir()) == ["baby.png", "bird.png"]
+    assert [p.name for p in (out / "BSD100").iterdir()] == ["3096.png"] and not (out / "Set14").exists()
+    assert not list(tmp_path.glob(".benchmark-extracting-*"))
+    assert download_sr_benchmark(tmp_path, url=url, md5=md5, progress=False) == out  # there: no new request
+    assert len(state.range_headers) == 1
+
+
+def test_a_corrupt_sr_benchmark_is_refused_in_one_sentence(server, tmp_path):
+    url, state = server
+    state.payload = _benchmark_tar({"Set5": ["baby.png"], "B100": ["3096.png"]})
+    with pytest.raises(DownloadError, match=r"has md5 [0-9a-f]{32} instead of 0{32} \(corrupt download\)"):
+        download_sr_benchmark(tmp_path, url=url, md5="0" * 32, progress=False, timeout=10)
+    assert not (tmp_path / "Set5").exists()
+    (tmp_path / "benchmark.tar").write_bytes(_benchmark_tar({"Set5": ["baby.png"]}))  # no B100 in it
+    with pytest.raises(DownloadError, match="has no B100 high-resolution images"):
+        download_sr_benchmark(tmp_path, url=url, md5=None, progress=False)
+    assert SR_BENCHMARK_URL.endswith("/benchmark.tar") and len(SR_BENCHMARK_MD5) == 32
