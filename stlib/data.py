@@ -52,6 +52,7 @@ __all__ = [
     "ShuffleSampler",
     "download_coco",
     "make_loader",
+    "square_crop",
 ]
 
 COCO_TRAIN_URL = "http://images.cocodataset.org/zips/train2017.zip"
@@ -81,6 +82,24 @@ class DownloadError(RuntimeError):
 def _crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator of one sample: depends only on (seed, epoch, index), not on worker or order."""
     return np.random.default_rng([seed, epoch, index])
+
+
+def square_crop(
+    image: Image.Image, size: int, rng: np.random.Generator | None = None, resize_to_fit: bool = True
+) -> torch.Tensor:
+    """A size x size square of `image`, (1, 3, size, size): the shorter side resized to `size`, then a random crop
+    (`rng`) or the centre one (None). Without `resize_to_fit` the image keeps its own pixels (a smaller one is scaled
+    up to fit the square, aspect kept)."""
+    width, height = image.size
+    scale = size / min(width, height) if resize_to_fit else max(1.0, size / min(width, height))
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = resize(image, (new_w, new_h))
+    if rng is not None:
+        left, top = int(rng.integers(0, new_w - size + 1)), int(rng.integers(0, new_h - size + 1))
+    else:
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+    return to_tensor(image.crop((left, top, left + size, top + size)))
 
 
 class ImageFolderDataset(Dataset):
@@ -149,9 +168,31 @@ class ImageFolderDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for a dataset of {n} images")
         index %= n
-        first_error: str | None = None
-        for offset in range(n):
-            i = (index + offset) % n
+        _, image = next(self._readable(index, wrap=True))
+        # Crop randomness follows the requested index, so it does not depend on which files are broken.
+        return self._square(image, _crop_rng(self.seed, self.epoch, index))
+
+    def first(self, count: int | None = None) -> list[Image.Image]:
+        """The first `count` readable images (None: all) in file order, as read (RGB).
+
+        Unreadable files are skipped and reported once, as in training; none readable is a `DatasetError`.
+        """
+        found = []
+        for _, image in self._readable(0, wrap=False):
+            found.append(image)
+            if len(found) == count:
+                break
+        return found
+
+    def first_squares(self, count: int, size: int | None = None) -> torch.Tensor:
+        """The first `count` readable images' centre squares (N, 3, S, S), S = `size` or the dataset's (validation)."""
+        return torch.cat([square_crop(image, size or self.size) for image in self.first(count)])
+
+    def _readable(self, start: int, wrap: bool) -> Iterator[tuple[int, Image.Image]]:
+        """(index, image) of the readable files from `start` on; a DatasetError when none at all is readable."""
+        n, first_error, found = len(self.files), None, False
+        for offset in range(n if wrap else n - start):
+            i = (start + offset) % n
             if i in self._bad:
                 continue
             try:
@@ -160,12 +201,13 @@ class ImageFolderDataset(Dataset):
                 self._skip(i, err)
                 first_error = first_error or str(err)
                 continue
-            # Crop randomness follows the requested index, so it does not depend on which files are broken.
-            return self._square(image, _crop_rng(self.seed, self.epoch, index))
-        raise DatasetError(
-            f"None of the {n} image files in '{self.root}' could be read"
-            + (f" (for example: {first_error.rstrip('.')})." if first_error else ".")
-        )
+            found = True
+            yield i, image
+        if not found and len(self._bad) == n:
+            raise DatasetError(
+                f"None of the {n} image files in '{self.root}' could be read"
+                + (f" (for example: {first_error.rstrip('.')})." if first_error else ".")
+            )
 
     def _skip(self, i: int, err: ImageError) -> None:
         self._bad.add(i)
@@ -179,18 +221,8 @@ class ImageFolderDataset(Dataset):
             )
 
     def _square(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """Resize the shorter side to `size` (or to at least `size`), crop a size x size square, (3, size, size)."""
-        width, height = image.size
-        scale = self.size / min(width, height) if self.resize else max(1.0, self.size / min(width, height))
-        new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            image = resize(image, (new_w, new_h))
-        if self.crop == "random":
-            left, top = int(rng.integers(0, new_w - self.size + 1)), int(rng.integers(0, new_h - self.size + 1))
-        else:
-            left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return to_tensor(image)[0]  # (3, size, size)
+        """A size x size square of `image` (random or centre crop, `square_crop`), (3, size, size)."""
+        return square_crop(image, self.size, rng if self.crop == "random" else None, self.resize)[0]
 
     def __repr__(self) -> str:
         return (

@@ -67,8 +67,9 @@ from stlib import __version__
 
 from .assets import file_sha256, style_image
 from .checkpoint import CheckpointError, load_model, read_metadata, read_state, save_model, write_state
+from .data import ImageFolderDataset
 from .hardware import autocast, keep_freed_memory, resolve_precision
-from .images import ImageError, list_images, load_image, load_tensor, to_tensor
+from .images import load_tensor, to_tensor
 from .options import option, require
 from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet, pad_to_multiple
@@ -363,18 +364,12 @@ class DistillResult:
 
 
 def _photos(config: DistillConfig) -> list[torch.Tensor]:
-    """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; unreadable files skipped."""
-    files = list_images(config.data)[: config.limit]
+    """The distillation photos, each (1, 3, H, W) float with the shorter side `size`; read as the training set is
+    (`stlib.data.ImageFolderDataset`: unreadable files skipped and reported once)."""
     photos = []
-    for path in files:
-        try:
-            image = load_image(path)
-        except ImageError:
-            continue
+    for image in ImageFolderDataset(config.data, size=config.size, limit=config.limit).first():
         scale = config.size / min(image.size)
         photos.append(to_tensor(image.resize((round(image.width * scale), round(image.height * scale)))))
-    if not photos:
-        raise ValueError(f"None of the image files in '{config.data}' could be read.")
     return photos
 
 

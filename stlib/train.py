@@ -108,9 +108,9 @@ from stlib import __version__
 
 from .assets import file_sha256
 from .checkpoint import CheckpointError, load_model, read_state, rng_state, save_model, set_rng_state, write_state
-from .data import ImageFolderDataset, ShuffleSampler, make_loader
+from .data import ImageFolderDataset, ShuffleSampler, make_loader, square_crop
 from .hardware import PRECISIONS, autocast, init_distributed, keep_freed_memory, resolve_device, resolve_precision
-from .images import atomic_write, load_image, load_tensor, resize, save_image, to_tensor
+from .images import atomic_write, load_image, load_tensor, save_image
 from .losses import stability_loss
 from .options import option, require
 from .perceptual import JOHNSON_CONTENT_LAYER, JOHNSON_STYLE_LAYERS, ObjectiveConfig, PerceptualLoss
@@ -984,19 +984,16 @@ class _Validation:
 
 def square_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
     """A validation photo: shorter side resized to `size`, centre square crop, (1, 3, size, size)."""
-    image = load_image(path)
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = resize(image, (new_w, new_h))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return to_tensor(image.crop((left, top, left + size, top + size)))
+    return square_crop(load_image(path), size)
 
 
 def _validation_photos(config: TrainConfig, dataset: ImageFolderDataset) -> torch.Tensor:
-    """The fixed validation batch (N, 3, S, S): `config.val`'s first photos, or the first training photos."""
-    files = ImageFolderDataset(config.val, size=config.val_size).files if config.val else dataset.files
-    return torch.cat([square_photo(p, config.val_size) for p in files[: config.val_count]])
+    """The fixed validation batch (N, 3, S, S): the first readable photos of `config.val`, or of the training set.
+
+    The training set's own reader: unreadable files are skipped and reported once, as in training.
+    """
+    source = ImageFolderDataset(config.val, size=config.val_size) if config.val else dataset
+    return source.first_squares(config.val_count, config.val_size)
 
 
 def _save_grid(model: TransformerNet, photos: torch.Tensor, path: Path) -> None:

@@ -146,6 +146,28 @@ def test_training_writes_checkpoint_logs_grids_and_gif(straight):
     assert state["step"] == 6 and state["epoch"] == 1 and state["sampler"]["position"] == 6  # 2nd epoch, done
 
 
+def test_an_unreadable_photo_among_the_first_is_skipped_for_validation_and_training(photos, tmp_path, offline_weights):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, name in enumerate("abdefg"):
+        (folder / f"{name}.png").write_bytes((photos / f"photo_{i}.png").read_bytes())
+    (folder / "c.jpg").write_bytes(b"not a jpeg")  # the third file: inside the validation grid's first four
+    cfg = small_config(folder, tmp_path, offline_weights, steps=2, val_count=4, checkpoint_every=2)
+    with pytest.warns(RuntimeWarning, match=r"c\.jpg") as record:
+        result = train.train(cfg)
+    assert len([w for w in record if "c.jpg" in str(w.message)]) == 1  # reported once, for the grid and the batches
+    assert result.step == 2
+    grid = images.load_image(result.run_dir / "val" / "step_000000.jpg")
+    assert grid.size == (4 * 32, 32)  # four readable photos: a, b, d, e
+    expected = train.square_photo(folder / "d.png", 32)
+    originals = images.to_tensor(images.load_image(result.run_dir / "val" / "originals.jpg"))
+    assert float((originals[..., 64:96] - expected).abs().mean()) < 0.02  # d in the third place (JPEG-close)
+    for child in folder.iterdir():
+        child.write_bytes(b"broken")
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match=r"None of the 7 image files in '.*photos'"):
+        train.train(replace(cfg, out=str(tmp_path / "none.safetensors"), run_dir=str(tmp_path / "none")))
+
+
 def test_resume_continues_exactly(straight, photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=3)
     first = train.train(cfg)
