@@ -217,6 +217,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}  # in the order of the fields: task, files, optimisation ...
     add_options(p, TrainConfig, groups)
     groups["network"].description = "not given: the task's network (TransformerConfig() or TransformerConfig.superres)"
+    groups["loss"].description = "objective settings not given: the task's (Johnson et al.'s, ObjectiveConfig.johnson)"
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -70,8 +70,8 @@ from .checkpoint import CheckpointError, load_model, read_metadata, read_state, 
 from .data import ImageFolderDataset
 from .hardware import autocast, keep_freed_memory, resolve_precision
 from .images import load_tensor, to_tensor
-from .options import option, require
-from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
+from .options import check_options, option
+from .perceptual import ContentTargets, feature_distance, gram_distance
 from .transformer import TransformerConfig, TransformerNet, pad_to_multiple
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "prune", "slim_config"]
@@ -315,25 +315,16 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise ValueError (one sentence naming the setting) for settings that cannot work."""
-        require(self, "positive_int", "size", "steps", "checkpoint_every", "log_every")
-        require(self, "positive_int", "limit", none_ok=True)
-        require(self, "non_negative_int", "l1_steps")
+        check_options(self)  # the options' declared limits and choices
         if self.size < 16:
             raise ValueError(f"DistillConfig.size must be at least 16 pixels, got {self.size}.")
-        require(self, "positive", "width", "lr")
         weights = ("l1_weight", "feature_weight", "gram_weight", "objective_weight")
-        require(self, "non_negative", *weights, "feature_cache_gb")
-        average = self.average
-        if isinstance(average, bool) or not (isinstance(average, (int, float)) and 0 <= average < 1):
-            raise ValueError(f"DistillConfig.average must be a number in [0, 1), got {average!r}.")
+        if self.average == 1:
+            raise ValueError(f"DistillConfig.average must be a number in [0, 1), got {self.average!r}.")
         if not any(getattr(self, name) for name in weights):
             raise ValueError("DistillConfig has no loss: give one of the four *_weight settings a value > 0.")
         if self.l1_steps > 0 and self.l1_weight == 0:
             raise ValueError("DistillConfig.l1_steps needs l1_weight > 0: the first steps train with L1 alone.")
-        if self.start not in ("random", "pruned"):
-            raise ValueError(f"DistillConfig.start must be random or pruned, got {self.start!r}.")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"DistillConfig.precision must be auto, fp32 or bf16, got {self.precision!r}.")
         if Path(self.output).suffix != ".safetensors":
             raise ValueError(f"Cannot write the student to '{self.output}': the file name must end in .safetensors.")
         if Path(self.output).resolve() == Path(self.teacher).resolve():
@@ -411,7 +402,7 @@ class _LossNetwork:
                 "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)."
             ) from None
         style = load_tensor(painting, size=config.style_size)  # (1, 3, H, W), as the teacher was trained
-        self.objective = PerceptualLoss.from_config(style, config, precision=precision)
+        self.objective = config.perceptual_loss(style, precision=precision)
         self.style_layers = dict(self.objective.style_layers)
         self.layers = list(dict.fromkeys([*self.objective.content_layers, *self.style_layers]))
         self.with_objective = with_objective  # the objective's content targets cost a (truncated) VGG pass

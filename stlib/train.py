@@ -112,8 +112,8 @@ from .data import ImageFolderDataset, ShuffleSampler, make_loader, square_crop
 from .hardware import PRECISIONS, autocast, init_distributed, keep_freed_memory, resolve_device, resolve_precision
 from .images import atomic_write, load_image, load_tensor, save_image
 from .losses import stability_loss
-from .options import option, require
-from .perceptual import JOHNSON_CONTENT_LAYER, JOHNSON_STYLE_LAYERS, ObjectiveConfig, PerceptualLoss
+from .options import accept_former_keywords, check_options, option, require
+from .perceptual import VGG_PASSES, ObjectiveConfig, PerceptualLoss
 from .superres import degrade
 from .transformer import TransformerConfig, TransformerNet
 
@@ -134,11 +134,9 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-VGG_PASSES = ("split", "fused")
 TASKS = ("style", "superres")
 SR_LOSSES = ("feat", "pixel")
 _FILES, _OPT, _LOG, _LOSS, _TASK = "files", "optimisation", "logging", "loss", "task"
-_TV_DEFAULT = {"style": 10.0, "superres": 0.0}
 _STATE_FORMAT = "stlib.train-state"
 
 # Settings a resumed run may change; every other one must match the saved state (they shape the trajectory).
@@ -146,7 +144,7 @@ _STATE_FORMAT = "stlib.train-state"
 _RESUMABLE_CHANGES = frozenset(
     {"steps", "log_every", "val_every", "checkpoint_every", "val", "val_count", "val_size", "progress",
      "num_workers", "compile", "channels_last", "resume", "out", "run_dir", "device", "style", "precision",
-     "vgg_weights", "init"}
+     "init"}
 )  # fmt: skip
 
 Callback = Callable[[int, dict[str, float]], "bool | None"]
@@ -207,44 +205,41 @@ class TrainConfig:
     )
     lr: float = option(1e-3, "Adam's learning rate (peak for onecycle)", check="positive", group=_OPT)
     schedule: str = option("constant", "learning-rate schedule (paper: constant)", choices=SCHEDULES, group=_OPT)
-    warmup_steps: int = option(0, "linear LR warm-up before constant, step and cosine", group=_OPT)
+    warmup_steps: int = option(
+        0, "linear LR warm-up before constant, step and cosine", check="non_negative", group=_OPT
+    )
     lr_step_every: int = option(
         10_000, "step schedule: multiply the rate by --lr-gamma every N steps", check="positive", group=_OPT
     )
     lr_gamma: float = option(0.5, "step schedule: the factor", check="positive", group=_OPT)
-    content_layer: str = option(JOHNSON_CONTENT_LAYER, "content layer", metavar="LAYER", group=_LOSS)
-    style_layers: tuple[str, ...] = option(JOHNSON_STYLE_LAYERS, "style layers", metavar="LAYER", group=_LOSS)
-    content_weight: float = option(1.0, "weight of the content loss", check="non_negative", group=_LOSS)
-    style_weight: float = option(5.0, "weight of the style loss", check="non_negative", group=_LOSS)
-    tv_weight: float | None = option(
-        None, "weight of the total variation loss (default: 10 for style, 0 for superres)", check="non_negative",
+    style_warmup: int = option(
+        0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", check="non_negative",
         group=_LOSS,
     )  # fmt: skip
-    style_warmup: int = option(
-        0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", group=_LOSS
-    )
     stability_weight: float = option(
         0.0, "weight of the stability term: the output must follow a move of the input by up to "
         "--stability-shift px plus camera noise (Gupta et al. 2017); 0: off (the paper)", check="non_negative",
         group=_LOSS,
     )  # fmt: skip
-    stability_shift: int = option(3, "largest move (px) of the stability term's second frame", group=_LOSS)
+    stability_shift: int = option(
+        3, "largest move (px) of the stability term's second frame", check="non_negative", group=_LOSS
+    )
     stability_noise: float = option(
         2.0, "standard deviation of the stability term's camera noise, grey levels (of 255)", check="non_negative",
         group=_LOSS,
     )  # fmt: skip
     stability_border: int = option(
         0, "pixels along each side of the stability term's window left out; 0: the frame's edges must follow too "
-        "(no bands along the borders)", group=_LOSS,
+        "(no bands along the borders)", check="non_negative", group=_LOSS,
     )  # fmt: skip
-    seed: int = option(0, "initial weights, data order and crops", group=_OPT)
+    seed: int = option(0, "initial weights, data order and crops", check="non_negative", group=_OPT)
     limit: int | None = option(
         None, "use only the first N training photos", check="positive", metavar="N", group=_FILES
     )
     log_every: int = option(
         50, "CSV row (means over the interval) and progress-bar update every N steps", check="positive", group=_LOG
     )
-    val_every: int = option(500, "validation grid every N steps; 0: none", group=_LOG)
+    val_every: int = option(500, "validation grid every N steps; 0: none", check="non_negative", group=_LOG)
     checkpoint_every: int = option(500, "model file + training state every N steps", check="positive", group=_LOG)
     val: str | None = option(
         None, "validation photos (default: the first --val-count training photos)", metavar="DIR", group=_FILES
@@ -253,24 +248,26 @@ class TrainConfig:
     val_size: int = option(
         256, "validation photos: shorter side resized to this, centre square crop", check="positive", group=_LOG
     )
-    vgg_weights: str | None = option(
-        "auto", "VGG16 loss network weights: auto, imagenet, offline or a file", flag="--weights", group=_LOSS
-    )
     transformer: TransformerConfig | Mapping[str, Any] | None = field(
         default=None, metadata={"group": "network", "nested": TransformerConfig, "partial": True}
     )  # None: the task's network, TransformerConfig() or TransformerConfig.superres(); a dict changes some fields
+    objective: ObjectiveConfig | Mapping[str, Any] | None = field(
+        default=None, metadata={"group": _LOSS, "nested": ObjectiveConfig, "partial": True}
+    )  # None: the task's objective, ObjectiveConfig.johnson(task, loss); a dict changes some settings
     precision: str = option(
         "auto", "autocast (weights stay float32); auto: see stlib.hardware", choices=PRECISIONS, group=_OPT
     )
     channels_last: bool = option(False, "NHWC memory layout (faster on GPUs)", group=_OPT)
     compile: bool = option(False, "torch.compile the network (slow start, faster steps on GPUs)", group=_OPT)
     vgg_pass: str = option(
-        "split", "split: truncated no-grad content pass; fused: one pass on [x; y]", choices=VGG_PASSES, group=_LOSS
-    )
+        "split", "split: truncated no-grad content pass; fused: one pass on [x; y]; shared: a no-grad pass of the "
+        "same VGG", choices=VGG_PASSES, group=_LOSS,
+    )  # fmt: skip
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1 ...", group=_OPT)
     num_workers: int | None = option(
-        None, "data-loading processes (default: 0 on CPU, min(8, cores / 2) with CUDA)", group=_OPT
-    )
+        None, "data-loading processes (default: 0 on CPU, min(8, cores / 2) with CUDA)", check="non_negative",
+        group=_OPT,
+    )  # fmt: skip
     resume: bool = option(False, "continue from the run folder's training state", group=_FILES)
     init: str | None = option(
         None, "start from a model file's weights, e.g. a shipped style (fresh optimiser; not with --resume)",
@@ -286,37 +283,12 @@ class TrainConfig:
             else:
                 base = TransformerConfig()
             self.transformer = replace(base, **changes)
-        if self.tv_weight is None and self.task in _TV_DEFAULT:
-            self.tv_weight = _TV_DEFAULT[self.task]
-        if isinstance(self.style_layers, str):
-            self.style_layers = (self.style_layers,)
-        self.style_layers = tuple(self.style_layers)
+        if self.objective is None or isinstance(self.objective, Mapping):
+            self.objective = replace(ObjectiveConfig.johnson(self.task, self.loss), **(self.objective or {}))
         for name in ("style", "data", "out", "run_dir", "val", "init"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
-
-    def objective(self) -> ObjectiveConfig:
-        """The objective this config trains with (`stlib.perceptual`): VGG16, Johnson et al.'s kind of layers."""
-        if self.task == "superres":  # Sec. 4.2: l_feat at relu2_2 or l_pixel, and TV; no style
-            feat = self.loss == "feat"
-            return ObjectiveConfig(
-                vgg_weights=self.vgg_weights,
-                content_layers=(self.content_layer,),
-                style_layers={},
-                content_weight=self.content_weight if feat else 0.0,
-                style_weight=0.0,
-                tv_weight=self.tv_weight,
-                pixel_weight=0.0 if feat else 1.0,
-            )
-        return ObjectiveConfig(
-            vgg_weights=self.vgg_weights,
-            content_layers=(self.content_layer,),
-            style_layers=dict.fromkeys(self.style_layers, 1.0),
-            content_weight=self.content_weight,
-            style_weight=self.style_weight,
-            tv_weight=self.tv_weight,
-        )
 
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
@@ -328,31 +300,18 @@ class TrainConfig:
             self._validate_superres()
         if not self.data:
             raise ValueError("TrainConfig.data is required: a folder of training photos.")
-        positive = ["size", "batch_size", "steps", "log_every", "checkpoint_every", "val_count", "val_size"]
-        require(self, "positive_int", *positive, "lr_step_every")
-        require(self, "non_negative_int", "val_every", "warmup_steps", "style_warmup", "seed")
-        require(self, "positive_int", "style_size", "limit", none_ok=True)
-        require(self, "non_negative_int", "num_workers", none_ok=True)
+        check_options(self)  # the options' declared limits and choices
+        require(self, "positive_int", "style_size", none_ok=True)  # 0 on the command line: None
         if self.size < 16:
             raise ValueError(f"TrainConfig.size must be at least 16 pixels (VGG pools 4 times), got {self.size}.")
-        require(self, "positive", "lr")
-        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+        if self.lr_gamma > 1:
             raise ValueError(f"TrainConfig.lr_gamma must be in (0, 1], got {self.lr_gamma!r}.")
-        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS), ("vgg_pass", VGG_PASSES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}."
-                )
-        if not self.style_layers:
-            raise ValueError("TrainConfig.style_layers is empty; name layers such as 'relu1_2'.")
         if not isinstance(self.transformer, TransformerConfig):
             raise ValueError(f"TrainConfig.transformer must be a TransformerConfig, got {self.transformer!r}.")
         self._validate_stability()  # its margin needs the network's multiple
-        self.objective().validate()  # weights and layers, one sentence naming the setting
+        self.objective.validate()  # weights and layers, one sentence naming the setting
 
     def _validate_stability(self) -> None:
-        require(self, "non_negative", "stability_weight", "stability_noise")
-        require(self, "non_negative_int", "stability_shift", "stability_border")
         if self.stability_weight > 0:
             if self.task != "style":
                 raise ValueError("TrainConfig.stability_weight is for style networks (task 'style'); set it to 0.")
@@ -374,7 +333,6 @@ class TrainConfig:
             raise ValueError("TrainConfig.style must be empty for task 'superres' (super-resolution has no style).")
         if self.loss not in SR_LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {', '.join(SR_LOSSES)}, got {self.loss!r}.")
-        require(self, "non_negative", "blur_sigma")
         scale = self.transformer.upscale
         if scale == 1:
             raise ValueError("Task 'superres' needs a network that upscales: set its upscale to 2, 4 or 8.")
@@ -397,19 +355,35 @@ class TrainConfig:
         return lambda photos: (degrade(photos, scale, sigma), photos)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (the transformer config nested as a dict); `from_dict` reverses it."""
-        out = asdict(self)
-        out["style_layers"] = list(self.style_layers)
-        return out
+        """A JSON-serialisable dict (the network's and the objective's configs nested); `from_dict` reverses it."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """A config from `to_dict` output; unknown keys are an error, missing ones take their defaults."""
-        known = {f.name for f in fields(cls)}
+        """A config from `to_dict` output, also an earlier stlib's (the objective's settings flat, as in the shipped
+        models' metadata); unknown keys are an error, missing ones take their defaults."""
+        known = {f.name for f in fields(cls)} | set(_FLAT_OBJECTIVE)
         unknown = sorted(k for k in data if k not in known)
         if unknown:
             raise ValueError(f"Unknown TrainConfig key(s) {', '.join(unknown)}.")
         return cls(**dict(data))
+
+    def perceptual_loss(
+        self, style: torch.Tensor | None, precision: str | None = None, device: torch.device | str = "cpu"
+    ) -> PerceptualLoss:
+        """The objective this config trains with, for a style image (1, 3, H, W) (None: super-resolution).
+
+        `precision` overrides the config's: pass ``"fp32"`` to *score* outputs, so that the number does not depend on
+        the CPU (``"auto"`` is bf16 on CPUs with native bf16, see `stlib.hardware`). Without a style image the
+        objective is built on `device`; with one, on the style image's device.
+        """
+        device = style.device if style is not None else torch.device(device)
+        loss = PerceptualLoss(
+            () if style is None else style, self.objective,
+            precision=resolve_precision(precision or self.precision, device), channels_last=self.channels_last,
+            vgg_pass=self.vgg_pass, style_warmup=self.style_warmup,
+        )  # fmt: skip
+        return loss.to(device)
 
     def out_path(self) -> Path:
         """The model file: `out`, or checkpoints/<style name>.safetensors."""
@@ -425,6 +399,38 @@ class TrainConfig:
             return Path(self.run_dir)
         out = self.out_path()
         return out.with_name(f"{out.stem}.run")
+
+
+_FLAT_OBJECTIVE = ("content_layer", "style_layers", "content_weight", "style_weight", "tv_weight", "vgg_weights")
+"""The objective's settings as an earlier TrainConfig held them, beside the others (now in `TrainConfig.objective`)."""
+
+
+def _nest_objective(settings: dict[str, Any]) -> dict[str, Any]:
+    """An earlier TrainConfig's keywords (``style_weight=``, ``content_layer=`` ...) with the objective's nested.
+
+    The shipped models' metadata holds them so; the former meaning is kept: super-resolution had no style term, and
+    its pixel loss no content term, whatever the flat weights said.
+    """
+    flat = {k: settings.pop(k) for k in _FLAT_OBJECTIVE if k in settings}
+    flat = {k: v for k, v in flat.items() if v is not None}  # tv_weight None: the task's
+    if not flat:
+        return settings
+    if "content_layer" in flat:
+        flat["content_layers"] = (flat.pop("content_layer"),)
+    if settings.get("task") == "superres":
+        flat.pop("style_layers", None)
+        flat.pop("style_weight", None)
+        if settings.get("loss") == "pixel":
+            flat.pop("content_weight", None)
+    nested = settings.get("objective")
+    if isinstance(nested, ObjectiveConfig):
+        settings["objective"] = replace(nested, **flat)
+    else:
+        settings["objective"] = {**flat, **(nested or {})}
+    return settings
+
+
+accept_former_keywords(TrainConfig, _nest_objective)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -487,7 +493,7 @@ def train(
 
     `callback(step, losses)` is called after every step with the loss terms and learning rate as floats
     (on every rank); returning True stops training after a checkpoint. `objective(targets, outputs)` returns the
-    scalar terms ``{"total", *objective.terms}`` (default: `PerceptualLoss.from_config` of the style image, closed
+    scalar terms ``{"total", *objective.terms}`` (default: `TrainConfig.perceptual_loss` of the style image, closed
     at the end; a given one is moved to the device and left open); `pairs(photos) -> (inputs, targets)` makes
     the network's inputs and the objective's targets from each batch of photos (default: the task's,
     `TrainConfig.pairs`: the photo twice for style, degraded photo and photo for super-resolution).
@@ -603,7 +609,7 @@ def _setup(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     # The task's objective (no style image: super-resolution), or the one given.
-    objective = PerceptualLoss.from_config(style, config, device=device) if objective is None else objective.to(device)
+    objective = config.perceptual_loss(style, device=device) if objective is None else objective.to(device)
     return _Run(
         config, device, rank, world, precision, model, optimizer, scheduler, scaler, objective, pairs, dataset,
         style_sha256,
@@ -667,8 +673,8 @@ def _distribute(run: _Run) -> None:
 def _step(run: _Run, photos: torch.Tensor) -> dict[str, float]:
     """One optimiser step on a batch of photos (B, 3, S, S); returns the step's loss terms and learning rate."""
     config, objective = run.config, run.objective
-    if config.style_warmup:  # a network that first learns to reconstruct its input learns faster
-        objective.weights["style"] = config.style_weight * min(1.0, run.step / config.style_warmup)
+    if hasattr(objective, "at_step"):
+        objective.at_step(run.step)  # the objective's own schedule of its weights (e.g. a style warm-up)
     photos = photos.to(run.device, non_blocking=True)
     if config.channels_last:
         photos = photos.contiguous(memory_format=torch.channels_last)
@@ -876,15 +882,23 @@ def _check_resumable(path: Path, saved: Mapping[str, Any], run: _Run) -> None:
             raise ResumeError(
                 f"Cannot resume from '{path}': it was trained with {what} {saved[key]!r}, not {now[key]!r}."
             )
-    old, new = saved["config"], config.to_dict()
-    for key in ("data", "val"):
-        for d in (old, new):
-            if d.get(key):
-                d[key] = str(Path(d[key]).resolve())
+    old, new = _comparable(saved["config"]), _comparable(config.to_dict())
     diffs = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
     if diffs:
         detail = "; ".join(f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in diffs[:3])
         raise ResumeError(f"Cannot resume from '{path}' with different settings ({detail}).")
+
+
+def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A training config as a flat dict to compare runs by: today's form (also of an earlier stlib's state), folders
+    resolved, the objective's settings as ``objective.NAME`` (its VGG weights are compared by their resolved source)."""
+    flat = TrainConfig.from_dict(settings).to_dict()
+    objective = flat.pop("objective")
+    flat |= {f"objective.{k}": v for k, v in objective.items() if k != "vgg_weights"}
+    for key in ("data", "val"):
+        if flat.get(key):
+            flat[key] = str(Path(flat[key]).resolve())
+    return flat
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from stlib import assets, cli, images
 from stlib.assets import content_image
 from stlib.checkpoint import load_model, read_metadata, save_model
 from stlib.distill import DistillConfig, _photos, distill, prune, slim_config
-from stlib.perceptual import PerceptualLoss, feature_distance, gram_distance
+from stlib.perceptual import feature_distance, gram_distance
 from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.vgg import VGGFeatures
 
@@ -292,7 +292,7 @@ def test_the_objective_term_is_the_teachers_training_objective(teacher_file, pho
     painting = images.load_tensor(assets.style_image("wave"), size=config.style_size)
     photo = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))[0]
     output = load_model(teacher_file)(photo).detach()
-    with PerceptualLoss.from_config(painting, config, precision="fp32") as objective, torch.no_grad():
+    with config.perceptual_loss(painting, precision="fp32") as objective, torch.no_grad():
         expected = objective(photo, output)["total"]
         terms = network.terms(0, photo, output, output)
     assert float(terms["objective"]) == pytest.approx(float(expected), rel=1e-5)
@@ -460,5 +460,5 @@ def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_p
         distill(_config(path, photos, out, start=start, width=0.25, num_residual_blocks=2), callback=record)
         kinds[start], first = first.pop("loss"), {}
     assert kinds["pruned"] < 0.01 * kinds["random"]  # the live channels are the teacher: nothing left to learn
-    with pytest.raises(ValueError, match="DistillConfig.start must be random or pruned"):
+    with pytest.raises(ValueError, match="DistillConfig.start must be one of pruned, random, got .teacher."):
         distill(_config(path, photos, tmp_path / "x.safetensors", start="teacher"))

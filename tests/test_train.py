@@ -60,7 +60,7 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
         checkpoint_every=3,
         val_count=2,
         val_size=32,
-        vgg_weights=offline,
+        objective={"vgg_weights": offline},
         transformer=SLIM,
         progress=False,
     )
@@ -76,9 +76,10 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
 def test_defaults_follow_the_paper():
     cfg = TrainConfig()
     assert (cfg.size, cfg.batch_size, cfg.steps, cfg.lr) == (256, 4, 40_000, 1e-3)
-    assert cfg.content_layer == "relu2_2"
-    assert cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-    assert cfg.vgg_weights == "auto" and cfg.schedule == "constant"
+    assert cfg.objective.content_layers == ("relu2_2",)
+    assert cfg.objective.style_layers == dict.fromkeys(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0)
+    assert (cfg.objective.content_weight, cfg.objective.style_weight, cfg.objective.tv_weight) == (1.0, 5.0, 10.0)
+    assert cfg.objective.vgg_weights == "auto" and cfg.schedule == "constant"
 
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
@@ -183,6 +184,38 @@ def test_resume_continues_exactly(straight, photos, tmp_path, offline_weights):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_state_of_an_earlier_stlib_with_the_objective_flat_resumes(photos, tmp_path, offline_weights):
+    from stlib.checkpoint import read_state, write_state
+
+    cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0, objective={"style_weight": 3.0})
+    train.train(cfg)
+    state_path = Path(cfg.run_dir) / "state.pt"
+    state = read_state(state_path)
+    objective = state["config"].pop("objective")  # as written before the objective was nested
+    flat = {"content_layer": objective["content_layers"][0], "style_layers": list(objective["style_layers"])}
+    flat |= {k: objective[k] for k in ("content_weight", "style_weight", "tv_weight", "vgg_weights")}
+    write_state(state_path, {**state, "config": {**state["config"], **flat}})
+    assert train.train(replace(cfg, steps=2, resume=True)).step == 2
+    write_state(state_path, {**state, "config": {**state["config"], **flat, "style_weight": 4.0}})
+    with pytest.raises(ResumeError, match=r"different settings \(objective.style_weight was 4.0, now 3.0\)"):
+        train.train(replace(cfg, steps=3, resume=True))
+
+
+@pytest.mark.parametrize("path", sorted((assets.repo_root() / "checkpoints").glob("**/*.safetensors")), ids=str)
+def test_the_shipped_models_training_settings_load_with_the_objective_they_trained_with(path):
+    config = TrainConfig.from_dict(read_metadata(path)["info"]["train_config"])
+    objective = config.objective
+    assert objective.content_layers == ("relu2_2",) and objective.vgg_weights == "offline"
+    if config.task == "style":
+        assert objective.style_layers == dict.fromkeys(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0)
+        assert (objective.content_weight, objective.style_weight, objective.tv_weight) == (1.0, 10.0, 10.0)
+    else:  # super-resolution had no style term, and l_pixel no content term, whatever the flat weights said
+        pixel = config.loss == "pixel"
+        assert (objective.style_layers, objective.style_weight, objective.pixel_weight) == ({}, 0.0, float(pixel))
+        assert objective.content_weight == (0.0 if pixel else 1.0)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
 def test_resume_refuses_other_settings_or_a_missing_state(photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0)
     with pytest.raises(ResumeError, match="no training state"):
@@ -223,7 +256,12 @@ def test_stability_term_is_logged_added_to_the_total_and_resumes_exactly(photos,
     whole = train.train(cfg)
     for h in whole.history:
         assert h["stability"] > 0
-        expected = h["content"] + cfg.style_weight * h["style"] + cfg.tv_weight * h["tv"] + 50.0 * h["stability"]
+        expected = (
+            h["content"]
+            + cfg.objective.style_weight * h["style"]
+            + cfg.objective.tv_weight * h["tv"]
+            + 50.0 * h["stability"]
+        )
         assert h["total"] == pytest.approx(expected, rel=1e-5)
     with open(whole.log, newline="") as f:
         assert "stability" in next(csv.DictReader(f))
@@ -253,9 +291,9 @@ def test_stability_settings_are_checked(overrides, match):
 def test_style_warmup_ramps_the_style_weight(photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=2, style_warmup=4, val_every=0)
     first, second = train.train(cfg).history
-    tv = cfg.tv_weight
+    tv = cfg.objective.tv_weight
     assert first["total"] == pytest.approx(first["content"] + tv * first["tv"])  # style weight 0 at step 1
-    expected = second["content"] + cfg.style_weight / 4 * second["style"] + tv * second["tv"]
+    expected = second["content"] + cfg.objective.style_weight / 4 * second["style"] + tv * second["tv"]
     assert second["total"] == pytest.approx(expected)
 
 
@@ -379,8 +417,8 @@ def _objective_pair(config: TrainConfig, photo: torch.Tensor, painting: torch.Te
     y = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     with torch.no_grad():
         # "The same formula": compare in fp32 whatever `auto` picks on this CPU (bf16 where it has native bf16).
-        ours = PerceptualLoss.from_config(style, config, precision="fp32")(photo, y)
-        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective(), size=64)
+        ours = config.perceptual_loss(style, precision="fp32")(photo, y)
+        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective, size=64)
         with gatys.GatysLoss(photo, style, settings) as theirs:
             reference = theirs(y)
     return ours, reference
@@ -393,9 +431,9 @@ def test_gatys_optimises_the_same_objective_as_training(fast_bf16, offline_weigh
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-7)
     from stlib.gatys import GatysConfig
 
-    gc = GatysConfig.from_objective(config.objective(), size=512, iterations=100, init="noise")
-    assert gc.objective() == config.objective() and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
-    assert gc.content_layers == ("relu2_2",) and gc.style_layers == dict.fromkeys(config.style_layers, 1.0)
+    gc = GatysConfig.from_objective(config.objective, size=512, iterations=100, init="noise")
+    assert gc.objective() == config.objective and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
+    assert gc.content_layers == ("relu2_2",) and gc.style_layers == config.objective.style_layers
 
 
 @pytest.mark.parametrize("change", ["one layer's weight", "tv weight"])
@@ -404,7 +442,7 @@ def test_the_same_objective_check_fails_when_the_formula_differs(offline_weights
 
     # The tolerance above is tight enough to catch a 1 % change of one term: the check keeps its teeth.
     config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
-    wrong = gatys.GatysConfig.from_objective(config.objective(), size=64)
+    wrong = gatys.GatysConfig.from_objective(config.objective, size=64)
     if change == "tv weight":
         wrong = replace(wrong, tv_weight=wrong.tv_weight * 1.01)
     else:
@@ -422,8 +460,8 @@ def test_auto_precision_scores_close_to_fp32(fast_bf16, offline_weights, photo, 
     x = photo[..., :32, :32]
     y = x.flip(-1)
     with torch.no_grad():
-        auto = PerceptualLoss.from_config(style, config)
-        exact = PerceptualLoss.from_config(style, config, precision="fp32")
+        auto = config.perceptual_loss(style)
+        exact = config.perceptual_loss(style, precision="fp32")
         got, expected = auto(x, y), exact(x, y)
     assert auto.precision == ("bf16" if fast_bf16 else "fp32") and exact.precision == "fp32"
     for key in ("content", "style", "total"):
@@ -503,7 +541,7 @@ def sr_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig
         checkpoint_every=2,
         val_count=2,
         val_size=32,
-        vgg_weights=offline,
+        objective={"vgg_weights": offline},
         transformer={"width": 0.25, "num_residual_blocks": 1},
         progress=False,
     )
@@ -513,16 +551,16 @@ def sr_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig
 
 def test_each_task_has_its_own_defaults():
     style, sr = TrainConfig(), TrainConfig(task="superres")
-    assert style.transformer == TransformerConfig() and style.tv_weight == 10.0 and style.scale == 1
-    assert sr.transformer == TransformerConfig.superres(4) and sr.tv_weight == 0.0 and sr.scale == 4
+    assert style.transformer == TransformerConfig() and style.objective.tv_weight == 10.0 and style.scale == 1
+    assert sr.transformer == TransformerConfig.superres(4) and sr.objective.tv_weight == 0.0 and sr.scale == 4
     assert TrainConfig(task="superres", transformer={"upscale": 8, "width": 1.0}).transformer == (
         TransformerConfig.superres(8, width=1.0)
     )
-    assert TrainConfig(task="superres", tv_weight=2.0).tv_weight == 2.0  # a given weight is kept
+    assert TrainConfig(task="superres", objective={"tv_weight": 2.0}).objective.tv_weight == 2.0  # a given weight
     assert sr.out_path() == Path("checkpoints/superres/x4_feat.safetensors")
-    objective = replace(sr, loss="pixel").objective()
+    objective = TrainConfig(task="superres", loss="pixel").objective
     assert (objective.pixel_weight, objective.content_weight, objective.style_weight) == (1.0, 0.0, 0.0)
-    assert sr.objective().content_layers == ("relu2_2",) and sr.objective().pixel_weight == 0.0
+    assert sr.objective.content_layers == ("relu2_2",) and sr.objective.pixel_weight == 0.0
 
 
 @pytest.mark.parametrize(
