@@ -49,6 +49,7 @@ __all__ = [
     "DatasetError",
     "DownloadError",
     "ImageFolderDataset",
+    "PhotoBatches",
     "ShuffleSampler",
     "download_coco",
     "make_loader",
@@ -345,6 +346,61 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_leave_stop_signals_to_main if num_workers > 0 else None,
     )
+
+
+class PhotoBatches:
+    """Endless batches of `dataset` (B, 3, S, S) for a training loop: epoch after epoch of one shared random order
+    (`ShuffleSampler`, split between `world` processes), resumable at the batch.
+
+    `state_dict` says where the stream stands ({"epoch", "sampler"}: the photos really consumed, whatever the
+    loader's workers prefetched); `load_state_dict` continues from there.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
+        rank: int = 0, world: int = 1,
+    ) -> None:  # fmt: skip
+        if len(dataset) < batch_size * world:
+            root = getattr(dataset, "root", "the dataset")
+            raise DatasetError(
+                f"Training folder '{root}' has {len(dataset)} images, fewer than one batch of {batch_size * world}."
+            )
+        self.dataset, self.batch_size, self.seed, self.world = dataset, batch_size, seed, world
+        self.loader_options = {"num_workers": num_workers, "pin_memory": pin_memory, "rank": rank, "world": world}
+        self.epoch = self.batches = 0  # batches consumed in this epoch, by every process
+        self._iterator: Iterator[torch.Tensor] | None = None
+
+    def __next__(self) -> torch.Tensor:
+        while True:
+            if self._iterator is None:
+                position = self.batches * self.batch_size * self.world
+                loader = make_loader(
+                    self.dataset, self.batch_size, seed=self.seed, epoch=self.epoch, position=position,
+                    **self.loader_options,
+                )  # fmt: skip
+                self._iterator = iter(loader)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self.epoch, self.batches, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.batches += 1
+            return batch
+
+    def __iter__(self) -> PhotoBatches:
+        return self
+
+    def state_dict(self) -> dict[str, object]:
+        """{"epoch", "sampler": `ShuffleSampler.state_dict` of the photos consumed}."""
+        consumed = self.batches * self.batch_size * self.world
+        sampler = {"n": len(self.dataset), "seed": self.seed, "epoch": self.epoch, "position": consumed}
+        return {"epoch": self.epoch, "sampler": sampler}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Continue after the photos that `state` (from `state_dict`) says were consumed."""
+        self.epoch = int(state["epoch"])
+        self.batches = int(state["sampler"]["position"]) // (self.batch_size * self.world)
+        self._iterator = None
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}

@@ -28,7 +28,6 @@ float32), the pixels and their gradients stay float32. A NaN or infinite loss ra
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
 from .hardware import PRECISIONS, keep_freed_memory, resolve_precision
-from .images import atomic_write
+from .images import save_gif
 from .options import accept_former_keywords, option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
 
@@ -95,19 +94,10 @@ class Result:
 
     def save_gif(self, path: str | os.PathLike, duration_ms: int = 120, hold_last_ms: int = 1500) -> Path:
         """Atomically write the snapshots (resized to the final image's size) as an animated GIF."""
-        from .images import to_pil
-
         if not self.snapshots:
             raise ValueError("This result has no snapshots; set GatysConfig(snapshot_every=N) to record them.")
-        path = Path(path)
-        if path.suffix.lower() != ".gif":
-            raise ValueError(f"Cannot save '{path}' as an animation: the file name must end in .gif.")
         h, w = self.image.shape[-2:]
-        frames = [to_pil(resize_tensor(s, (h, w))) for s in self.snapshots]
-        durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
-        return atomic_write(path, lambda file: file.write(buffer.getvalue()))  # never a half-written GIF
+        return save_gif([resize_tensor(s, (h, w)) for s in self.snapshots], path, duration_ms, hold_last_ms)
 
 
 @dataclass

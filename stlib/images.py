@@ -15,6 +15,7 @@ so an interrupted save never leaves a half-written file behind (or destroys the 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -47,6 +48,7 @@ __all__ = [
     "QUICK_MARK",
     "mark_quick",
     "save_figure",
+    "save_gif",
     "save_image",
     "show_images",
     "to_pil",
@@ -423,6 +425,29 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], None])
             tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_gif(
+    frames: Sequence[torch.Tensor | Image.Image],
+    path: str | os.PathLike,
+    duration_ms: int = 120,
+    hold_last_ms: int | None = 1500,
+) -> Path:
+    """Atomically write `frames` (RGB images or (1, 3, H, W) tensors of one size) as a looping animated GIF.
+
+    Each frame shows `duration_ms`, the last one `hold_last_ms` (None: as long as the others). The one GIF writer
+    of the package: an optimisation's snapshots, training's validation grids, the demo's clip.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"Cannot save '{path}' as an animation: the file name must end in .gif.")
+    if not frames:
+        raise ValueError(f"Cannot save '{path}': an animation needs at least one frame.")
+    images = [_as_rgb_image(frame) for frame in frames]
+    durations = [duration_ms] * (len(images) - 1) + [duration_ms if hold_last_ms is None else hold_last_ms]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return atomic_write(path, lambda file: file.write(buffer.getvalue()))  # never a half-written GIF
 
 
 # ----------------------------------------------------------------------------------------------------

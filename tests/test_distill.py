@@ -3,6 +3,7 @@ keeps its metadata, resumes exactly."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -87,8 +88,8 @@ def test_student_file_names_its_teacher_and_carries_the_teachers_objective(teach
     assert (
         info["train_config"] == {"style": "style_images/wave.jpg", **TEACHER_OBJECTIVE} and info["style"] == "wave.jpg"
     )
-    assert set(info["losses"]) == {"loss", "l1"}  # L1 alone: no VGG term was computed
-    assert info["step"] == 20 and len(info["teacher_sha256"]) == 64
+    assert {"total", "l1"} <= set(info["losses"]) and "feature" not in info["losses"]  # L1 alone: no VGG term
+    assert info["step"] == 20 and len(info["teacher_sha256"]) == 64 and info["task"] == "distill"
 
 
 def test_resume_continues_exactly(teacher_file, photos, tmp_path):
@@ -103,7 +104,7 @@ def test_resume_continues_exactly(teacher_file, photos, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         distill(first, callback=stop_at_20)
-    assert (tmp_path / "b.distill.pt").is_file() and calls[-1] == 20
+    assert (tmp_path / "b.run" / "state.pt").is_file() and calls[-1] == 20
     resumed = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=40, resume=True))
     a, b = load_model(whole.path).state_dict(), load_model(resumed.path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -151,8 +152,10 @@ def test_a_state_saved_before_a_setting_existed_resumes_with_its_default(teacher
 
 def test_resume_with_other_settings_is_refused(teacher_file, photos, tmp_path):
     distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20))
-    with pytest.raises(ValueError, match="other distillation settings"):
+    with pytest.raises(ValueError, match=r"different settings \(lr was 0.003, now 0.001"):
         distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, lr=1e-3, resume=True))
+    with pytest.raises(ValueError, match=r"different settings \(l1_weight was 1.0, now 2"):
+        distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, l1_weight=2, resume=True))
     # settings that do not shape the student may change: progress display, log and checkpoint intervals
     distill(_config(teacher_file, photos, tmp_path / "t.safetensors", steps=40), callback=lambda step, l1: step == 20)
     resumed = distill(_config(teacher_file, photos, tmp_path / "t.safetensors", steps=40, log_every=5, resume=True))
@@ -160,11 +163,26 @@ def test_resume_with_other_settings_is_refused(teacher_file, photos, tmp_path):
 
 
 def test_resume_without_a_usable_state_is_one_clear_sentence(teacher_file, photos, tmp_path):
-    with pytest.raises(ValueError, match="there is no distillation state .*start without --resume"):
+    with pytest.raises(ValueError, match=r"there is no training state .*new\.run.*start without --resume"):
         distill(_config(teacher_file, photos, tmp_path / "new.safetensors", resume=True))
-    (tmp_path / "bad.distill.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="bad.distill.pt.*not a readable distillation state"):
+    (tmp_path / "bad.run").mkdir()
+    (tmp_path / "bad.run" / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"bad\.run.state\.pt' is not a readable state"):
         distill(_config(teacher_file, photos, tmp_path / "bad.safetensors", resume=True))
+
+
+def test_a_state_of_an_earlier_distill_is_refused_in_one_sentence(teacher_file, photos, tmp_path):
+    from stlib.checkpoint import write_state
+
+    # What distill wrote before it ran on the training loop: NAME.distill.pt beside the model file.
+    old = {"model": {}, "optimizer": {}, "step": 10, "rng": torch.get_rng_state(), "config": {"steps": 20}}
+    write_state(tmp_path / "s.distill.pt", old)
+    with pytest.raises(ValueError) as error:
+        distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=20, resume=True))
+    message = str(error.value)
+    assert "s.distill.pt': it is an earlier stlib's distillation state" in message and "--init" in message
+    assert message.count(". ") == 0 and message.endswith(").")  # one sentence
+    assert distill(_config(teacher_file, photos, tmp_path / "s.safetensors", steps=2)).steps == 2  # a new run starts
 
 
 def test_bad_settings_are_one_clear_sentence(teacher_file, photos, tmp_path):
@@ -237,11 +255,12 @@ def test_perceptual_distillation_brings_the_students_texture_closer_to_the_teach
     (f0, g0), (f1, g1), (_, g_l1) = (distances(m) for m in (before, load_model(result.path), load_model(l1_only.path)))
     assert f1 < f0 and g1 < 0.5 * g0
     assert g1 < 0.5 * g_l1  # the texture statistics: what L1 alone leaves far off
-    info = read_metadata(result.path)["info"]
-    assert set(info["losses"]) == {"loss", "l1", "feature", "gram"}
-    terms = info["losses"]
-    assert terms["loss"] == pytest.approx(terms["l1"] + terms["feature"] + 10 * terms["gram"], rel=1e-5)
-    assert result.loss == pytest.approx(terms["loss"])
+    terms = read_metadata(result.path)["info"]["losses"]  # the last step's
+    assert {"total", "l1", "feature", "gram"} <= set(terms) and "objective" not in terms
+    assert terms["total"] == pytest.approx(terms["l1"] + terms["feature"] + 10 * terms["gram"], rel=1e-5)
+    with open(tmp_path / "p.run" / "train.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]  # the means of the last log_every steps
+    assert result.loss == pytest.approx(float(last["total"])) and result.l1 == pytest.approx(float(last["l1"]))
 
 
 def test_perceptual_terms_need_the_teachers_objective_and_some_weight(photos, tmp_path):
@@ -272,12 +291,16 @@ def test_the_first_l1_steps_are_an_l1_run_then_the_vgg_terms_join(teacher_file, 
     warm = distill(_config(teacher_file, photos, tmp_path / "w.safetensors", steps=20, l1_steps=20, **perceptual))
     a, b = load_model(l1.path).state_dict(), load_model(warm.path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same steps: the VGG was not run
-    assert set(read_metadata(warm.path)["info"]["losses"]) == {"loss", "l1"}
+    warm_terms = read_metadata(warm.path)["info"]["losses"]
+    assert warm_terms["feature"] == warm_terms["gram"] == warm_terms["objective"] == 0  # logged, not computed
     both = distill(_config(teacher_file, photos, tmp_path / "b.safetensors", steps=30, l1_steps=20, **perceptual))
-    assert set(read_metadata(both.path)["info"]["losses"]) == {"loss", "l1", "feature", "gram", "objective"}
+    both_terms = read_metadata(both.path)["info"]["losses"]
+    assert all(both_terms[k] > 0 for k in ("feature", "gram", "objective"))
     alone = dict(l1_weight=0, feature_weight=0, gram_weight=0, objective_weight=1.0)  # the teacher's objective only
     judged = distill(_config(teacher_file, photos, tmp_path / "j.safetensors", steps=10, **alone))
-    assert set(read_metadata(judged.path)["info"]["losses"]) == {"loss", "l1", "objective"}  # L1 logged, weight 0
+    judged_terms = read_metadata(judged.path)["info"]["losses"]
+    assert {"l1", "objective"} <= set(judged_terms) and "gram" not in judged_terms  # L1 logged, weight 0
+    assert judged_terms["total"] == pytest.approx(judged_terms["objective"])
     with pytest.raises(ValueError, match="l1_steps needs l1_weight > 0"):
         distill(_config(teacher_file, photos, tmp_path / "x.safetensors", l1_steps=5, l1_weight=0, **perceptual))
 

@@ -661,3 +661,20 @@ def test_expand_inputs_takes_files_and_folders_and_names_what_is_missing(tmp_pat
 def test_is_image_name_knows_what_pil_can_write():
     assert images.is_image_name("x.PNG") and images.is_image_name("a/b.jpeg") and images.is_image_name("c.webp")
     assert not images.is_image_name("folder") and not images.is_image_name("model.safetensors")
+
+
+def test_save_gif_writes_every_frame_holds_the_last_and_refuses_other_names(tmp_path):
+    from stlib.images import save_gif
+
+    frames = [torch.full((1, 3, 8, 12), v) for v in (0.0, 0.5, 1.0)]
+    path = save_gif(frames, tmp_path / "a.gif", duration_ms=100, hold_last_ms=900)
+    with Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+            assert gif.size == (12, 8) and gif.convert("RGB").getpixel((0, 0))[0] == round(255 * [0, 0.5, 1][i])
+    assert durations == [100, 100, 900]
+    with pytest.raises(ValueError, match=r"a\.png.*must end in \.gif"):
+        save_gif(frames, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

@@ -17,7 +17,7 @@ LAYERS = [
     {"__init__", "assets", "hardware", "images", "losses", "color", "options", "exercises", "artifacts"},  # basics
     {"superres"},  # the super-resolution task's data and scores (images)
     {"vgg", "transformer", "data", "plots"},  # the loss network, the image network, photos, figures
-    {"perceptual", "checkpoint", "backends"},  # the objective, model files, inference engines
+    {"perceptual", "checkpoint", "backends", "prune", "runlog"},  # objective, model files, engines, pruning, run logs
     {"gatys", "train", "stylize", "upscale", "distill"},  # the two methods and what uses their results
     {"video", "desktop", "webcam"},  # frames and live sources
     {"cli", "__main__", "demo"},  # the command line, and the course run headless
