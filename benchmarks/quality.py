@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from stlib import assets, gatys, images
+from stlib import assets, gatys, images, plots
 from stlib.checkpoint import load_model, read_metadata
 from stlib.hardware import default_device
 from stlib.stylize import stylize_image
@@ -155,8 +155,8 @@ def main() -> None:
     if args.grid is not None:
         rows = [[photo, *(r["outputs"][i] for r in results.values())] for i, photo in enumerate(photos)]
         titles = [title for _ in photos for title in ["photo", *results]]
-        fig = images.image_grid([img for row in rows for img in row], titles=titles, ncols=len(results) + 1)
-        print(f"wrote {images.save_figure(fig, args.grid)}")
+        fig = plots.image_grid([img for row in rows for img in row], titles=titles, ncols=len(results) + 1)
+        print(f"wrote {plots.save_figure(fig, args.grid)}")
 
 
 if __name__ == "__main__":

@@ -188,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     example: python -m stlib train --style style_images/wave.jpg --data data/coco/train2017 -o wave.safetensors
     python -m stlib train --task superres --upscale 4 --loss pixel --data data/coco/train2017 --size 288
     """
-    from .train import TrainConfig, stop_on_signal, train
+    from .hardware import stop_on_signal
+    from .train import TrainConfig, train
 
     data = Path(args.data)
     if not data.is_dir():

@@ -30,8 +30,9 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -49,11 +50,14 @@ __all__ = [
     "DatasetError",
     "DownloadError",
     "ImageFolderDataset",
-    "PhotoBatches",
+    "PairSource",
+    "Pairs",
+    "PhotoPairs",
     "ShuffleSampler",
     "download_coco",
     "make_loader",
     "square_crop",
+    "square_photo",
 ]
 
 COCO_TRAIN_URL = "http://images.cocodataset.org/zips/train2017.zip"
@@ -348,29 +352,55 @@ def make_loader(
     )
 
 
-class PhotoBatches:
-    """Endless batches of `dataset` (B, 3, S, S) for a training loop: epoch after epoch of one shared random order
-    (`ShuffleSampler`, split between `world` processes), resumable at the batch.
+Pairs = Callable[[torch.Tensor], tuple[torch.Tensor, Any]]
+"""A batch of photos (B, 3, S, S) -> (a network's inputs, the objective's targets)."""
+
+
+class PairSource(Protocol):
+    """A training loop's (inputs, targets), one step after another, resumable (`stlib.train`)."""
+
+    epoch: int  # logged with each row of train.csv
+
+    def next(self) -> tuple[torch.Tensor, Any]:
+        """The next step's inputs (B, 3, H, W) on the device and the objective's targets."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the source stands (stored in the training state)."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a training state."""
+
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fixed validation photos (N, 3, S, S) and the network's inputs for them, or None."""
+
+
+class PhotoPairs:
+    """A training loop's (inputs, targets): `pairs` of batches of `dataset` (B, 3, S, S) on `device`, epoch after
+    epoch of one shared random order (`ShuffleSampler`, split between `world` processes), resumable at the batch.
 
     `state_dict` says where the stream stands ({"epoch", "sampler"}: the photos really consumed, whatever the
-    loader's workers prefetched); `load_state_dict` continues from there.
+    loader's workers prefetched). `validation` is (a dataset, count, size): its first readable photos' centre squares.
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
-        rank: int = 0, world: int = 1,
+        self, dataset: ImageFolderDataset, batch_size: int, pairs: Pairs, device: torch.device | str = "cpu", *,
+        seed: int = 0, num_workers: int = 0, rank: int = 0, world: int = 1, channels_last: bool = False,
+        validation: tuple[ImageFolderDataset, int, int] | None = None,
     ) -> None:  # fmt: skip
         if len(dataset) < batch_size * world:
-            root = getattr(dataset, "root", "the dataset")
             raise DatasetError(
-                f"Training folder '{root}' has {len(dataset)} images, fewer than one batch of {batch_size * world}."
+                f"Training folder '{dataset.root}' has {len(dataset)} images, fewer than one batch of "
+                f"{batch_size * world}."
             )
-        self.dataset, self.batch_size, self.seed, self.world = dataset, batch_size, seed, world
-        self.loader_options = {"num_workers": num_workers, "pin_memory": pin_memory, "rank": rank, "world": world}
+        self.dataset, self.batch_size, self.pairs, self.device = dataset, batch_size, pairs, torch.device(device)
+        self.seed, self.world, self.channels_last, self.validation_set = seed, world, channels_last, validation
+        cuda = self.device.type == "cuda"
+        self.loader_options = {"num_workers": num_workers, "pin_memory": cuda, "rank": rank, "world": world}
         self.epoch = self.batches = 0  # batches consumed in this epoch, by every process
         self._iterator: Iterator[torch.Tensor] | None = None
 
-    def __next__(self) -> torch.Tensor:
+    def next(self) -> tuple[torch.Tensor, Any]:
+        """`pairs` of the next batch of photos (B, 3, S, S), moved to the device."""
         while True:
             if self._iterator is None:
                 position = self.batches * self.batch_size * self.world
@@ -380,27 +410,39 @@ class PhotoBatches:
                 )  # fmt: skip
                 self._iterator = iter(loader)
             try:
-                batch = next(self._iterator)
+                photos = next(self._iterator).to(self.device, non_blocking=True)
+                break
             except StopIteration:
                 self.epoch, self.batches, self._iterator = self.epoch + 1, 0, None
-                continue
-            self.batches += 1
-            return batch
+        self.batches += 1
+        if self.channels_last:
+            photos = photos.contiguous(memory_format=torch.channels_last)
+        return self.pairs(photos)
 
-    def __iter__(self) -> PhotoBatches:
-        return self
-
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         """{"epoch", "sampler": `ShuffleSampler.state_dict` of the photos consumed}."""
         consumed = self.batches * self.batch_size * self.world
         sampler = {"n": len(self.dataset), "seed": self.seed, "epoch": self.epoch, "position": consumed}
         return {"epoch": self.epoch, "sampler": sampler}
 
-    def load_state_dict(self, state: Mapping[str, object]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the photos that `state` (from `state_dict`) says were consumed."""
         self.epoch = int(state["epoch"])
         self.batches = int(state["sampler"]["position"]) // (self.batch_size * self.world)
         self._iterator = None
+
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The validation photos (N, 3, S, S), read as the training set is, and their inputs; None without."""
+        if self.validation_set is None:
+            return None
+        dataset, count, size = self.validation_set
+        photos = dataset.first_squares(count, size)
+        return photos, self.pairs(photos)[0]
+
+
+def square_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """A photo's centre square: shorter side resized to `size`, (1, 3, size, size) (e.g. a validation photo)."""
+    return square_crop(load_image(path), size)
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}

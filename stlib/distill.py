@@ -2,53 +2,32 @@
 
 Knowledge distillation (G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural Network", 2015)
 applied to the image transformation network of Johnson et al. (ECCV 2016, Sec. 3.1): a small student
-`TransformerNet` (`slim_config`; `DistillConfig`'s default: width 0.25, 5 residual blocks and a sub-pixel output,
-7 % of the teacher's FLOPs) learns to reproduce the trained teacher's output y_t = teacher(x) for photos x. Its loss,
-for the student's output y_s,
+`TransformerNet` (`stlib.prune.slim_config`; by default width 0.25, 5 residual blocks and a sub-pixel output, 7 % of
+the teacher's FLOPs) learns to reproduce the trained teacher's picture y_t = teacher(x) of photos x. For the
+student's output y_s,
 
     L = l1_weight * ||y_s - y_t||_1                                         (pixels in [0, 1], mean)
       + feature_weight * mean_l ||F_l(y_s) - F_l(y_t)||^2 / ||F_l(y_t)||^2   (Johnson Eq. 2, target y_t)
       + gram_weight * sum_l w_l ||G_l(y_s) - G_l(y_t)||_F^2 / ||G_l(y_t)||_F^2  (Johnson Eq. 4, target y_t)
       + objective_weight * J(x, y_s)                                         (Johnson Eq. 1: the teacher's own)
 
-with F_l the activations of the teacher's own loss network (its VGG, weights and layers, read from the teacher's
-training metadata), G_l their Gram matrices, w_l the teacher's style-layer weights scaled to sum to 1 (the terms:
-`stlib.perceptual.feature_distance`, `gram_distance`), and J the objective the teacher was trained with
-(`PerceptualLoss`: content against the photo, style against the painting, TV), which is also the score
-`benchmarks/quality.py` compares student and teacher by. L1 alone (the three other weights 0: no VGG is run)
-regresses a narrow student to the mean of the teacher's fine, high-contrast strokes: a blurred picture whose
-objective is several times the teacher's. The feature and Gram terms ask instead for the features and texture
-statistics of the teacher's picture of that photo, which a small network can meet without copying every stroke in
-place, and J keeps it honest to the photo and the painting (`benchmarks/RESULTS.md`, "Perceptual distillation").
-The first `DistillConfig.l1_steps` steps use L1 alone (no VGG, ~10x cheaper a step): the student learns the
-teacher's colours and layout before the VGG terms refine its texture. The student starts from the teacher itself
-(`stlib.prune`: its most useful residual blocks and most active channels; ``DistillConfig.start="pruned"``, the
-default), which keeps the teacher's picture of faces, windows and edges that a random start (``"random"``) has to learn
-again: 1.31x the teacher's objective after 4,000 steps against 1.43x after 5,641 from a random start
-(`benchmarks/RESULTS.md`, "Pruned start"); `DistillConfig.init` starts from a student file. With
-``DistillConfig.subpixel_output`` (the default) the student ends in a 5x5 sub-pixel convolution at half resolution
-(Shi et al., CVPR 2016) instead of the last x2 stage and the 9x9 output convolution at full resolution, the
-costliest part of a slim network per frame (`benchmarks/RESULTS.md`, "Sub-pixel students"); `prune` fits that layer
-by least squares.
+with F_l the activations of the teacher's own loss network (from its training metadata), G_l their Gram matrices
+and J the teacher's objective (`teacher_objective`), also the score `benchmarks/quality.py` compares by. L1 alone
+regresses a narrow student to a blurred mean of the teacher's strokes; the feature and Gram terms ask for the
+statistics of the teacher's picture, which a small network can meet, and J keeps it honest to the photo and the
+painting (`benchmarks/RESULTS.md`, "Perceptual distillation"). The first ``l1_steps`` use L1 alone (no VGG, ~10x
+cheaper a step). The student starts from the teacher pruned (`stlib.prune`; 1.31x the teacher's objective after
+4,000 steps against 1.43x after 5,641 from a random start, "Pruned start"), or from ``init``.
 
-The teacher's outputs are computed once per photo and cached in memory as 8-bit images, like the photos
-(`DistillConfig.size` sets the photo size, whole photos rather than crops, so that the teacher's
-instance-norm statistics are those of the image the student sees; `DistillConfig.limit` caps the number of
-photos). With a VGG term, the teacher's picture needs its VGG features (and the photo its content targets) at every
-step; they too are kept after a photo's first use, up to `DistillConfig.feature_cache_gb` (about 34 MB a photo at
-192 px in float32, half in bf16), which saves the step's two forward VGG passes that do not involve the student.
-With one photo a step the weights stay noisy where the loss levels off; `DistillConfig.average` writes an
-exponential moving average of them instead (B. T. Polyak, A. B. Juditsky, "Acceleration of Stochastic
-Approximation by Averaging", 1992), which scored better than the single files of the unaveraged runs before it
-(`benchmarks/RESULTS.md`, "The teacher's objective alone, a moving average of the weights, larger photos").
-The student copies the teacher's normalisation, upsampling, output and ``input_skip`` options (with
-``input_skip`` it starts as the identity).
-The student is trained by `stlib.train`'s loop, like any network: the teacher's pictures are one more source of
+Whole photos (shorter side ``size``), not crops, so that the teacher's instance-norm statistics are those of the
+image the student sees; the teacher's pictures are computed once and kept as 8-bit images, their VGG features after
+first use up to ``feature_cache_gb``. With one photo a step the weights stay noisy; ``average`` writes a moving
+average of them (Polyak & Juditsky 1992; "The teacher's objective alone, a moving average of the weights").
+
+The student is trained by `stlib.train`'s loop like any network: the teacher's pictures are one more source of
 (input, target) pairs (`TeacherPictures`) and the loss above one more objective (`StudentObjective`, the L1 warm-up
-inside it), so resume, the moving average, the schedule (cosine to ``lr / 20``), the checkpoints and the log
-(``<OUT>.run/``) are training's. The result is a normal model file: `stlib.checkpoint.load_model`, the ``stylize`` /
-``video`` commands and the webcam widget use it like any other; its metadata names the teacher and carries the
-teacher's training configuration, so `benchmarks/quality.py` can score it with the teacher's own objective.
+inside it); resume, the moving average, the schedule (cosine to lr / 20), checkpoints and log (``<OUT>.run/``) are
+training's. The result is a normal model file whose metadata names the teacher and carries its training settings.
 """
 
 from __future__ import annotations
@@ -69,14 +48,14 @@ from .data import ImageFolderDataset
 from .hardware import resolve_device, resolve_precision
 from .images import load_tensor, to_tensor
 from .options import check_options, option
-from .perceptual import ContentTargets, feature_distance, gram_distance
+from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
 from .prune import prune, slim_config
 from .transformer import TransformerConfig, TransformerNet
 
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["DistillConfig", "DistillResult", "StudentObjective", "TeacherPictures", "distill", "prune", "slim_config"]
+__all__ = ["DistillConfig", "DistillResult", "StudentObjective", "TeacherPictures", "distill", "teacher_objective"]
 
 _PRUNE_PHOTOS = 16  # photos the teacher's activations are measured on for `prune`
 _INHERITED = ("style", "style_sha256", "train_config", "vgg_weights", "dataset")  # teacher metadata kept
@@ -98,14 +77,11 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     photos = _photos(config)  # float (1, 3, H, W) each
     student = _starting_student(config, teacher, student_config, photos)
     objective = StudentObjective(config, teacher_info, resolve_precision(config.precision, device), device)
+    source, info = TeacherPictures(teacher.to(device), photos, device, config.progress), _student_info(config, teacher)
+    each_step = None if callback is None else lambda step, losses: callback(step, losses["total"])
     try:
         result = train(
-            config.train_config(student_config),
-            None if callback is None else lambda step, losses: callback(step, losses["total"]),
-            objective=objective,
-            source=TeacherPictures(teacher.to(device), photos, device, config.progress),
-            model=student,
-            info=_student_info(config, teacher, teacher_info),
+            config.train_config(student_config), each_step, objective=objective, source=source, model=student, info=info
         )
     finally:
         objective.close()
@@ -145,8 +121,8 @@ class TeacherPictures:
     def next(self) -> tuple[torch.Tensor, Picture]:
         """A random photo (1, 3, H, W) on the device, and its `Picture`."""
         index = int(torch.randint(len(self.photos), (1,)))
-        photo = _from_uint8(self.photos[index]).to(self.device)
-        return photo, Picture(photo, _from_uint8(self.pictures[index]).to(self.device), index)
+        photo = self.photos[index].to(self.device).float().div(255)
+        return photo, Picture(photo, self.pictures[index].to(self.device).float().div(255), index)
 
     def state_dict(self) -> dict[str, Any]:
         """Nothing: the draws come from the global generator, which the training state holds."""
@@ -161,29 +137,31 @@ class TeacherPictures:
 
 
 class StudentObjective(nn.Module):
-    """The student's loss (module docstring): L1 to the teacher's picture, the VGG feature and Gram terms against it,
-    and the teacher's own objective, weighted; the first `DistillConfig.l1_steps` steps L1 alone (no VGG is run)."""
+    """The student's loss (module docstring): L1 to the teacher's picture, the VGG feature and Gram terms against it
+    and the teacher's own objective (`teacher_objective`), weighted; the first ``l1_steps`` steps L1 alone (no VGG).
+
+    With a VGG term, the teacher picture's features and the photo's content targets are kept after a photo's first use
+    while ``feature_cache_gb`` has room (`targets`).
+    """
 
     def __init__(
-        self, config: DistillConfig, teacher_info: Mapping[str, Any], precision: str, device: torch.device
+        self, config: DistillConfig, teacher_info: Mapping[str, Any], precision: str, device: torch.device | str
     ) -> None:
         super().__init__()
         names = ("l1_weight", "feature_weight", "gram_weight", "objective_weight", "l1_steps")
         self.settings = {name: getattr(config, name) for name in names}  # a resumed run must keep them
         self.settings["teacher_sha256"] = file_sha256(config.teacher)
         self.weights = {name.removesuffix("_weight"): getattr(config, name) for name in names[:4]}
-        imitation = config.feature_weight > 0 or config.gram_weight > 0
-        judge = ("objective",) if config.objective_weight > 0 else ()
-        self.terms = ("l1", *(("feature", "gram") if imitation else ()), *judge)
+        self.imitation = config.feature_weight > 0 or config.gram_weight > 0  # a VGG pass of the teacher's picture
+        self.judge = config.objective_weight > 0  # the content targets: a (truncated) VGG pass of the photo
+        self.terms = ("l1", *(("feature", "gram") if self.imitation else ()), *(("objective",) * self.judge))
         self.l1_steps, self.step = config.l1_steps, 0
-        self.network = None
-        if config.perceptual:
-            cache = int(config.feature_cache_gb * 1e9)
-            self.network = _LossNetwork(
-                config.teacher, teacher_info, precision, config.objective_weight > 0, imitation, cache, device
-            )
-            self.loss = self.network.objective  # a submodule: it moves with the objective
-        self.source = None if self.network is None else self.network.objective.source
+        self.loss = teacher_objective(config.teacher, teacher_info, precision, device) if config.perceptual else None
+        self.source = None if self.loss is None else self.loss.source
+        self.style_layers = {} if self.loss is None else dict(self.loss.style_layers)
+        self.layers = [] if self.loss is None else list(dict.fromkeys([*self.loss.content_layers, *self.style_layers]))
+        self.cache: dict[int, tuple[dict[str, torch.Tensor], ContentTargets]] = {}  # photo index -> its targets
+        self.cache_bytes, self.cached_bytes = int(config.feature_cache_gb * 1e9), 0
 
     def at_step(self, step: int) -> None:
         """The L1 warm-up: no VGG term before `l1_steps`."""
@@ -192,16 +170,68 @@ class StudentObjective(nn.Module):
     def forward(self, target: Picture, output: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weighted terms of the student's `output` (1, 3, H, W) for `target`; the VGG terms 0 while warming up."""
         terms = {"l1": F.l1_loss(output.float(), target.picture)}
-        if self.network is not None and self.step >= self.l1_steps:
-            terms |= self.network.terms(target.index, target.photo, output, target.picture)
+        if self.loss is not None and self.step >= self.l1_steps:
+            terms |= self.vgg_terms(target.index, target.photo, output, target.picture)
         zero = torch.zeros((), device=output.device)
         terms = {name: terms.get(name, zero) for name in self.terms}
         return {**terms, "total": sum(self.weights[name] * value for name, value in terms.items())}
 
+    def targets(
+        self, index: int, photo: torch.Tensor, picture: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], ContentTargets]:
+        """The teacher's picture's VGG features and the photo's content targets, kept while the cache has room."""
+        if index in self.cache:
+            return self.cache[index]
+        wanted = {}
+        if self.imitation:
+            with torch.no_grad():
+                wanted = {name: value for name, value in self.loss.features(picture).items() if name in self.layers}
+        content = self.loss.content_targets(photo) if self.judge else {}
+        tensors = [*wanted.values(), *(features for features, _scale in content.values())]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[index] = wanted, content
+            self.cached_bytes += size
+        return self.cache.get(index, (wanted, content))
+
+    def vgg_terms(
+        self, index: int, photo: torch.Tensor, output: torch.Tensor, picture: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The VGG terms: ["feature" and "gram" against the teacher's picture,] ["objective": the teacher's total]."""
+        wanted, content = self.targets(index, photo, picture)
+        got = self.loss.features(output)
+        terms = {}
+        if self.imitation:
+            terms["feature"] = feature_distance(got, wanted, self.layers)
+            terms["gram"] = gram_distance(got, wanted, self.style_layers)
+        if self.judge:
+            terms["objective"] = self.loss.judge(output, content, feats=got)["total"]
+        return terms
+
     def close(self) -> None:
         """Remove the loss network's hooks."""
-        if self.network is not None:
-            self.network.objective.close()
+        if self.loss is not None:
+            self.loss.close()
+
+
+def teacher_objective(
+    teacher: str, info: Mapping[str, Any], precision: str, device: torch.device | str = "cpu"
+) -> PerceptualLoss:
+    """The objective the `teacher` file was trained with, from its metadata `info` (its VGG, layers, painting)."""
+    from .train import TrainConfig  # stlib.train is the heavier module; only the perceptual terms need it
+
+    alone = "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)"
+    if not isinstance(info.get("train_config"), Mapping):
+        raise ValueError(f"'{teacher}' has no training settings in its metadata: its loss network is unknown; {alone}.")
+    config = TrainConfig.from_dict(info["train_config"])
+    try:
+        painting = style_image(Path(config.style or "").stem)
+    except KeyError:
+        raise ValueError(
+            f"'{teacher}' was trained on '{config.style}', which is not a painting in style_images/; {alone}."
+        ) from None
+    style = load_tensor(painting, size=config.style_size, device=device)  # (1, 3, H, W), as the teacher was trained
+    return config.perceptual_loss(style, precision=precision)
 
 
 @dataclass
@@ -213,30 +243,18 @@ class DistillConfig:
     output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
     width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
     num_residual_blocks: int = option(5, "student residual blocks", flag="--blocks")
-    subpixel_output: bool = option(
-        True, "student: the last x2 stage and 9x9 output conv as one 5x5 sub-pixel conv at half resolution (faster)"
-    )
+    subpixel_output: bool = option(True, "student: a 5x5 sub-pixel output conv at half resolution (faster)")
     size: int = option(192, "shorter photo side", check="positive")
-    limit: int | None = option(
-        1000, "use at most N photos (cached in memory as uint8: ~0.3 MB each at 192 px)", check="positive", metavar="N"
-    )
+    limit: int | None = option(1000, "use at most N photos (~0.3 MB each in memory at 192 px)", check="positive")
     l1_weight: float = option(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
     feature_weight: float = option(
-        1.0, "weight of the VGG feature term (all three VGG weights 0: L1 alone, no VGG)", check="non_negative"
+        1.0, "weight of the VGG feature term (all VGG weights 0: no VGG)", check="non_negative"
     )
     gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
-    objective_weight: float = option(
-        1.0, "weight of the teacher's own objective (content vs the photo, style vs the painting)", check="non_negative"
-    )
-    start: str = option(
-        "pruned", "the student's first weights: pruned from the teacher, or random", choices=("pruned", "random")
-    )
-    init: str | None = option(
-        None, "start the student from this model file (the same architecture; instead of --start)", metavar="FILE"
-    )
-    l1_steps: int = option(
-        500, "first N steps with L1 alone (no VGG: ~10x cheaper a step)", check="non_negative", metavar="N"
-    )
+    objective_weight: float = option(1.0, "weight of the teacher's own objective", check="non_negative")
+    start: str = option("pruned", "the student's first weights: pruned from the teacher", choices=("pruned", "random"))
+    init: str | None = option(None, "start the student from this model file (instead of --start)", metavar="FILE")
+    l1_steps: int = option(500, "first N steps with L1 alone (no VGG: ~10x cheaper)", check="non_negative", metavar="N")
     average: float = option(
         0.0, "decay of a moving average of the student's weights, written as the student (e.g. 0.998; 0: none)",
         check="fraction", metavar="DECAY",
@@ -318,83 +336,8 @@ def _photos(config: DistillConfig) -> list[torch.Tensor]:
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] -> uint8, the form photos and targets are cached in (a quarter of float32)."""
+    """(1, 3, H, W) in [0, 1] -> uint8, the form photos and pictures are kept in (a quarter of float32)."""
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
-def _from_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div(255)
-
-
-class _LossNetwork:
-    """The teacher's training objective (`PerceptualLoss` of the settings in its metadata) and its layers."""
-
-    def __init__(
-        self,
-        teacher_file: str,
-        teacher_info: Mapping[str, Any],
-        precision: str,
-        with_objective: bool,
-        with_imitation: bool = True,
-        cache_bytes: int = 0,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        from .train import TrainConfig  # stlib.train is the heavier module; only the perceptual terms need it
-
-        settings = teacher_info.get("train_config")
-        if not isinstance(settings, Mapping):
-            raise ValueError(
-                f"'{teacher_file}' has no training settings in its metadata, so its loss network is unknown; "
-                "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)."
-            )
-        config = TrainConfig.from_dict(settings)
-        try:
-            painting = style_image(Path(config.style or "").stem)
-        except KeyError:
-            raise ValueError(
-                f"'{teacher_file}' was trained on '{config.style}', which is not a painting in style_images/; "
-                "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)."
-            ) from None
-        style = load_tensor(painting, size=config.style_size, device=device)  # (1, 3, H, W), as the teacher was trained
-        self.objective = config.perceptual_loss(style, precision=precision)
-        self.style_layers = dict(self.objective.style_layers)
-        self.layers = list(dict.fromkeys([*self.objective.content_layers, *self.style_layers]))
-        self.with_objective = with_objective  # the objective's content targets cost a (truncated) VGG pass
-        self.with_imitation = with_imitation  # the feature and Gram terms cost a VGG pass of the teacher's picture
-        self.cache: dict[int, tuple[dict[str, torch.Tensor], ContentTargets]] = {}  # photo index -> its targets
-        self.cache_bytes, self.cached_bytes = cache_bytes, 0
-
-    def targets(
-        self, index: int, photo: torch.Tensor, target: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], ContentTargets]:
-        """The teacher's picture's VGG features and the photo's content targets, kept while the cache has room."""
-        if index in self.cache:
-            return self.cache[index]
-        wanted = {}
-        if self.with_imitation:
-            with torch.no_grad():
-                wanted = {name: value for name, value in self.objective.features(target).items() if name in self.layers}
-        content = self.objective.content_targets(photo) if self.with_objective else {}
-        tensors = [*wanted.values(), *(features for features, _scale in content.values())]
-        size = sum(t.numel() * t.element_size() for t in tensors)
-        if self.cached_bytes + size <= self.cache_bytes:
-            self.cache[index] = wanted, content
-            self.cached_bytes += size
-        return self.cache.get(index, (wanted, content))
-
-    def terms(
-        self, index: int, photo: torch.Tensor, output: torch.Tensor, target: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The student's VGG terms: ["feature" and "gram" against the teacher's picture,] ["objective": its total]."""
-        wanted, content = self.targets(index, photo, target)
-        got = self.objective.features(output)
-        terms = {}
-        if self.with_imitation:
-            terms["feature"] = feature_distance(got, wanted, self.layers)
-            terms["gram"] = gram_distance(got, wanted, self.style_layers)
-        if self.with_objective:
-            terms["objective"] = self.objective.judge(output, content, feats=got)["total"]
-        return terms
 
 
 def _starting_student(
@@ -406,7 +349,13 @@ def _starting_student(
     if config.resume:
         return student  # the saved state replaces the weights
     if config.init is not None:
-        _load_init(student, config.init)
+        start = load_model(config.init, task="style")
+        if start.config != student.config:
+            raise ValueError(
+                f"Cannot start the student from '{config.init}': it is {start.describe()}, the student "
+                f"{student.describe()}."
+            )
+        student.load_state_dict(start.state_dict())
     elif config.start == "pruned":
         tc = teacher.config
         if student_config.num_residual_blocks > tc.num_residual_blocks or student_config.width > tc.width:
@@ -419,19 +368,10 @@ def _starting_student(
     return student
 
 
-def _load_init(student: TransformerNet, path: str) -> None:
-    """Copy the weights of the model file `path` into `student`; a ValueError when its architecture differs."""
-    start = load_model(path, task="style")
-    if start.config != student.config:
-        raise ValueError(
-            f"Cannot start the student from '{path}': it is {start.describe()}, the student {student.describe()}."
-        )
-    student.load_state_dict(start.state_dict())
-
-
-def _student_info(config: DistillConfig, teacher: TransformerNet, teacher_info: Mapping[str, Any]) -> dict[str, Any]:
+def _student_info(config: DistillConfig, teacher: TransformerNet) -> dict[str, Any]:
     """The student file's metadata beside training's: its teacher, and the teacher's training settings (the objective
     the student is scored with, benchmarks/quality.py)."""
+    teacher_info = read_metadata(config.teacher)["info"]
     return {
         "kind": "distilled",
         "distilled_from": os.path.basename(config.teacher),

@@ -6,25 +6,22 @@ weighted sum of perceptual losses computed by a fixed loss network, VGG16 (Sec. 
 their weights: `stlib.perceptual`, `ObjectiveConfig.johnson`). Training details (Sec. 4.1): 256 x 256 crops of the
 80k COCO training images, batch size 4, 40,000 iterations, Adam with learning rate 1e-3; `TrainConfig`'s defaults.
 
-`_step` below is the paper's algorithm, one step: y = f_W(x) for a batch of inputs, the objective's terms of
-(targets, y), backward, one Adam step. What varies between tasks is a parameter, not another loop:
+`_step` below is the paper's algorithm: y = f_W(x) for a batch of inputs, the objective's terms of (targets, y),
+backward, one Adam step. What varies between tasks is a parameter, not another loop:
 
 - the objective (`TrainConfig.perceptual_loss` by default; a distilled student's: `stlib.distill`);
 - the (inputs, targets) pairs: style transfer uses the photo twice (`same_photo`), super-resolution (Sec. 4.2)
   a degraded photo and the photo (`TrainConfig.pairs`), a student a photo and its teacher's picture.
 
-Around the step, the engineering: resume (``resume=True`` continues exactly where the training state ``state.pt``
-stopped: weights, Adam, schedule, every RNG and the data order, so a CPU run's loss curve is identical step for step
-to an uninterrupted one; a killed process loses at most ``checkpoint_every`` steps), several processes
-(``torchrun --nproc_per_node=N -m stlib train``: DistributedDataParallel, one shared data order, rank 0 writes),
-mixed precision (``precision="auto"``: bf16 where the hardware has it, see `stlib.hardware`), an optional moving
-average of the weights (``average``, Polyak & Juditsky 1992), the log and validation grids (`stlib.runlog`) and
-the checkpoints (the model file, `stlib.checkpoint`, and the state, each written atomically). A NaN or infinite loss
-stops the run with `TrainingDiverged` before the weights change, keeping the last good checkpoint.
+Around the step, the engineering: resume (``resume=True`` continues exactly where ``state.pt`` stopped: weights,
+Adam, schedule, every RNG and the data order; a killed process loses at most ``checkpoint_every`` steps), several
+processes (``torchrun --nproc_per_node=N -m stlib train``: DistributedDataParallel, one shared data order, rank 0
+writes), mixed precision (``precision="auto"``, `stlib.hardware`), a moving average of the weights (``average``,
+Polyak & Juditsky 1992), the log and validation grids (`stlib.runlog`), the checkpoints (each file written
+atomically). A NaN or infinite loss stops the run with `TrainingDiverged` before the weights change.
 
-Stability (not in the paper; ``stability_weight`` > 0): each step also runs the network on the inputs moved by up
-to ``stability_shift`` pixels plus camera noise and asks the output to move the same way (Gupta et al., ICCV 2017,
-`stlib.losses.stability_loss`): less flicker on video, no patterns locked to the pixel grid, no bands at the borders.
+Stability (not in the paper; ``stability.weight`` > 0): the output must follow a moved, noisy input (Gupta et al.,
+ICCV 2017, `stlib.losses.StabilityConfig`): less flicker on video, no patterns locked to the pixel grid.
 """
 
 from __future__ import annotations
@@ -35,8 +32,9 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,20 +43,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from stlib import __version__
 
+from . import checkpoint
 from .assets import file_sha256
-from .checkpoint import CheckpointError, load_model, read_state, rng_state, save_model, set_rng_state, write_state
-from .data import ImageFolderDataset, PhotoBatches, square_crop
-from .hardware import (
-    PRECISIONS,
-    autocast,
-    init_distributed,
-    keep_freed_memory,
-    resolve_device,
-    resolve_precision,
-    stop_on_signal,
-)  # fmt: skip
-from .images import load_image, load_tensor
-from .losses import stability_loss
+from .checkpoint import ResumeError
+from .data import ImageFolderDataset, Pairs, PairSource, PhotoPairs, square_photo
+from .hardware import PRECISIONS, autocast, init_distributed, keep_freed_memory, resolve_device, resolve_precision
+from .images import load_tensor
+from .losses import StabilityConfig, stability_loss
 from .options import accept_former_keywords, check_options, option, require
 from .perceptual import VGG_PASSES, ObjectiveConfig, PerceptualLoss
 from .runlog import RunLog, ValidationGrids
@@ -69,9 +60,6 @@ __all__ = [
     "SCHEDULES",
     "SR_LOSSES",
     "TASKS",
-    "PairSource",
-    "Pairs",
-    "PhotoPairs",
     "ResumeError",
     "TrainConfig",
     "TrainResult",
@@ -79,27 +67,24 @@ __all__ = [
     "lr_at",
     "same_photo",
     "square_photo",
-    "stop_on_signal",
     "train",
 ]
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 TASKS = ("style", "superres", "distill")
 SR_LOSSES = ("feat", "pixel")
-_FILES, _OPT, _LOG, _LOSS, _TASK = "files", "optimisation", "logging", "loss", "task"
-_STATE_FORMAT = "stlib.train-state"
+_LOSS = "loss"
+_GROUPS = ("files", "optimisation", "logging", _LOSS, "task")
+_files, _opt, _log, _loss, _task = (partial(option, group=group) for group in _GROUPS)  # options in help groups
 
 # Settings a resumed run may change; every other one must match the saved state (they shape the trajectory).
 # The style image, precision and VGG weights are compared by content (sha256) and resolved value instead.
 _RESUMABLE_CHANGES = frozenset(
-    {"steps", "log_every", "val_every", "checkpoint_every", "val", "val_count", "val_size", "progress",
-     "num_workers", "compile", "channels_last", "resume", "out", "run_dir", "device", "style", "precision",
-     "init"}
+    {"steps", "log_every", "val_every", "checkpoint_every", "val", "val_count", "val_size", "progress", "num_workers",
+     "compile", "channels_last", "resume", "out", "run_dir", "device", "style", "precision", "init"}
 )  # fmt: skip
 
 Callback = Callable[[int, dict[str, float]], "bool | None"]
-Pairs = Callable[[torch.Tensor], tuple[torch.Tensor, Any]]
-"""A batch of photos (B, 3, S, S) -> (the network's inputs, the objective's targets)."""
 
 
 def same_photo(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,25 +96,16 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
-class ResumeError(ValueError):
-    """A training run cannot be resumed; the message is one sentence naming the state file."""
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The loop: one step of the paper's algorithm, and the run around it
 # ----------------------------------------------------------------------------------------------------------
 
 
 def train(
-    config: TrainConfig,
-    callback: Callback | None = None,
-    *,
-    objective: nn.Module | None = None,
-    pairs: Pairs | None = None,
-    source: PairSource | None = None,
-    model: TransformerNet | None = None,
+    config: TrainConfig, callback: Callback | None = None, *, objective: nn.Module | None = None,
+    pairs: Pairs | None = None, source: PairSource | None = None, model: TransformerNet | None = None,
     info: Mapping[str, Any] | None = None,
-) -> TrainResult:
+) -> TrainResult:  # fmt: skip
     """Train a network (Johnson et al.); resumable, distributed under torchrun; see the module docs.
 
     `callback(step, losses)` is called after every step (and its checkpoint) with the loss terms and learning rate
@@ -146,7 +122,7 @@ def train(
     requested = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     rank, world, owns_group = init_distributed(requested.type)
     try:
-        run = _setup(config, requested, rank, world, objective, source or pairs, model, dict(info or {}))
+        run = _Run(config, requested, rank, world, objective, source or pairs, model, dict(info or {}))
         try:
             _restore(run)
             _distribute(run)
@@ -170,9 +146,9 @@ def _step(run: _Run, inputs: torch.Tensor, targets: Any) -> dict[str, float]:
     with autocast(run.device, run.precision):
         outputs = run.train_model(inputs)  # (B, 3, H, W), raw output
     terms = objective(targets, outputs)
-    if config.stability_weight:
+    if config.stability.weight:  # Gupta et al. 2017: the output follows a moved, noisy input
         terms["stability"] = _stability(run, inputs, outputs)
-        terms["total"] = terms["total"] + config.stability_weight * terms["stability"]
+        terms["total"] = terms["total"] + config.stability.weight * terms["stability"]
     entry = _finite_means(run, terms)  # TrainingDiverged before the weights change
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.zero_grad(set_to_none=True)
@@ -190,12 +166,9 @@ def _loop(run: _Run, callback: Callback | None) -> TrainResult:
     """The steps from the current one to ``config.steps`` (or a stop), with logs, validation and checkpoints."""
     config = run.config
     grids = _validation(run)  # the first grid, before the clock starts
-    terms = (*run.terms, "lr")
-    log_path = config.run_path() / "train.csv" if run.main else None
-    resumed = run.step if config.resume else None
     log = RunLog(
-        log_path, terms, config.log_every, config.steps, run.step, run.global_batch, resumed,
-        progress=config.progress and run.main,
+        config.run_path() / "train.csv" if run.main else None, (*run.terms, "lr"), config.log_every, config.steps,
+        run.step, run.global_batch, run.step if config.resume else None, config.progress and run.main,
     )  # fmt: skip
     history: list[dict[str, float]] = []
     start_step, stop = run.step, False
@@ -229,11 +202,8 @@ def _finite_means(run: _Run, terms: Mapping[str, torch.Tensor]) -> dict[str, flo
     entry = dict(zip(names, values.tolist(), strict=True))
     if all(math.isfinite(v) for v in entry.values()):
         return entry
-    kept = (
-        f"the last good checkpoint '{run.config.out_path()}' (step {run.saved_step})"
-        if run.saved_step is not None
-        else "no checkpoint was written yet"
-    )
+    kept = f"the last good checkpoint '{run.config.out_path()}' (step {run.saved_step})"
+    kept = kept if run.saved_step is not None else "no checkpoint was written yet"
     detail = ", ".join(f"{k} {entry[k]}" for k in run.terms)
     raise TrainingDiverged(
         f"Training diverged at step {run.step + 1}: the loss is {entry['total']} ({detail}); {kept} is kept. "
@@ -242,123 +212,56 @@ def _finite_means(run: _Run, terms: Mapping[str, torch.Tensor]) -> dict[str, flo
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Where the (inputs, targets) come from
-# ----------------------------------------------------------------------------------------------------------
-
-
-class PairSource(Protocol):
-    """The loop's (inputs, targets), one step after another, resumable."""
-
-    epoch: int  # logged with each row of train.csv
-
-    def next(self) -> tuple[torch.Tensor, Any]:
-        """The next step's inputs (B, 3, H, W) on the device and the objective's targets."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the source stands (stored in the training state)."""
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a training state."""
-
-    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The fixed validation photos (N, 3, S, S) and the network's inputs for them, or None."""
-
-
-class PhotoPairs:
-    """Batches of training photos (square crops, `stlib.data.PhotoBatches`) and the task's `pairs` of each."""
-
-    def __init__(self, config: TrainConfig, pairs: Pairs, device: torch.device, rank: int, world: int) -> None:
-        self.config, self.pairs, self.device = config, pairs, device
-        self.dataset = ImageFolderDataset(
-            config.data, size=config.size, crop="random", seed=config.seed, limit=config.limit,
-            resize=config.task == "style",  # super-resolution: crops of the photos' own pixels
-        )  # fmt: skip
-        cuda, workers = device.type == "cuda", config.num_workers
-        if workers is None:
-            workers = min(8, (os.cpu_count() or 2) // 2) if cuda else 0
-        self.batches = PhotoBatches(
-            self.dataset, config.batch_size, config.seed, workers, pin_memory=cuda, rank=rank, world=world
-        )
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch."""
-        return self.batches.epoch
-
-    def next(self) -> tuple[torch.Tensor, Any]:
-        """The task's (inputs, targets) of the next batch of photos (B, 3, S, S)."""
-        photos = next(self.batches).to(self.device, non_blocking=True)
-        if self.config.channels_last:
-            photos = photos.contiguous(memory_format=torch.channels_last)
-        return self.pairs(photos)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The data order's position (`PhotoBatches.state_dict`)."""
-        return self.batches.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue after the photos the state says were consumed."""
-        self.batches.load_state_dict(state)
-
-    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The first readable photos of ``val`` (or of the training set), centre squares, and their inputs."""
-        config = self.config
-        source = ImageFolderDataset(config.val, size=config.val_size) if config.val else self.dataset
-        photos = source.first_squares(config.val_count, config.val_size)  # the training set's reader
-        return photos, self.pairs(photos)[0]
-
-
-def square_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """A validation photo: shorter side resized to `size`, centre square crop, (1, 3, size, size)."""
-    return square_crop(load_image(path), size)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Setting up, resuming, distributing
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
 class _Run:
-    """Everything one training run holds; `step` moves on with each optimiser step."""
+    """Everything one training run holds, set up from its config: data, the starting network (given, new, or
+    ``init``'s weights), optimiser, schedule, moving average and objective; `step` moves on with each step."""
 
-    config: TrainConfig
-    device: torch.device
-    rank: int
-    world: int
-    precision: str
-    model: TransformerNet
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    average: AveragedModel | None  # the moving average of the weights, or None
-    objective: nn.Module
-    source: PairSource
-    style_sha256: str | None
-    info: dict[str, Any]  # the caller's additions to the model file's metadata
-    train_model: nn.Module | None = None  # the model as trained: wrapped for DDP and compiled
-    step: int = 0
-    saved_step: int | None = None  # the step of the last checkpoint written or resumed from
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes logs and checkpoints (rank 0)."""
-        return self.rank == 0
+    def __init__(
+        self, config: TrainConfig, device: torch.device, rank: int, world: int, objective: nn.Module | None,
+        source: PairSource | Pairs | None, model: TransformerNet | None, info: dict[str, Any],
+    ) -> None:  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolution once
+        else:
+            keep_freed_memory()  # no page faults for each step's activations (1.5x faster steps on a CPU)
+        self.config, self.device, self.rank, self.world, self.info = config, device, rank, world, info
+        self.main, self.global_batch = rank == 0, config.batch_size * world  # rank 0 writes; photos per step
+        self.state_path = config.run_path() / "state.pt"
+        self.precision = resolve_precision(config.precision, device)
+        style, self.style_sha256 = None, None
+        if config.style:
+            style = load_tensor(config.style, size=config.style_size, device=device) if objective is None else None
+            self.style_sha256 = file_sha256(config.style)  # ImageError above, or OSError here, names a missing file
+        if source is None or callable(source):
+            source = _photo_pairs(config, source or config.pairs(), device, rank, world)
+        self.source: PairSource = source
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        if model is None:
+            model = TransformerNet(config.transformer)
+            if config.init and not config.resume:
+                checkpoint.load_weights(model, config.init)
+        self.model = self.train_model = model.to(device).train()  # train_model: wrapped for DDP, compiled
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(config, s) / config.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        ema = get_ema_multi_avg_fn(config.average)
+        self.average = AveragedModel(model, multi_avg_fn=ema, use_buffers=True) if config.average else None
+        # The task's objective (no style image: super-resolution), or the one given.
+        self.objective = config.perceptual_loss(style, device=device) if objective is None else objective.to(device)
+        self.step, self.saved_step = 0, None  # saved_step: the last checkpoint written or resumed from
 
     @property
     def terms(self) -> tuple[str, ...]:
         """The logged loss terms: the objective's, and "stability" when it has a weight."""
-        return (*self.objective.terms, *(("stability",) if self.config.stability_weight else ()))
-
-    @property
-    def global_batch(self) -> int:
-        """Photos per step, all processes together."""
-        return self.config.batch_size * self.world
-
-    @property
-    def state_path(self) -> Path:
-        """The training state file."""
-        return self.config.run_path() / "state.pt"
+        return (*self.objective.terms, *(("stability",) if self.config.stability.weight else ()))
 
     @property
     def written_model(self) -> TransformerNet:
@@ -366,64 +269,20 @@ class _Run:
         return self.model if self.average is None else self.average.module
 
 
-def _setup(
-    config: TrainConfig, device: torch.device, rank: int, world: int, objective: nn.Module | None,
-    source: PairSource | Pairs | None, model: TransformerNet | None, info: dict[str, Any],
-) -> _Run:  # fmt: skip
-    """Data, the starting network, optimiser, schedule, moving average and the objective."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest convolution once
-    else:
-        keep_freed_memory()  # no page faults for each step's activations (1.5x faster steps on a CPU)
-    precision = resolve_precision(config.precision, device)
-    style, style_sha256 = None, None
-    if config.style:
-        style_path = Path(config.style)
-        style = load_tensor(style_path, size=config.style_size, device=device) if objective is None else None
-        style_sha256 = file_sha256(style_path)  # ImageError above, or OSError here, names a missing style image
-    if source is None or callable(source):
-        source = PhotoPairs(config, source or config.pairs(), device, rank, world)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    if model is None:
-        model = TransformerNet(config.transformer)
-        if config.init and not config.resume:
-            _load_initial_weights(model, Path(config.init))
-    model = model.to(device).train()
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(config, s) / config.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    decay = config.average
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
-    # The task's objective (no style image: super-resolution), or the one given.
-    objective = config.perceptual_loss(style, device=device) if objective is None else objective.to(device)
-    return _Run(
-        config, device, rank, world, precision, model, optimizer, scheduler, scaler, average, objective, source,
-        style_sha256, info,
+def _photo_pairs(config: TrainConfig, pairs: Pairs, device: torch.device, rank: int, world: int) -> PhotoPairs:
+    """The training photos' square crops, in batches of the task's `pairs`; validation photos from ``val`` or them."""
+    dataset = ImageFolderDataset(
+        config.data, size=config.size, crop="random", seed=config.seed, limit=config.limit,
+        resize=config.task == "style",  # super-resolution: crops of the photos' own pixels
     )  # fmt: skip
-
-
-def _load_initial_weights(model: TransformerNet, path: Path) -> None:
-    """Copy a model file's weights into `model`: same architecture, or a variant whose weights have the same shapes.
-
-    A variant (e.g. ``downsample="antialiased"`` from a strided network) is named in one printed line.
-    """
-    source = load_model(path)  # a CheckpointError names the file when it is not a model file
-    weights = source.state_dict()
-    if source.config != model.config:
-        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-        if {name: tuple(t.shape) for name, t in weights.items()} != shapes:
-            raise ValueError(
-                f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
-                f"{model.describe().split(':')[0]}: set the network options to match it."
-            )
-        old, new = source.config_dict(), model.config_dict()
-        changes = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in new if old[k] != new[k])
-        print(f"Starting from the weights of '{path}' in a network variant: {changes}.", flush=True)
-    model.load_state_dict(weights)  # copies into the existing tensors: device and layout kept
+    workers = config.num_workers
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
+    validation = ImageFolderDataset(config.val, size=config.val_size) if config.val else dataset
+    return PhotoPairs(
+        dataset, config.batch_size, pairs, device, seed=config.seed, num_workers=workers, rank=rank, world=world,
+        channels_last=config.channels_last, validation=(validation, config.val_count, config.val_size),
+    )  # fmt: skip
 
 
 def _restore(run: _Run) -> None:
@@ -433,7 +292,7 @@ def _restore(run: _Run) -> None:
         if run.main and path.exists():
             print(f"Starting a new run: '{path}' will be replaced (use resume=True to continue it).", flush=True)
         return
-    saved = _load_state(path)
+    saved = checkpoint.read_training_state(path)
     _check_resumable(path, saved, run)
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
@@ -441,7 +300,7 @@ def _restore(run: _Run) -> None:
     run.scaler.load_state_dict(saved["scaler"])
     if run.average is not None:
         run.average.load_state_dict(saved["average"])
-    set_rng_state(saved["rng"], run.device)
+    checkpoint.set_rng_state(saved["rng"], run.device)
     run.source.load_state_dict(saved)
     run.step = run.saved_step = int(saved["step"])
     if run.main:
@@ -462,15 +321,12 @@ def _distribute(run: _Run) -> None:
 
 
 def _stability(run: _Run, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-    """`stlib.losses.stability_loss` for a random move of up to `stability_shift` px in each direction."""
-    config = run.config
-    shift = config.stability_shift
+    """`stlib.losses.stability_loss` for a random move of up to ``stability.shift`` px in each direction."""
+    settings, shift = run.config.stability, run.config.stability.shift
     dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()  # the global generator: resumes exactly
+    margin = settings.margin(run.config.transformer.multiple)
     with autocast(run.device, run.precision):
-        return stability_loss(
-            run.train_model, inputs, outputs, (dy, dx), config.stability_noise / 255, config.stability_margin,
-            config.stability_border,
-        )  # fmt: skip
+        return stability_loss(run.train_model, inputs, outputs, (dy, dx), settings.noise / 255, margin, settings.border)
 
 
 def _validation(run: _Run) -> ValidationGrids | None:
@@ -486,20 +342,12 @@ def _finish(run: _Run, history: list[dict[str, float]], seconds: float, gif: Pat
     """The trained network (the file's: averaged when asked) in eval mode and where everything was written."""
     model = run.written_model.eval()
     model.requires_grad_(False)
+    images_per_s = done * run.global_batch / seconds if done and seconds > 0 else 0.0
+    log = run.config.run_path() / "train.csv" if run.main else None
     return TrainResult(
-        model=model,
-        checkpoint=run.config.out_path(),
-        state=run.state_path,
-        run_dir=run.config.run_path(),
-        step=run.step,
-        history=history,
-        seconds=seconds,
-        images_per_s=done * run.global_batch / seconds if done and seconds > 0 else 0.0,
-        precision=run.precision,
-        device=str(run.device),
-        log=run.config.run_path() / "train.csv" if run.main else None,
-        gif=gif,
-    )
+        model, run.config.out_path(), run.state_path, run.config.run_path(), run.step, history, seconds, images_per_s,
+        run.precision, str(run.device), log, gif,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -511,9 +359,9 @@ def _records(run: _Run, losses: Mapping[str, float]) -> tuple[dict[str, Any], di
     """The model file's ``info`` and the training state: what both say about the run, and what each adds."""
     config, source = run.config.to_dict(), getattr(run.objective, "source", None)
     shared = {"step": run.step, "style_sha256": run.style_sha256, "world_size": run.world, "precision": run.precision}
+    shared["stlib_version"] = __version__
     info = {
         **shared,
-        "stlib_version": __version__,
         "losses": dict(losses),
         "style": Path(run.config.style).name if run.config.style else None,
         "task": run.config.task,
@@ -524,15 +372,14 @@ def _records(run: _Run, losses: Mapping[str, float]) -> tuple[dict[str, Any], di
     }
     state = {
         **shared,
-        "stlib_version": __version__,
-        "format": _STATE_FORMAT,
+        "format": checkpoint.TRAINING_STATE,
         "version": 1,
         **run.source.state_dict(),
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": rng_state(run.device),
+        "rng": checkpoint.rng_state(run.device),
         "config": config,
         "objective": dict(getattr(run.objective, "settings", {})),
         "vgg_source": source,
@@ -546,23 +393,11 @@ def _checkpoint(run: _Run, losses: Mapping[str, float]) -> None:
     """Write the model file and the training state (rank 0, each atomically); every rank waits for them."""
     if run.main:
         info, state = _records(run, losses)
-        save_model(run.written_model, run.config.out_path(), info=info)
-        write_state(run.state_path, state)
+        checkpoint.save_model(run.written_model, run.config.out_path(), info=info)
+        checkpoint.write_state(run.state_path, state)
     if run.world > 1:
         dist.barrier()
     run.saved_step = run.step
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = read_state(path)
-    except FileNotFoundError:
-        raise ResumeError(f"Cannot resume: there is no training state '{path}' (start without --resume).") from None
-    except CheckpointError as err:
-        raise ResumeError(f"Cannot resume: {err}") from None
-    if state.get("format") != _STATE_FORMAT:
-        raise ResumeError(f"Cannot resume from '{path}': it is not an stlib training state.")
-    return state
 
 
 def _check_resumable(path: Path, saved: Mapping[str, Any], run: _Run) -> None:
@@ -609,119 +444,80 @@ def _comparable(settings: Mapping[str, Any], objective: Mapping[str, Any]) -> di
 class TrainConfig:
     """Every setting of `train`; defaults follow Johnson et al. Sec. 4.1 (loss weights: normalised terms)."""
 
-    task: str = option(
-        "style", "style: a style network (Johnson et al. Sec. 4.1); superres: super-resolution (Sec. 4.2); distill: "
-        "a student of a trained network (the distill command)", choices=TASKS, group=_TASK,
+    task: str = _task(
+        "style", "style: a style network (Johnson et al. Sec. 4.1); superres: super-resolution (Sec. 4.2); "
+        "distill: a student of a trained network (the distill command)", choices=TASKS,
     )  # fmt: skip
-    loss: str = option(
-        "feat", "superres: feat (the paper's l_feat at --content-layer) or pixel (l_pixel, the mean squared error)",
-        choices=SR_LOSSES, group=_TASK,
-    )  # fmt: skip
-    blur_sigma: float = option(
+    loss: str = _task("feat", "superres: feat (l_feat) or pixel (l_pixel, the mean squared error)", choices=SR_LOSSES)
+    blur_sigma: float = _task(
         0.0, "superres: Gaussian blur (sigma, high-resolution pixels) before the bicubic downscaling "
-        "(the paper: 1; the benchmarks' protocol: 0)", check="non_negative", group=_TASK,
+        "(the paper: 1; the benchmarks' protocol: 0)", check="non_negative",
     )  # fmt: skip
-    style: str | None = option(None, "the style image (task style)", metavar="PATH", group=_FILES)
-    data: str | None = option(
-        None, "folder of training photos, any tree (required)", metavar="DIR", group=_FILES, required=True
-    )
-    out: str | None = option(
+    style: str | None = _files(None, "the style image (task style)", metavar="PATH")
+    data: str | None = _files(None, "folder of training photos, any tree (required)", metavar="DIR", required=True)
+    out: str | None = _files(
         None, "model file (.safetensors; default: checkpoints/<style>.safetensors)", flag=("-o", "--out"),
-        metavar="FILE", group=_FILES,
+        metavar="FILE",
     )  # fmt: skip
-    run_dir: str | None = option(
-        None, "logs, validation grids and state (default: <out>.run/)", metavar="DIR", group=_FILES
-    )
-    size: int = option(256, "training crops are size x size", check="positive", group=_OPT)
-    style_size: int | None = option(256, "longest side of the style image; 0: as the file", none=0, group=_OPT)
-    batch_size: int = option(4, "per process", check="positive", group=_OPT)
-    steps: int = option(
-        40_000, "optimiser steps (paper: 40k, about 2 epochs of COCO at batch 4)", check="positive", group=_OPT
-    )
-    lr: float = option(1e-3, "Adam's learning rate (peak for onecycle)", check="positive", group=_OPT)
-    schedule: str = option("constant", "learning-rate schedule (paper: constant)", choices=SCHEDULES, group=_OPT)
-    warmup_steps: int = option(
-        0, "linear LR warm-up before constant, step and cosine", check="non_negative", group=_OPT
-    )
-    lr_step_every: int = option(
-        10_000, "step schedule: multiply the rate by --lr-gamma every N steps", check="positive", group=_OPT
-    )
-    lr_gamma: float = option(0.5, "step schedule: the factor", check="positive", group=_OPT)
-    final_lr: float = option(0.0, "cosine schedule: the rate it decays to", check="non_negative", group=_OPT)
-    average: float = option(
-        0.0, "decay of a moving average of the weights, written as the model (e.g. 0.998; 0: none)", check="fraction",
-        metavar="DECAY", group=_OPT,
+    run_dir: str | None = _files(None, "logs, validation grids and state (default: <out>.run/)", metavar="DIR")
+    size: int = _opt(256, "training crops are size x size", check="positive")
+    style_size: int | None = _opt(256, "longest side of the style image; 0: as the file", none=0)
+    batch_size: int = _opt(4, "per process", check="positive")
+    steps: int = _opt(40_000, "optimiser steps (paper: 40k, about 2 epochs of COCO at batch 4)", check="positive")
+    lr: float = _opt(1e-3, "Adam's learning rate (peak for onecycle)", check="positive")
+    schedule: str = _opt("constant", "learning-rate schedule (paper: constant)", choices=SCHEDULES)
+    warmup_steps: int = _opt(0, "linear LR warm-up before constant, step and cosine", check="non_negative")
+    lr_step_every: int = _opt(10_000, "step schedule: multiply the rate by --lr-gamma every N steps", check="positive")
+    lr_gamma: float = _opt(0.5, "step schedule: the factor", check="positive")
+    final_lr: float = _opt(0.0, "cosine schedule: the rate it decays to", check="non_negative")
+    average: float = _opt(
+        0.0, "decay of a moving average of the weights, written as the model (e.g. 0.998; 0: none)",
+        check="fraction", metavar="DECAY",
     )  # fmt: skip
-    style_warmup: int = option(
-        0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", check="non_negative",
-        group=_LOSS,
-    )  # fmt: skip
-    stability_weight: float = option(
-        0.0, "weight of the stability term: the output must follow a move of the input by up to "
-        "--stability-shift px plus camera noise (Gupta et al. 2017); 0: off (the paper)", check="non_negative",
-        group=_LOSS,
-    )  # fmt: skip
-    stability_shift: int = option(
-        3, "largest move (px) of the stability term's second frame", check="non_negative", group=_LOSS
+    style_warmup: int = _loss(
+        0, "ramp the style weight from 0 over the first N steps (0: off, as the paper)", check="non_negative"
     )
-    stability_noise: float = option(
-        2.0, "standard deviation of the stability term's camera noise, grey levels (of 255)", check="non_negative",
-        group=_LOSS,
-    )  # fmt: skip
-    stability_border: int = option(
-        0, "pixels along each side of the stability term's window left out; 0: the frame's edges must follow too "
-        "(no bands along the borders)", check="non_negative", group=_LOSS,
-    )  # fmt: skip
-    seed: int = option(0, "initial weights, data order and crops", check="non_negative", group=_OPT)
-    limit: int | None = option(
-        None, "use only the first N training photos", check="positive", metavar="N", group=_FILES
+    seed: int = _opt(0, "initial weights, data order and crops", check="non_negative")
+    limit: int | None = _files(None, "use only the first N training photos", check="positive", metavar="N")
+    log_every: int = _log(
+        50, "CSV row (means over the interval) and progress-bar update every N steps", check="positive"
     )
-    log_every: int = option(
-        50, "CSV row (means over the interval) and progress-bar update every N steps", check="positive", group=_LOG
-    )
-    val_every: int = option(500, "validation grid every N steps; 0: none", check="non_negative", group=_LOG)
-    checkpoint_every: int = option(500, "model file + training state every N steps", check="positive", group=_LOG)
-    val: str | None = option(
-        None, "validation photos (default: the first --val-count training photos)", metavar="DIR", group=_FILES
-    )
-    val_count: int = option(4, "validation photos in the grid", check="positive", group=_LOG)
-    val_size: int = option(
-        256, "validation photos: shorter side resized to this, centre square crop", check="positive", group=_LOG
-    )
+    val_every: int = _log(500, "validation grid every N steps; 0: none", check="non_negative")
+    checkpoint_every: int = _log(500, "model file + training state every N steps", check="positive")
+    val: str | None = _files(None, "validation photos (default: the first --val-count training photos)", metavar="DIR")
+    val_count: int = _log(4, "validation photos in the grid", check="positive")
+    val_size: int = _log(256, "validation photos: shorter side resized to this, centre square crop", check="positive")
     transformer: TransformerConfig | Mapping[str, Any] | None = field(
         default=None, metadata={"group": "network", "nested": TransformerConfig, "partial": True}
     )  # None: the task's network, TransformerConfig() or TransformerConfig.superres(); a dict changes some fields
+    stability: StabilityConfig = field(default_factory=StabilityConfig, metadata={"group": _LOSS})
     objective: ObjectiveConfig | Mapping[str, Any] | None = field(
         default=None, metadata={"group": _LOSS, "nested": ObjectiveConfig, "partial": True}
     )  # None: the task's objective, ObjectiveConfig.johnson(task, loss); a dict changes some settings
-    precision: str = option(
-        "auto", "autocast (weights stay float32); auto: see stlib.hardware", choices=PRECISIONS, group=_OPT
+    precision: str = _opt("auto", "autocast (weights stay float32); auto: see stlib.hardware", choices=PRECISIONS)
+    channels_last: bool = _opt(False, "NHWC memory layout (faster on GPUs)")
+    compile: bool = _opt(False, "torch.compile the network (slow start, faster steps on GPUs)")
+    vgg_pass: str = _loss(
+        "split", "split: truncated no-grad content pass; fused: one pass on [x; y]; shared: no-grad, same VGG",
+        choices=VGG_PASSES,
+    )  # fmt: skip
+    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    num_workers: int | None = _opt(
+        None, "data-loading processes (default: 0 on CPU, min(8, cores / 2) with CUDA)", check="non_negative"
     )
-    channels_last: bool = option(False, "NHWC memory layout (faster on GPUs)", group=_OPT)
-    compile: bool = option(False, "torch.compile the network (slow start, faster steps on GPUs)", group=_OPT)
-    vgg_pass: str = option(
-        "split", "split: truncated no-grad content pass; fused: one pass on [x; y]; shared: a no-grad pass of the "
-        "same VGG", choices=VGG_PASSES, group=_LOSS,
-    )  # fmt: skip
-    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1 ...", group=_OPT)
-    num_workers: int | None = option(
-        None, "data-loading processes (default: 0 on CPU, min(8, cores / 2) with CUDA)", check="non_negative",
-        group=_OPT,
-    )  # fmt: skip
-    resume: bool = option(False, "continue from the run folder's training state", group=_FILES)
-    init: str | None = option(
-        None, "start from a model file's weights, e.g. a shipped style (fresh optimiser; not with --resume)",
-        metavar="MODEL", group=_FILES,
-    )  # fmt: skip
-    progress: bool = option(True, "no progress bar", flag="--quiet", group=_OPT)
+    resume: bool = _files(False, "continue from the run folder's training state")
+    init: str | None = _files(
+        None,
+        "start from a model file's weights, e.g. a shipped style (fresh optimiser; not with --resume)",
+        metavar="MODEL",
+    )
+    progress: bool = _opt(True, "no progress bar", flag="--quiet")
 
     def __post_init__(self) -> None:
         if self.transformer is None or isinstance(self.transformer, Mapping):
             changes = dict(self.transformer or {})
-            if self.task == "superres":
-                base = TransformerConfig.superres(changes.pop("upscale", 4))
-            else:
-                base = TransformerConfig()
+            superres = self.task == "superres"
+            base = TransformerConfig.superres(changes.pop("upscale", 4)) if superres else TransformerConfig()
             self.transformer = replace(base, **changes)
         if self.objective is None or isinstance(self.objective, Mapping):
             self.objective = replace(ObjectiveConfig.johnson(self.task, self.loss), **(self.objective or {}))
@@ -750,25 +546,10 @@ class TrainConfig:
             raise ValueError("TrainConfig.average must be a number in [0, 1), got 1 (the weights would never change).")
         if not isinstance(self.transformer, TransformerConfig):
             raise ValueError(f"TrainConfig.transformer must be a TransformerConfig, got {self.transformer!r}.")
-        self._validate_stability()  # its margin needs the network's multiple
+        self.stability.validate(self.size, self.transformer.multiple)
+        if self.stability.weight > 0 and self.task != "style":
+            raise ValueError("TrainConfig.stability.weight is for style networks (task 'style'); set it to 0.")
         self.objective.validate()  # weights and layers, one sentence naming the setting
-
-    def _validate_stability(self) -> None:
-        if self.stability_weight > 0:
-            if self.task != "style":
-                raise ValueError("TrainConfig.stability_weight is for style networks (task 'style'); set it to 0.")
-            if self.size - 2 * self.stability_margin <= 2 * self.stability_border:
-                least = 2 * (self.stability_margin + self.stability_border)
-                raise ValueError(
-                    f"TrainConfig.size {self.size} is too small for the stability term with a "
-                    f"{self.stability_shift} px move: it needs more than {least}."
-                )
-
-    @property
-    def stability_margin(self) -> int:
-        """The stability term's margin: the largest move, rounded up to a multiple of the network's `multiple`."""
-        multiple = self.transformer.multiple
-        return -(-self.stability_shift // multiple) * multiple
 
     def _validate_superres(self) -> None:
         if self.style:
@@ -804,7 +585,7 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """A config from `to_dict` output, also an earlier stlib's (the objective's settings flat, as in the shipped
         models' metadata); unknown keys are an error, missing ones take their defaults."""
-        known = {f.name for f in fields(cls)} | set(_FLAT_OBJECTIVE)
+        known = {f.name for f in fields(cls)} | set(_FORMER)
         unknown = sorted(k for k in data if k not in known)
         if unknown:
             raise ValueError(f"Unknown TrainConfig key(s) {', '.join(unknown)}.")
@@ -813,11 +594,10 @@ class TrainConfig:
     def perceptual_loss(
         self, style: torch.Tensor | None, precision: str | None = None, device: torch.device | str = "cpu"
     ) -> PerceptualLoss:
-        """The objective this config trains with, for a style image (1, 3, H, W) (None: super-resolution).
+        """The objective this config trains with, for a style image (1, 3, H, W) (None: super-resolution, on `device`).
 
-        `precision` overrides the config's: pass ``"fp32"`` to *score* outputs, so that the number does not depend on
-        the CPU (``"auto"`` is bf16 on CPUs with native bf16, see `stlib.hardware`). Without a style image the
-        objective is built on `device`; with one, on the style image's device.
+        `precision` overrides the config's: ``"fp32"`` *scores* outputs alike on every CPU (``"auto"`` is bf16 on CPUs
+        with native bf16, see `stlib.hardware`).
         """
         device = style.device if style is not None else torch.device(device)
         loss = PerceptualLoss(
@@ -843,36 +623,37 @@ class TrainConfig:
         return out.with_name(f"{out.stem}.run")
 
 
-_FLAT_OBJECTIVE = ("content_layer", "style_layers", "content_weight", "style_weight", "tv_weight", "vgg_weights")
-"""The objective's settings as an earlier TrainConfig held them, beside the others (now in `TrainConfig.objective`)."""
+_FORMER = {
+    **{f"stability_{name}": ("stability", name) for name in ("weight", "shift", "noise", "border")},
+    **{name: ("objective", name) for name in ("style_layers", "content_weight", "style_weight", "tv_weight")},
+    "content_layer": ("objective", "content_layers"),
+    "vgg_weights": ("objective", "vgg_weights"),
+}
+"""An earlier TrainConfig's flat settings (the shipped models' metadata, older states, keywords): where they are now."""
 
 
-def _nest_objective(settings: dict[str, Any]) -> dict[str, Any]:
-    """An earlier TrainConfig's keywords (``style_weight=``, ``content_layer=`` ...) with the objective's nested.
-
-    The shipped models' metadata holds them so; the former meaning is kept: super-resolution had no style term, and
-    its pixel loss no content term, whatever the flat weights said.
-    """
-    flat = {k: settings.pop(k) for k in _FLAT_OBJECTIVE if k in settings}
-    flat = {k: v for k, v in flat.items() if v is not None}  # tv_weight None: the task's
-    if not flat:
-        return settings
-    if "content_layer" in flat:
-        flat["content_layers"] = (flat.pop("content_layer"),)
+def _nest_former_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """An earlier TrainConfig's keywords nested as now (`_FORMER`), with their former meaning: super-resolution had
+    no style term, and its pixel loss no content term, whatever the flat weights said."""
+    nested: dict[str, dict[str, Any]] = {"objective": {}, "stability": {}}
+    for key, (group, name) in _FORMER.items():
+        if key in settings and (value := settings.pop(key)) is not None:  # tv_weight None: the task's
+            nested[group][name] = (value,) if key == "content_layer" else value
     if settings.get("task") == "superres":
-        flat.pop("style_layers", None)
-        flat.pop("style_weight", None)
-        if settings.get("loss") == "pixel":
-            flat.pop("content_weight", None)
-    nested = settings.get("objective")
-    if isinstance(nested, ObjectiveConfig):
-        settings["objective"] = replace(nested, **flat)
-    else:
-        settings["objective"] = {**flat, **(nested or {})}
+        drop = {"style_layers", "style_weight", *(("content_weight",) if settings.get("loss") == "pixel" else ())}
+        nested["objective"] = {k: v for k, v in nested["objective"].items() if k not in drop}
+    for group, cls in (("objective", ObjectiveConfig), ("stability", StabilityConfig)):
+        given = settings.get(group)
+        if isinstance(given, cls):
+            settings[group] = replace(given, **nested[group])
+        elif nested[group] or given is not None:
+            settings[group] = {**nested[group], **(given or {})}
+    if isinstance(settings.get("stability"), Mapping):
+        settings["stability"] = StabilityConfig(**settings["stability"])
     return settings
 
 
-accept_former_keywords(TrainConfig, _nest_objective)
+accept_former_keywords(TrainConfig, _nest_former_settings)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

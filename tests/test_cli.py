@@ -158,6 +158,7 @@ def test_every_config_field_is_on_the_command_line_unless_internal():
     from dataclasses import fields
 
     from stlib.distill import DistillConfig
+    from stlib.losses import StabilityConfig
     from stlib.options import is_option
     from stlib.train import TrainConfig
     from stlib.transformer import TransformerConfig
@@ -165,8 +166,9 @@ def test_every_config_field_is_on_the_command_line_unless_internal():
     internal = {
         # --gif sets the first; speed options; the pixel term is super-resolution's (train --task superres --loss)
         gatys.GatysConfig: {"snapshot_every", "channels_last", "truncate", "pixel_weight"},
-        TrainConfig: {"transformer", "objective"},  # their own fields are options (the "network", "loss" groups)
+        TrainConfig: {"transformer", "objective", "stability"},  # nested configs: their own fields are options
         TransformerConfig: set(),
+        StabilityConfig: set(),
         DistillConfig: set(),
     }
     for cls, hidden in internal.items():
@@ -233,7 +235,7 @@ def test_the_training_flags_of_the_style_jobs_reach_the_config_and_the_loss(tmp_
     config = config_from(TrainConfig, cli.build_parser("train").parse_args(argv), data=str(tmp_path))
     config.validate()
     assert (config.steps, config.size, config.batch_size, config.style_size) == (9, 64, 2, 128)
-    assert config.transformer.downsample == "antialiased" and config.stability_weight == 50 and config.channels_last
+    assert config.transformer.downsample == "antialiased" and config.stability.weight == 50 and config.channels_last
     assert (config.num_workers, config.checkpoint_every, config.val_every, config.progress) == (1, 3, 3, False)
     assert config.init == "a.safetensors" and config.resume and config.precision == "fp32"
     assert config.objective.style_weight == 7.5 and config.objective.tv_weight == 10.0  # the rest: Johnson's

@@ -13,8 +13,9 @@ from PIL import Image
 from stlib import assets, cli, images
 from stlib.assets import content_image
 from stlib.checkpoint import load_model, read_metadata, save_model
-from stlib.distill import DistillConfig, _photos, distill, prune, slim_config
+from stlib.distill import DistillConfig, StudentObjective, _photos, distill
 from stlib.perceptual import feature_distance, gram_distance
+from stlib.prune import slim_config
 from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.vgg import VGGFeatures
 
@@ -306,18 +307,18 @@ def test_the_first_l1_steps_are_an_l1_run_then_the_vgg_terms_join(teacher_file, 
 
 
 def test_the_objective_term_is_the_teachers_training_objective(teacher_file, photos, tmp_path, offline_weights):
-    from stlib.distill import _LossNetwork
     from stlib.train import TrainConfig
 
     info = read_metadata(teacher_file)["info"]
-    network = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True)
+    vgg = dict(feature_weight=1.0, gram_weight=1.0, objective_weight=1.0)
+    network = StudentObjective(_config(teacher_file, photos, tmp_path / "s.safetensors", **vgg), info, "fp32", "cpu")
     config = TrainConfig.from_dict(info["train_config"])
     painting = images.load_tensor(assets.style_image("wave"), size=config.style_size)
     photo = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))[0]
     output = load_model(teacher_file)(photo).detach()
     with config.perceptual_loss(painting, precision="fp32") as objective, torch.no_grad():
         expected = objective(photo, output)["total"]
-        terms = network.terms(0, photo, output, output)
+        terms = network.vgg_terms(0, photo, output, output)
     assert float(terms["objective"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["feature"]) == 0 and float(terms["gram"]) == 0  # the teacher's own picture
 
@@ -335,24 +336,28 @@ def test_the_feature_cache_changes_the_speed_not_the_student(teacher_file, photo
 
 
 def test_the_feature_cache_keeps_each_photos_targets_within_its_memory(teacher_file, photos, tmp_path, offline_weights):
-    from stlib.distill import _LossNetwork
-
     info = read_metadata(teacher_file)["info"]
     pictures = _photos(_config(teacher_file, photos, tmp_path / "s.safetensors"))
-    network = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, cache_bytes=10**9)
+
+    def objective(gigabytes: float, imitation: float = 1.0) -> StudentObjective:
+        weights = dict(feature_weight=imitation, gram_weight=imitation, objective_weight=1.0)
+        config = _config(teacher_file, photos, tmp_path / "s.safetensors", feature_cache_gb=gigabytes, **weights)
+        return StudentObjective(config, info, "fp32", "cpu")
+
+    network = objective(1.0)
     first = network.targets(0, pictures[0], pictures[0])
     assert network.targets(0, pictures[1], pictures[1]) is first  # photo 0's targets, not recomputed
     wanted, content = first
     assert set(wanted) == set(network.layers) and set(content) == {"relu2_2"}
     one_photo = network.cached_bytes
     assert one_photo == sum(t.numel() * 4 for t in [*wanted.values(), content["relu2_2"][0]])
-    small = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, cache_bytes=one_photo)
+    small = objective(one_photo / 1e9)
     for index, picture in enumerate(pictures):
         small.targets(index, picture, picture)
     assert list(small.cache) == [0] and small.cached_bytes == one_photo  # the others did not fit
-    judge = _LossNetwork(str(teacher_file), info, "fp32", with_objective=True, with_imitation=False, cache_bytes=10**9)
+    judge = objective(1.0, imitation=0.0)
     assert judge.targets(0, pictures[0], pictures[0])[0] == {}  # no VGG pass of the teacher's picture
-    assert set(judge.terms(0, pictures[0], pictures[0], pictures[0])) == {"objective"}
+    assert set(judge.vgg_terms(0, pictures[0], pictures[0], pictures[0])) == {"objective"}
 
 
 def test_init_starts_the_student_from_a_model_file_of_its_shape(teacher_file, photos, tmp_path):
@@ -372,104 +377,8 @@ def test_init_starts_the_student_from_a_model_file_of_its_shape(teacher_file, ph
         distill(_config(teacher_file, photos, tmp_path / "c.safetensors", init=str(other)))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Starting from the pruned teacher
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _teacher_with_dead_channels(downsample: str = "strided", upsample: str = "nearest+conv") -> TransformerNet:
-    """A width-0.5 network (16/32/64 channels, 3 blocks) in which half of every channel space is always zero,
-    and whose middle block does nothing: the width-0.25, 2-block network of its live parts computes the same."""
-    torch.manual_seed(3)
-    config = TransformerConfig(width=0.5, num_residual_blocks=3, downsample=downsample, upsample=upsample)
-    net = TransformerNet(config).eval()
-    generator = torch.Generator().manual_seed(4)
-    for module in net.modules():
-        if isinstance(module, torch.nn.InstanceNorm2d):  # random scale and shift: every live channel differs
-            module.weight.data = torch.rand(module.num_features, generator=generator) + 0.5
-            module.bias.data = torch.randn(module.num_features, generator=generator) * 0.3
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
-    for norm in norms:  # a scattered half of each space is dead: its norm writes zeros (the stream: all its writers)
-        dead = torch.randperm(norm.num_features, generator=torch.Generator().manual_seed(norm.num_features))
-        dead = dead[: norm.num_features // 2]
-        norm.weight.data[dead] = 0
-        norm.bias.data[dead] = 0
-    stream = [net.encoder[7], *(block.block[4] for block in net.residuals)]  # every writer of the residual stream
-    dead = torch.randperm(64, generator=torch.Generator().manual_seed(99))[:32]
-    for norm in stream:
-        norm.weight.data[dead] = 0
-        norm.bias.data[dead] = 0
-    net.residuals[1].block[4].weight.data.zero_()  # the middle block adds nothing
-    net.residuals[1].block[4].bias.data.zero_()
-    torch.nn.init.normal_(net.decoder[-1].weight, std=2.0)  # pixel units: ~60 grey levels of picture ...
-    torch.nn.init.constant_(net.decoder[-1].bias, 128.0)  # ... around mid-grey, so that little is clamped
-    return net
-
-
-@pytest.mark.parametrize("downsample", ["strided", "antialiased"])
-@pytest.mark.parametrize("upsample", ["nearest+conv", "transposed"])
-def test_pruning_keeps_the_useful_blocks_and_live_channels_and_so_computes_the_same(downsample, upsample):
-    teacher = _teacher_with_dead_channels(downsample, upsample)
-    photos = [torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    student = prune(teacher, slim_config(teacher.config, 0.25, 2), photos)
-    assert student.config == slim_config(teacher.config, 0.25, 2) and student.config.channels == (8, 16, 32)
-    x = torch.rand(1, 3, 28, 36)
-    with torch.no_grad():
-        torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=0)
-        assert float((TransformerNet(student.config).eval()(x) - teacher(x)).abs().max()) > 0.05  # not by chance
-
-
-def test_pruning_to_the_teachers_own_shape_is_the_teacher():
-    torch.manual_seed(5)
-    teacher = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=2)).eval()
-    torch.nn.init.normal_(teacher.decoder[-1].weight, std=0.05)
-    student = prune(teacher, teacher.config, [torch.rand(1, 3, 16, 16)])
-    x = torch.rand(1, 3, 20, 20)
-    with torch.no_grad():
-        torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("subpixel", [False, True])
-def test_pruning_refits_the_output_convolution_by_least_squares(subpixel):
-    torch.manual_seed(6)
-    teacher = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=2)).eval()  # nothing dead: pruning loses
-    torch.nn.init.normal_(teacher.decoder[-1].weight, std=1.0)
-    photos = [torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    student = prune(teacher, slim_config(teacher.config, 0.25, 1, subpixel_output=subpixel), photos)
-    assert student.config.subpixel_output is subpixel and len(student.decoder) == (4 if subpixel else 7)
-    conv = student.decoder[-1]
-    assert tuple(conv.weight.shape) == ((12, 16, 5, 5) if subpixel else (3, 8, 9, 9))
-
-    def squared_error() -> torch.Tensor:  # over the photos, in the networks' own units (before scale and clamp)
-        return sum(((student.raw_output(p) - teacher.raw_output(p)) ** 2).sum() for p in photos)
-
-    fitted = squared_error()
-    (grad,) = torch.autograd.grad(fitted, conv.weight)
-    with torch.no_grad():
-        conv.weight.zero_()
-    (grad_at_zero,) = torch.autograd.grad(squared_error(), conv.weight)
-    assert float(grad.norm()) < 1e-4 * float(grad_at_zero.norm())  # a stationary point: the least-squares fit
-    with torch.no_grad():
-        assert float(squared_error()) > 1.3 * float(fitted)  # and one that the output depends on
-
-
-@pytest.mark.parametrize(
-    ("config", "match"),
-    [
-        (TransformerConfig(width=1.0, num_residual_blocks=1), "cannot widen or deepen"),
-        (TransformerConfig(width=0.25, num_residual_blocks=5), "cannot widen or deepen"),
-        (TransformerConfig(width=0.25, num_residual_blocks=1, norm="batch"), "narrower, shallower copy"),
-        (TransformerConfig(width=0.25, num_residual_blocks=1, output="tanh"), "narrower, shallower copy"),
-    ],
-)
-def test_pruning_refuses_what_is_not_a_smaller_copy(config, match):
-    teacher = TransformerNet(TransformerConfig(width=0.5, num_residual_blocks=3)).eval()
-    with pytest.raises(ValueError, match=match):
-        prune(teacher, config, [torch.rand(1, 3, 16, 16)])
-
-
-def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_path):
-    teacher = _teacher_with_dead_channels()
+def test_a_pruned_start_is_closer_to_the_teacher_than_a_random_one(photos, tmp_path, dead_channel_teacher):
+    teacher = dead_channel_teacher()
     path = save_model(teacher, tmp_path / "teacher.safetensors")
     first: dict[str, float] = {}
 

@@ -269,18 +269,18 @@ def test_stability_term_is_logged_added_to_the_total_and_resumes_exactly(photos,
     first = train.train(replace(halves, steps=2))
     second = train.train(replace(halves, resume=True))  # the moves and the noise continue where they stopped
     assert [h["stability"] for h in first.history + second.history] == [h["stability"] for h in whole.history]
-    assert read_metadata(whole.checkpoint)["info"]["train_config"]["stability_weight"] == 50.0
+    assert read_metadata(whole.checkpoint)["info"]["train_config"]["stability"]["weight"] == 50.0
 
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"stability_weight": -1.0}, "stability_weight must be a finite number >= 0"),
-        ({"stability_weight": 1.0, "stability_shift": -2}, "stability_shift must be an integer >= 0"),
-        ({"stability_weight": 1.0, "stability_noise": float("inf")}, "stability_noise must be a finite"),
+        ({"stability_weight": -1.0}, r"StabilityConfig\.weight must be a finite number >= 0"),
+        ({"stability_weight": 1.0, "stability_shift": -2}, r"StabilityConfig\.shift must be an integer >= 0"),
+        ({"stability_weight": 1.0, "stability_noise": float("inf")}, r"StabilityConfig\.noise must be a finite"),
         ({"stability_weight": 1.0, "size": 32, "stability_shift": 5, "stability_border": 8}, "size 32 is too small"),
-        ({"stability_weight": 1.0, "stability_border": -1}, "stability_border must be an integer >= 0"),
-        ({"stability_weight": 1.0, "task": "superres", "style": None}, "stability_weight is for style networks"),
+        ({"stability": {"weight": 1.0, "border": -1}}, r"StabilityConfig\.border must be an integer >= 0"),
+        ({"stability_weight": 1.0, "task": "superres", "style": None}, r"stability\.weight is for style networks"),
     ],
 )
 def test_stability_settings_are_checked(overrides, match):
