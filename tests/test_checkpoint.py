@@ -23,14 +23,12 @@ from stlib.checkpoint import (
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig
 from stlib.transformer import TransformerConfig, TransformerNet
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def net(config: TransformerConfig = SLIM, seed: int = 0) -> TransformerNet:
+def net(config: TransformerConfig = TINY, seed: int = 0) -> TransformerNet:
     """A random network in eval mode."""
     torch.manual_seed(seed)
     return TransformerNet(config).eval()

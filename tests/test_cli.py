@@ -344,9 +344,9 @@ def test_upscale_refuses_a_style_network_and_train_asks_for_a_style(tmp_path, ca
     photo, _, _ = small_images
     style_net = tmp_path / "style.safetensors"
     from stlib.checkpoint import save_model
-    from stlib.transformer import TransformerConfig, TransformerNet
+    from tests.networks import tiny_net
 
-    save_model(TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), style_net)
+    save_model(tiny_net(), style_net)
     code, _, stderr = run(capsys, "upscale", "--model", style_net, photo, "-o", tmp_path / "x.png")
     assert code == 2 and "holds a style network, not a super-resolution network" in stderr
     code, _, stderr = run(capsys, "train", "--data", tmp_path)

@@ -18,6 +18,7 @@ from stlib.perceptual import feature_distance, gram_distance
 from stlib.prune import slim_config
 from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.vgg import VGGFeatures
+from tests.networks import tiny_net
 
 # The teacher's objective, as `train` writes it into the metadata: small layers keep the tests fast.
 TEACHER_OBJECTIVE = {"vgg_weights": "offline", "content_layer": "relu2_2", "style_layers": ["relu1_2", "relu2_2"]}
@@ -265,9 +266,7 @@ def test_perceptual_distillation_brings_the_students_texture_closer_to_the_teach
 
 
 def test_perceptual_terms_need_the_teachers_objective_and_some_weight(photos, tmp_path):
-    bare = save_model(
-        TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), tmp_path / "bare.safetensors"
-    )
+    bare = save_model(tiny_net(), tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match=r"bare\.safetensors' has no training settings.*--objective-weight 0"):
         distill(_config(bare, photos, tmp_path / "s.safetensors", objective_weight=1.0))
     unknown_painting = {"style": "elsewhere/mona_lisa.jpg", **TEACHER_OBJECTIVE}

@@ -26,9 +26,7 @@ from stlib.checkpoint import load_model, read_metadata
 from stlib.perceptual import PerceptualLoss
 from stlib.train import ResumeError, TrainConfig, TrainingDiverged, lr_at
 from stlib.transformer import AntialiasedConv, TransformerConfig, TransformerNet
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +59,7 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
         val_count=2,
         val_size=32,
         objective={"vgg_weights": offline},
-        transformer=SLIM,
+        transformer=TINY,
         progress=False,
     )
     settings.update(overrides)
@@ -83,9 +81,9 @@ def test_defaults_follow_the_paper():
 
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
-    cfg = TrainConfig(style="s.jpg", data="d", transformer=SLIM, schedule="cosine")
+    cfg = TrainConfig(style="s.jpg", data="d", transformer=TINY, schedule="cosine")
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg and again.transformer == SLIM
+    assert again == cfg and again.transformer == TINY
     with pytest.raises(ValueError, match="needs a style image"):
         TrainConfig(data="d").validate()
     with pytest.raises(ValueError, match="schedule"):
@@ -126,11 +124,11 @@ def test_training_writes_checkpoint_logs_grids_and_gif(straight):
     assert straight.step == 6 and [h["step"] for h in straight.history] == [1, 2, 3, 4, 5, 6]
     assert straight.losses()[-1] < straight.losses()[0]
     meta = read_metadata(straight.checkpoint)
-    assert meta["format"] == "stlib.transformer" and meta["transformer"] == SLIM.__dict__
+    assert meta["format"] == "stlib.transformer" and meta["transformer"] == TINY.__dict__
     info = meta["info"]
     assert info["step"] == 6 and info["stlib_version"] and set(info["losses"]) >= {"content", "style", "tv"}
     assert info["style_sha256"] == assets.file_sha256(assets.style_image("starry_night"))
-    assert TrainConfig.from_dict(info["train_config"]).transformer == SLIM
+    assert TrainConfig.from_dict(info["train_config"]).transformer == TINY
     model = load_model(straight.checkpoint)  # rebuilt from the metadata alone
     x = torch.rand(1, 3, 24, 40)
     assert torch.equal(model(x), straight.model(x))
@@ -231,7 +229,7 @@ def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight
     for name, value in straight.model.state_dict().items():
         assert torch.allclose(tuned.model.state_dict()[name], value, atol=1e-6), name
     assert read_metadata(tuned.checkpoint)["info"]["train_config"]["init"] == str(straight.checkpoint)
-    wider = replace(cfg, transformer=replace(SLIM, width=SLIM.width * 2), out=str(tmp_path / "w.safetensors"))
+    wider = replace(cfg, transformer=replace(TINY, width=TINY.width * 2), out=str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="model.safetensors.*set the network options to match"):
         train.train(wider)
 
@@ -239,7 +237,7 @@ def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight
 def test_init_loads_the_weights_into_an_antialiased_variant_and_says_so(
     straight, photos, tmp_path, offline_weights, capsys
 ):
-    variant = replace(SLIM, downsample="antialiased")
+    variant = replace(TINY, downsample="antialiased")
     cfg = small_config(
         photos, tmp_path, offline_weights, steps=1, val_every=0, lr=1e-12, init=str(straight.checkpoint),
         transformer=variant,
@@ -392,7 +390,7 @@ def test_two_process_ddp_keeps_the_ranks_in_sync(photos, tmp_path, offline_weigh
     assert [child.exitcode for child in children] == [0, 0]
     weights = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     torch.manual_seed(cfg.seed)
-    initial = TransformerNet(SLIM).state_dict()
+    initial = TransformerNet(TINY).state_dict()
     assert any(not torch.equal(weights[0][k], initial[k]) for k in initial)  # it trained
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name  # and the ranks agree exactly
