@@ -10,7 +10,8 @@ split has 118,287 images (``train2017.zip``, 19,336,861,798 bytes).
   (seed, epoch, index)); unreadable files are skipped, counted and reported once.
 - `ShuffleSampler` shuffles deterministically per (seed, epoch) and saves its position within the epoch,
   so a run resumed from a checkpoint sees exactly the images it had not seen yet; `make_loader` wires both
-  into a DataLoader.
+  into a DataLoader; `PhotoPairs` is a training loop's source of (input, target) batches built on them
+  (`PairSource`: what `stlib.train`'s loop draws from), and its validation photos come from the same reader.
 - `download_coco` downloads the COCO zip with resume (HTTP Range), verifies it (size, md5, zip CRCs) and
   extracts it atomically, optionally only the first N images for a quick run.
 """

@@ -4,8 +4,11 @@ Each run's settings are a dataclass beside the code that uses them (`stlib.gatys
 `stlib.train.TrainConfig`, ...). A field declared with `option` carries its help text and its command-line form
 in its ``metadata``; `add_options` turns those fields into argparse arguments and `config_from` turns the parsed
 arguments back into the dataclass, so a new setting appears on the command line, with its help, without a second
-copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. This module is
-the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays fast.
+copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. An option's limits
+(`check`, `choices`) are declared once: the command line applies them while parsing, and `check_options` applies
+the same ones to a config built in Python. `accept_former_keywords` lets a config take an earlier version's keywords.
+This module is the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays
+fast.
 """
 
 from __future__ import annotations
