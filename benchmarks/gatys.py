@@ -62,7 +62,7 @@ def _worker(spec: dict) -> dict:
         iterations=tuple(spec["iterations"]) if isinstance(spec["iterations"], list) else spec["iterations"],
         channels_last=spec["fast"],
         truncate=spec["fast"],
-        autocast=spec.get("autocast"),
+        precision=spec.get("autocast") or "fp32",
         progress=False,
     )
     start = time.perf_counter()

@@ -188,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     example: python -m stlib train --style style_images/wave.jpg --data data/coco/train2017 -o wave.safetensors
     python -m stlib train --task superres --upscale 4 --loss pixel --data data/coco/train2017 --size 288
     """
-    from .train import TrainConfig, stop_on_signal, train
+    from .hardware import stop_on_signal
+    from .train import TrainConfig, train
 
     data = Path(args.data)
     if not data.is_dir():
@@ -217,6 +218,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}  # in the order of the fields: task, files, optimisation ...
     add_options(p, TrainConfig, groups)
     groups["network"].description = "not given: the task's network (TransformerConfig() or TransformerConfig.superres)"
+    groups["loss"].description = "objective settings not given: the task's (Johnson et al.'s, ObjectiveConfig.johnson)"
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

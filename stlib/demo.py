@@ -517,20 +517,14 @@ def stylised_clip(
     from PIL import Image
 
     from .checkpoint import load_model
-    from .images import atomic_write
+    from .images import save_gif
     from .stylize import stylize_frame
     from .video import SyntheticScene
 
     model = load_model(network, task="style")
     scene = SyntheticScene(*size, fps=12)
     pairs = [Image.fromarray(np.concatenate([f, stylize_frame(model, f)], axis=1)) for f in scene.frames(frames)]
-    path = Path(out_dir) / f"clip_{Path(network).stem}.gif"
-    return atomic_write(
-        path,
-        lambda file: pairs[0].save(
-            file, format="GIF", save_all=True, append_images=pairs[1:], duration=round(1000 / scene.fps), loop=0
-        ),
-    )
+    return save_gif(pairs, Path(out_dir) / f"clip_{Path(network).stem}.gif", round(1000 / scene.fps), None)
 
 
 # ----------------------------------------------------------------------------------------------------------

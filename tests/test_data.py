@@ -35,6 +35,7 @@ from stlib.data import (
     download_coco,
     download_sr_benchmark,
     make_loader,
+    square_crop,
 )
 from stlib.images import load_image, resize, to_tensor
 
@@ -137,6 +138,19 @@ def test_unreadable_files_are_skipped_counted_and_reported_once(folder):
     torch.testing.assert_close(ds[5], ds[0])  # wrapped around
 
 
+def test_the_first_readable_images_skip_unreadable_ones_as_training_does(folder):
+    (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    ds = ImageFolderDataset(folder, size=16)
+    with pytest.warns(RuntimeWarning, match=r"broken\.jpg") as record:
+        squares = ds.first_squares(3, size=12)  # a_wide, [broken], grey, tall
+        ds[1]  # training meets the same file: not reported again
+    assert len(record) == 1 and ds.skipped == 1
+    assert squares.shape == (3, 3, 12, 12)
+    expected = square_crop(load_image(folder / "b" / "deep" / "grey.PNG"), 12)[0]
+    torch.testing.assert_close(squares[1], expected)  # the file after the broken one
+    assert [image.size for image in ds.first()] == [(64, 16), (30, 30), (16, 40), (20, 50)]  # all readable, as read
+
+
 def test_a_folder_without_readable_images_is_a_clear_error(tmp_path):
     root = tmp_path / "bad"
     root.mkdir()
@@ -147,6 +161,8 @@ def test_a_folder_without_readable_images_is_a_clear_error(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(DatasetError, match=r"None of the 2 image files in '.*bad' could be read"):
             ds[0]
+        with pytest.raises(DatasetError, match=r"None of the 2 image files in '.*bad' could be read"):
+            ImageFolderDataset(root, size=8).first_squares(4)
 
 
 def test_missing_or_empty_folders_are_clear_errors(tmp_path):
