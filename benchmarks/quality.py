@@ -30,10 +30,9 @@ from pathlib import Path
 
 import torch
 
-from stlib import assets, gatys, images
+from stlib import assets, gatys, images, plots
 from stlib.checkpoint import load_model, read_metadata
 from stlib.hardware import default_device
-from stlib.perceptual import PerceptualLoss
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig, square_photo
 
@@ -50,7 +49,7 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
     style_file = assets.style_image(Path(config.style).stem)
     style = images.load_tensor(style_file, size=config.style_size, device=device)
     model = load_model(model_file, device=device)
-    objective = PerceptualLoss.from_config(style, config, precision="fp32")  # the score: fp32 on any CPU
+    objective = config.perceptual_loss(style, precision="fp32")  # the score: fp32 on any CPU
     rows, outputs = [], []
     for photo in photos:
         photo = photo.to(device)
@@ -67,7 +66,7 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
             size = max(photo.shape[-2:])
             style_scale = (config.style_size or size) / size  # the style image at its training size
             settings = gatys.GatysConfig.from_objective(
-                config.objective(),
+                config.objective,
                 size=size,
                 style_scale=style_scale,
                 iterations=iterations,
@@ -156,8 +155,8 @@ def main() -> None:
     if args.grid is not None:
         rows = [[photo, *(r["outputs"][i] for r in results.values())] for i, photo in enumerate(photos)]
         titles = [title for _ in photos for title in ["photo", *results]]
-        fig = images.image_grid([img for row in rows for img in row], titles=titles, ncols=len(results) + 1)
-        print(f"wrote {images.save_figure(fig, args.grid)}")
+        fig = plots.image_grid([img for row in rows for img in row], titles=titles, ncols=len(results) + 1)
+        print(f"wrote {plots.save_figure(fig, args.grid)}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main() -> None:
         cells = []
         for test in args.test_sizes:
             outputs = torch.cat([stylize_image(model, square_photo(f, test)) for f in files])  # (N, 3, T, T)
-            curve = style_size_curve(outputs, style_file, config.objective(), LADDER)  # mean over the photos
+            curve = style_size_curve(outputs, style_file, config.objective, LADDER)  # mean over the photos
             best = min(range(len(LADDER)), key=curve.__getitem__)
             cells.append(f"{LADDER[best]} ({curve[best]:.3f})")
         print(f"| {path.stem} | {config.style_size or 'file'} | " + " | ".join(cells) + " |", flush=True)

@@ -97,7 +97,7 @@ def ours_step(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    objective = TrainConfig(vgg_weights=weights).objective()  # the training defaults: Johnson's layers
+    objective = TrainConfig(objective={"vgg_weights": weights}).objective  # the training defaults: Johnson's layers
     loss_fn = PerceptualLoss(style, objective, vgg_pass=vgg_pass, precision=precision, channels_last=channels_last)
     forward = torch.compile(model) if compile else model
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

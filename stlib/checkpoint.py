@@ -34,11 +34,15 @@ from .transformer import TransformerNet
 
 __all__ = [
     "MODEL_FORMAT",
+    "TRAINING_STATE",
     "CheckpointError",
+    "ResumeError",
     "export_weights",
     "load_model",
+    "load_weights",
     "read_metadata",
     "read_state",
+    "read_training_state",
     "rng_state",
     "save_model",
     "set_rng_state",
@@ -53,6 +57,10 @@ _FORMAT_VERSION = "1"
 
 class CheckpointError(ValueError):
     """A model file that cannot be used; the message is one sentence naming the file."""
+
+
+class ResumeError(ValueError):
+    """A training run cannot be resumed; the message is one sentence naming the state file."""
 
 
 def save_model(
@@ -171,6 +179,24 @@ def load_model(
     return model.to(device).eval()
 
 
+def load_weights(model: TransformerNet, path: str | os.PathLike) -> None:
+    """Copy a model file's weights into `model`: the same architecture, or a variant whose weights have the same
+    shapes (e.g. ``downsample="antialiased"`` from a strided network), named in one printed line."""
+    source = load_model(path)  # a CheckpointError names the file when it is not a model file
+    weights = source.state_dict()
+    if source.config != model.config:
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        if {name: tuple(t.shape) for name, t in weights.items()} != shapes:
+            raise ValueError(
+                f"Model file '{path}' holds a {source.describe().split(':')[0]}, but the training settings ask for a "
+                f"{model.describe().split(':')[0]}: set the network options to match it."
+            )
+        old, new = source.config_dict(), model.config_dict()
+        changes = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in new if old[k] != new[k])
+        print(f"Starting from the weights of '{path}' in a network variant: {changes}.", flush=True)
+    model.load_state_dict(weights)  # copies into the existing tensors: device and layout kept
+
+
 def export_weights(
     checkpoint: str | os.PathLike,
     path: str | os.PathLike,
@@ -243,3 +269,20 @@ def set_rng_state(state: Mapping[str, Any], device: torch.device | str = "cpu") 
     np.random.set_state(("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["gauss"]))  # noqa: NPY002
     if torch.device(device).type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+TRAINING_STATE = "stlib.train-state"
+"""The ``format`` entry of a training state (`stlib.train`)."""
+
+
+def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The training state at `path` to resume from; a `ResumeError` (one sentence) when it is missing or foreign."""
+    try:
+        state = read_state(path)
+    except FileNotFoundError:
+        raise ResumeError(f"Cannot resume: there is no training state '{path}' (start without --resume).") from None
+    except CheckpointError as err:
+        raise ResumeError(f"Cannot resume: {err}") from None
+    if state.get("format") != TRAINING_STATE:
+        raise ResumeError(f"Cannot resume from '{path}': it is not an stlib training state.")
+    return state

@@ -10,7 +10,8 @@ split has 118,287 images (``train2017.zip``, 19,336,861,798 bytes).
   (seed, epoch, index)); unreadable files are skipped, counted and reported once.
 - `ShuffleSampler` shuffles deterministically per (seed, epoch) and saves its position within the epoch,
   so a run resumed from a checkpoint sees exactly the images it had not seen yet; `make_loader` wires both
-  into a DataLoader.
+  into a DataLoader; `PhotoPairs` is a training loop's source of (input, target) batches built on them
+  (`PairSource`: what `stlib.train`'s loop draws from), and its validation photos come from the same reader.
 - `download_coco` downloads the COCO zip with resume (HTTP Range), verifies it (size, md5, zip CRCs) and
   extracts it atomically, optionally only the first N images for a quick run.
 """
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -30,8 +32,9 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,24 +45,41 @@ from tqdm.auto import tqdm
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, list_images, load_image, resize, to_tensor
 
 __all__ = [
+    "COCO_SPLITS",
     "COCO_TRAIN_BYTES",
     "COCO_TRAIN_MD5",
     "COCO_TRAIN_URL",
     "IMAGE_EXTENSIONS",
+    "SR_BENCHMARK_MD5",
+    "SR_BENCHMARK_URL",
     "DatasetError",
     "DownloadError",
     "ImageFolderDataset",
+    "PairSource",
+    "Pairs",
+    "PhotoPairs",
     "ShuffleSampler",
     "download_coco",
+    "download_sr_benchmark",
     "make_loader",
+    "square_crop",
+    "square_photo",
 ]
 
 COCO_TRAIN_URL = "http://images.cocodataset.org/zips/train2017.zip"
 COCO_TRAIN_BYTES = 19_336_861_798  # size of train2017.zip
 COCO_TRAIN_MD5 = "cced6f7f71b7629ddf16f17bbcfab6b2"  # as published by COCO
+COCO_SPLITS = {  # split: (url, bytes, md5); val2017 is 5,000 photos, a quick start that downloads in minutes
+    "train2017": (COCO_TRAIN_URL, COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
+    "val2017": ("http://images.cocodataset.org/zips/val2017.zip", 815_585_330, "442b8da7639aecaf257c1dceb8ba8c80"),
+}
+# EDSR's test sets (Set5, Set14, B100 = BSD100, Urban100), the archive that torchSR and others fetch
+SR_BENCHMARK_URL = "https://cv.snu.ac.kr/research/EDSR/benchmark.tar"
+SR_BENCHMARK_MD5 = "4ace41d33c2384b97e6b320cd0afd6ba"
 _KNOWN_ARCHIVES: dict[str, tuple[int, str]] = {
-    COCO_TRAIN_URL: (COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
-    COCO_TRAIN_URL.replace("http://", "https://"): (COCO_TRAIN_BYTES, COCO_TRAIN_MD5),
+    url.replace("http://", scheme): (size, md5)
+    for url, size, md5 in COCO_SPLITS.values()
+    for scheme in ("http://", "https://")
 }
 
 _CHUNK = 1 << 20  # 1 MiB per read while downloading and hashing
@@ -81,6 +101,24 @@ class DownloadError(RuntimeError):
 def _crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random generator of one sample: depends only on (seed, epoch, index), not on worker or order."""
     return np.random.default_rng([seed, epoch, index])
+
+
+def square_crop(
+    image: Image.Image, size: int, rng: np.random.Generator | None = None, resize_to_fit: bool = True
+) -> torch.Tensor:
+    """A size x size square of `image`, (1, 3, size, size): the shorter side resized to `size`, then a random crop
+    (`rng`) or the centre one (None). Without `resize_to_fit` the image keeps its own pixels (a smaller one is scaled
+    up to fit the square, aspect kept)."""
+    width, height = image.size
+    scale = size / min(width, height) if resize_to_fit else max(1.0, size / min(width, height))
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = resize(image, (new_w, new_h))
+    if rng is not None:
+        left, top = int(rng.integers(0, new_w - size + 1)), int(rng.integers(0, new_h - size + 1))
+    else:
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+    return to_tensor(image.crop((left, top, left + size, top + size)))
 
 
 class ImageFolderDataset(Dataset):
@@ -149,9 +187,31 @@ class ImageFolderDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for a dataset of {n} images")
         index %= n
-        first_error: str | None = None
-        for offset in range(n):
-            i = (index + offset) % n
+        _, image = next(self._readable(index, wrap=True))
+        # Crop randomness follows the requested index, so it does not depend on which files are broken.
+        return self._square(image, _crop_rng(self.seed, self.epoch, index))
+
+    def first(self, count: int | None = None) -> list[Image.Image]:
+        """The first `count` readable images (None: all) in file order, as read (RGB).
+
+        Unreadable files are skipped and reported once, as in training; none readable is a `DatasetError`.
+        """
+        found = []
+        for _, image in self._readable(0, wrap=False):
+            found.append(image)
+            if len(found) == count:
+                break
+        return found
+
+    def first_squares(self, count: int, size: int | None = None) -> torch.Tensor:
+        """The first `count` readable images' centre squares (N, 3, S, S), S = `size` or the dataset's (validation)."""
+        return torch.cat([square_crop(image, size or self.size) for image in self.first(count)])
+
+    def _readable(self, start: int, wrap: bool) -> Iterator[tuple[int, Image.Image]]:
+        """(index, image) of the readable files from `start` on; a DatasetError when none at all is readable."""
+        n, first_error, found = len(self.files), None, False
+        for offset in range(n if wrap else n - start):
+            i = (start + offset) % n
             if i in self._bad:
                 continue
             try:
@@ -160,12 +220,13 @@ class ImageFolderDataset(Dataset):
                 self._skip(i, err)
                 first_error = first_error or str(err)
                 continue
-            # Crop randomness follows the requested index, so it does not depend on which files are broken.
-            return self._square(image, _crop_rng(self.seed, self.epoch, index))
-        raise DatasetError(
-            f"None of the {n} image files in '{self.root}' could be read"
-            + (f" (for example: {first_error.rstrip('.')})." if first_error else ".")
-        )
+            found = True
+            yield i, image
+        if not found and len(self._bad) == n:
+            raise DatasetError(
+                f"None of the {n} image files in '{self.root}' could be read"
+                + (f" (for example: {first_error.rstrip('.')})." if first_error else ".")
+            )
 
     def _skip(self, i: int, err: ImageError) -> None:
         self._bad.add(i)
@@ -179,18 +240,8 @@ class ImageFolderDataset(Dataset):
             )
 
     def _square(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """Resize the shorter side to `size` (or to at least `size`), crop a size x size square, (3, size, size)."""
-        width, height = image.size
-        scale = self.size / min(width, height) if self.resize else max(1.0, self.size / min(width, height))
-        new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            image = resize(image, (new_w, new_h))
-        if self.crop == "random":
-            left, top = int(rng.integers(0, new_w - self.size + 1)), int(rng.integers(0, new_h - self.size + 1))
-        else:
-            left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return to_tensor(image)[0]  # (3, size, size)
+        """A size x size square of `image` (random or centre crop, `square_crop`), (3, size, size)."""
+        return square_crop(image, self.size, rng if self.crop == "random" else None, self.resize)[0]
 
     def __repr__(self) -> str:
         return (
@@ -315,6 +366,99 @@ def make_loader(
     )
 
 
+Pairs = Callable[[torch.Tensor], tuple[torch.Tensor, Any]]
+"""A batch of photos (B, 3, S, S) -> (a network's inputs, the objective's targets)."""
+
+
+class PairSource(Protocol):
+    """A training loop's (inputs, targets), one step after another, resumable (`stlib.train`)."""
+
+    epoch: int  # logged with each row of train.csv
+
+    def next(self) -> tuple[torch.Tensor, Any]:
+        """The next step's inputs (B, 3, H, W) on the device and the objective's targets."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the source stands (stored in the training state)."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a training state."""
+
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fixed validation photos (N, 3, S, S) and the network's inputs for them, or None."""
+
+
+class PhotoPairs:
+    """A training loop's (inputs, targets): `pairs` of batches of `dataset` (B, 3, S, S) on `device`, epoch after
+    epoch of one shared random order (`ShuffleSampler`, split between `world` processes), resumable at the batch.
+
+    `state_dict` says where the stream stands ({"epoch", "sampler"}: the photos really consumed, whatever the
+    loader's workers prefetched). `validation` is (a dataset, count, size): its first readable photos' centre squares.
+    """
+
+    def __init__(
+        self, dataset: ImageFolderDataset, batch_size: int, pairs: Pairs, device: torch.device | str = "cpu", *,
+        seed: int = 0, num_workers: int = 0, rank: int = 0, world: int = 1, channels_last: bool = False,
+        validation: tuple[ImageFolderDataset, int, int] | None = None,
+    ) -> None:  # fmt: skip
+        if len(dataset) < batch_size * world:
+            raise DatasetError(
+                f"Training folder '{dataset.root}' has {len(dataset)} images, fewer than one batch of "
+                f"{batch_size * world}."
+            )
+        self.dataset, self.batch_size, self.pairs, self.device = dataset, batch_size, pairs, torch.device(device)
+        self.seed, self.world, self.channels_last, self.validation_set = seed, world, channels_last, validation
+        cuda = self.device.type == "cuda"
+        self.loader_options = {"num_workers": num_workers, "pin_memory": cuda, "rank": rank, "world": world}
+        self.epoch = self.batches = 0  # batches consumed in this epoch, by every process
+        self._iterator: Iterator[torch.Tensor] | None = None
+
+    def next(self) -> tuple[torch.Tensor, Any]:
+        """`pairs` of the next batch of photos (B, 3, S, S), moved to the device."""
+        while True:
+            if self._iterator is None:
+                position = self.batches * self.batch_size * self.world
+                loader = make_loader(
+                    self.dataset, self.batch_size, seed=self.seed, epoch=self.epoch, position=position,
+                    **self.loader_options,
+                )  # fmt: skip
+                self._iterator = iter(loader)
+            try:
+                photos = next(self._iterator).to(self.device, non_blocking=True)
+                break
+            except StopIteration:
+                self.epoch, self.batches, self._iterator = self.epoch + 1, 0, None
+        self.batches += 1
+        if self.channels_last:
+            photos = photos.contiguous(memory_format=torch.channels_last)
+        return self.pairs(photos)
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"epoch", "sampler": `ShuffleSampler.state_dict` of the photos consumed}."""
+        consumed = self.batches * self.batch_size * self.world
+        sampler = {"n": len(self.dataset), "seed": self.seed, "epoch": self.epoch, "position": consumed}
+        return {"epoch": self.epoch, "sampler": sampler}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue after the photos that `state` (from `state_dict`) says were consumed."""
+        self.epoch = int(state["epoch"])
+        self.batches = int(state["sampler"]["position"]) // (self.batch_size * self.world)
+        self._iterator = None
+
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The validation photos (N, 3, S, S), read as the training set is, and their inputs; None without."""
+        if self.validation_set is None:
+            return None
+        dataset, count, size = self.validation_set
+        photos = dataset.first_squares(count, size)
+        return photos, self.pairs(photos)[0]
+
+
+def square_photo(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """A photo's centre square: shorter side resized to `size`, (1, 3, size, size) (e.g. a validation photo)."""
+    return square_crop(load_image(path), size)
+
+
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -351,22 +495,26 @@ def _leave_stop_signals_to_main(worker_id: int) -> None:
 
 def download_coco(
     dest: str | os.PathLike,
-    url: str = COCO_TRAIN_URL,
+    url: str | None = None,
     keep: int | None = None,
     progress: bool = True,
     md5: str | None = None,
     timeout: float = 60.0,
+    split: str = "train2017",
 ) -> Path:
-    """Download (resumably), verify and atomically extract COCO train2017 into ``dest/train2017``; return it.
+    """Download (resumably), verify and atomically extract a COCO 2017 split into ``dest/<split>``; return it.
 
-    The archive goes to ``dest/train2017.zip`` through ``dest/train2017.zip.part``: an interrupted download
-    is resumed with an HTTP Range request on the next call. It is checked against its known size and md5
-    (the official URL's, or `md5=` for other URLs) and the CRC of every extracted member. Extraction goes to
-    a temporary folder in `dest` that is renamed to ``dest/train2017`` only when complete. ``keep=N``
-    extracts only the first N images (sorted by name). If ``dest/train2017`` exists it is returned as is
-    (delete it to extract again). The zip is kept (delete it yourself to free 19 GB).
+    `split` is ``"train2017"`` (118,287 photos, 19 GB) or ``"val2017"`` (5,000 photos, 0.8 GB); `url` defaults
+    to the split's official archive. The archive goes to ``dest/<split>.zip`` through ``dest/<split>.zip.part``:
+    an interrupted download is resumed with an HTTP Range request on the next call. It is checked against its
+    known size and md5 (the official URL's, or `md5=` for other URLs) and the CRC of every extracted member.
+    Extraction goes to a temporary folder in `dest` that is renamed to ``dest/<split>`` only when complete.
+    ``keep=N`` extracts only the first N images (sorted by name). If ``dest/<split>`` exists it is returned as
+    is (delete it to extract again). The zip is kept (delete it yourself to free its space).
     """
-    dest = Path(dest)
+    if split not in COCO_SPLITS:
+        raise ValueError(f"download_coco: split must be one of {', '.join(COCO_SPLITS)}, got {split!r}.")
+    dest, url = Path(dest), url or COCO_SPLITS[split][0]
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise DownloadError(f"Cannot download '{url}': only http:// and https:// URLs are supported.")
@@ -377,18 +525,75 @@ def download_coco(
     if md5 is not None and not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise ValueError(f"download_coco: md5 must be 32 hexadecimal digits, got {md5!r}.")
 
-    final = dest / "train2017"
+    final = dest / split
     if final.is_dir():
         return final
     if final.exists():
         raise DownloadError(f"Cannot extract COCO to '{final}': a file of that name is in the way.")
     dest.mkdir(parents=True, exist_ok=True)
-    archive = dest / "train2017.zip"
+    archive = dest / f"{split}.zip"
     if not archive.is_file():
         _download(url, archive, known_size, timeout, progress)
     _verify_archive(archive, known_size, md5, progress)
     _extract(archive, final, keep, progress)
     return final
+
+
+def download_sr_benchmark(
+    dest: str | os.PathLike,
+    url: str = SR_BENCHMARK_URL,
+    md5: str | None = SR_BENCHMARK_MD5,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download (resumably) and verify EDSR's test-set archive; extract Set5 and BSD100 into ``dest``; return it.
+
+    The archive (Set5, Set14, B100 and Urban100 with their bicubic inputs) goes to ``dest/benchmark.tar`` through a
+    ``.part`` file, is checked against its published md5, and only the high-resolution images of Set5 and B100 are
+    extracted, to ``dest/Set5/*.png`` and ``dest/BSD100/*.png`` (the layout `stlib.superres` and notebook 05 read;
+    B100 is BSD100). Extraction goes to a temporary folder renamed when complete; existing folders are kept.
+    """
+    dest = Path(dest)
+    targets = {"Set5": dest / "Set5", "B100": dest / "BSD100"}
+    if all(folder.is_dir() for folder in targets.values()):
+        return dest
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise DownloadError(f"Cannot download '{url}': only http:// and https:// URLs are supported.")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "benchmark.tar"
+    if not archive.is_file():
+        _download(url, archive, None, timeout, progress)
+    if md5 is not None:
+        _verify_md5(archive, md5, progress)
+    tmp = Path(tempfile.mkdtemp(prefix=".benchmark-extracting-", dir=dest))
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts  # benchmark/Set5/HR/baby.png
+                if (
+                    member.isfile()
+                    and len(parts) == 4
+                    and parts[1] in targets
+                    and parts[2] == "HR"
+                    and parts[3] != ".."
+                ):
+                    (tmp / parts[1]).mkdir(exist_ok=True)
+                    with tar.extractfile(member) as source, open(tmp / parts[1] / parts[3], "wb") as out:
+                        shutil.copyfileobj(source, out)
+        for name, folder in targets.items():
+            if not (tmp / name).is_dir():
+                raise DownloadError(
+                    f"Archive '{archive}' has no {name} high-resolution images; delete it and run again."
+                )
+            if not folder.is_dir():
+                os.replace(tmp / name, folder)
+    except tarfile.TarError as err:
+        raise DownloadError(
+            f"Archive '{archive}' is not a valid tar file ({_reason(err)}); delete it and run again."
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _download(url: str, archive: Path, expected_size: int | None, timeout: float, progress: bool) -> None:
@@ -491,6 +696,23 @@ def _content_range_total(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _verify_md5(archive: Path, md5: str, progress: bool) -> None:
+    """Check the archive's md5 (one clear sentence when it differs)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with (
+        open(archive, "rb") as file,
+        tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, desc="md5", disable=not progress) as bar,
+    ):
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != md5:
+        raise DownloadError(
+            f"Archive '{archive}' has md5 {digest.hexdigest()} instead of {md5} (corrupt download); "
+            "delete it and run again."
+        )
+
+
 def _verify_archive(archive: Path, expected_size: int | None, md5: str | None, progress: bool) -> None:
     """Check the archive's size and md5 when known, and that it opens as a zip file."""
     size = archive.stat().st_size
@@ -499,19 +721,7 @@ def _verify_archive(archive: Path, expected_size: int | None, md5: str | None, p
             f"Archive '{archive}' has {size:,} bytes instead of {expected_size:,}; delete it and run again."
         )
     if md5 is not None:
-        digest = hashlib.md5(usedforsecurity=False)
-        with (
-            open(archive, "rb") as file,
-            tqdm(total=size, unit="B", unit_scale=True, desc="md5", disable=not progress) as bar,
-        ):
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
-                bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise DownloadError(
-                f"Archive '{archive}' has md5 {digest.hexdigest()} instead of {md5} (corrupt download); "
-                "delete it and run again."
-            )
+        _verify_md5(archive, md5, progress)
     try:
         with zipfile.ZipFile(archive):
             pass

@@ -527,7 +527,7 @@ def stylised_clip(
     from PIL import Image
 
     from .checkpoint import load_model
-    from .images import atomic_write
+    from .images import save_gif
     from .stylize import stylize_frame
     from .temporal import TemporalSmoother
     from .video import SyntheticScene
@@ -540,13 +540,7 @@ def stylised_clip(
         styled = stylize_frame(model, frame)
         panels = [frame, styled] + ([smoother(frame, styled)] if smoother is not None else [])
         pairs.append(Image.fromarray(np.concatenate(panels, axis=1)))
-    path = Path(out_dir) / f"clip_{Path(network).stem}.gif"
-    return atomic_write(
-        path,
-        lambda file: pairs[0].save(
-            file, format="GIF", save_all=True, append_images=pairs[1:], duration=round(1000 / scene.fps), loop=0
-        ),
-    )
+    return save_gif(pairs, Path(out_dir) / f"clip_{Path(network).stem}.gif", round(1000 / scene.fps), None)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,15 +21,13 @@ and image size: the same weights give a similar balance at 256 and at 1024 px (t
 
 Optimisation: L-BFGS (the paper's choice) with one forward and backward pass per iteration, or Adam for
 comparison. The image is a float32 tensor kept in [0, 1] by clamping after every step; with
-``autocast="bf16"`` only the VGG's activations are computed in bfloat16 (Gram matrices and losses in
+``precision="bf16"`` only the VGG's activations are computed in bfloat16 (Gram matrices and losses in
 float32), the pixels and their gradients stay float32. A NaN or infinite loss raises
 `OptimizationDiverged` at once, so a diverged run never returns a black image.
 """
 
 from __future__ import annotations
 
-import inspect
-import io
 import math
 import os
 import time
@@ -42,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
-from .hardware import keep_freed_memory
-from .images import atomic_write
-from .options import option, require
+from .hardware import PRECISIONS, keep_freed_memory, resolve_precision
+from .images import save_gif
+from .options import accept_former_keywords, option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
 
 if TYPE_CHECKING:
@@ -68,11 +66,9 @@ __all__ = [
 LossFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Callback = Callable[[int, torch.Tensor, dict[str, float]], "bool | None"]
 
-_AUTOCAST = ("bf16", "fp16")
 _OPT, _LOSS = "optimisation", "loss"
 _INITS = ("content", "noise", "blurred-noise")
 _COLOR_METHODS = ("luminance", "histogram")
-_UNSET: Any = object()
 
 
 class OptimizationDiverged(FloatingPointError):
@@ -98,19 +94,10 @@ class Result:
 
     def save_gif(self, path: str | os.PathLike, duration_ms: int = 120, hold_last_ms: int = 1500) -> Path:
         """Atomically write the snapshots (resized to the final image's size) as an animated GIF."""
-        from .images import to_pil
-
         if not self.snapshots:
             raise ValueError("This result has no snapshots; set GatysConfig(snapshot_every=N) to record them.")
-        path = Path(path)
-        if path.suffix.lower() != ".gif":
-            raise ValueError(f"Cannot save '{path}' as an animation: the file name must end in .gif.")
         h, w = self.image.shape[-2:]
-        frames = [to_pil(resize_tensor(s, (h, w))) for s in self.snapshots]
-        durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
-        return atomic_write(path, lambda file: file.write(buffer.getvalue()))  # never a half-written GIF
+        return save_gif([resize_tensor(s, (h, w)) for s in self.snapshots], path, duration_ms, hold_last_ms)
 
 
 @dataclass
@@ -119,7 +106,7 @@ class GatysConfig(ObjectiveConfig):
 
     The defaults give a good Starry Night transfer of a photo at 256-512 px. Weights refer to the normalised loss
     terms of `stlib.perceptual`, so they mean the same for ImageNet and offline VGG weights and at every size.
-    ``weights=`` is accepted as the former name of ``vgg_weights``.
+    ``weights=`` and ``autocast=`` are accepted as the former names of ``vgg_weights`` and ``precision``.
     """
 
     optimizer: str = option("lbfgs", "L-BFGS (the paper's) or Adam", choices=("lbfgs", "adam"), group=_OPT)
@@ -147,9 +134,10 @@ class GatysConfig(ObjectiveConfig):
     progress: bool = option(True, "no progress bar", flag="--quiet", group=_OPT)
     channels_last: bool = True  # NHWC memory layout for the VGG (faster convolutions)
     truncate: bool = True  # run the VGG only up to the deepest layer used
-    autocast: str | None = option(
-        None, "low-precision VGG activations (fast on GPUs only)", choices=_AUTOCAST, group=_OPT
-    )
+    precision: str = option(
+        "fp32", "autocast of the VGG's activations: bf16 and fp16 are fast on GPUs only (auto: see stlib.hardware)",
+        choices=PRECISIONS, flag=("--precision", "--autocast"), group=_OPT,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,23 +150,12 @@ class GatysConfig(ObjectiveConfig):
 
     @classmethod
     def from_objective(cls, objective: ObjectiveConfig, **settings: Any) -> GatysConfig:
-        """Optimisation `settings` for `objective` (e.g. `TrainConfig.objective()`: a network's own objective)."""
+        """Optimisation `settings` for `objective` (e.g. `TrainConfig.objective`: a network's own objective)."""
         return cls(**vars(objective.objective()), **settings)
 
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
-        super().validate()
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"Unknown optimizer {self.optimizer!r}; choose 'lbfgs' or 'adam'.")
-        if self.init not in _INITS:
-            raise ValueError(f"Unknown init {self.init!r}; choose 'content', 'noise' or 'blurred-noise'.")
-        if self.color_method not in _COLOR_METHODS:
-            raise ValueError(f"Unknown color_method {self.color_method!r}; choose 'luminance' or 'histogram'.")
-        if self.autocast is not None and self.autocast not in _AUTOCAST:
-            raise ValueError(f"Unknown autocast {self.autocast!r}; choose None, 'bf16' or 'fp16'.")
-        iterations = self.iterations if isinstance(self.iterations, tuple) else (self.iterations,)
-        if any(not isinstance(n, int) or n < 1 for n in iterations):
-            raise ValueError(f"iterations must be positive integers, got {self.iterations}.")
+        super().validate()  # every option's declared limits and choices, and the objective's layers
         n_scales = len(self.scales) if self.scales else 1
         if isinstance(self.iterations, tuple) and len(self.iterations) != n_scales:
             raise ValueError(f"iterations has {len(self.iterations)} entries but there are {n_scales} scales.")
@@ -189,8 +166,6 @@ class GatysConfig(ObjectiveConfig):
                 raise ValueError(f"scales must be sizes of at least 16 pixels, got {self.scales}.")
             if any(b <= a for a, b in zip(self.scales, self.scales[1:], strict=False)):
                 raise ValueError(f"scales must increase from coarse to fine, got {self.scales}.")
-        require(self, "positive", "style_scale")
-        require(self, "positive", "lr", none_ok=True)
         require(self, "non_negative_int", "snapshot_every")
 
     def iterations_per_scale(self) -> tuple[int, ...]:
@@ -204,21 +179,18 @@ class GatysConfig(ObjectiveConfig):
         return self.vgg_weights
 
 
-def _accept_former_name(init: Callable[..., None]) -> Callable[..., None]:
-    """GatysConfig(weights=...) as before the loss network's weights were named `vgg_weights` everywhere."""
-
-    def __init__(self: GatysConfig, *args: Any, weights: Any = _UNSET, **kwargs: Any) -> None:
-        if weights is not _UNSET:
-            if "vgg_weights" in kwargs:
-                raise TypeError("GatysConfig takes vgg_weights or its former name weights, not both.")
-            kwargs["vgg_weights"] = weights
-        init(self, *args, **kwargs)
-
-    __init__.__doc__, __init__.__signature__ = init.__doc__, inspect.signature(init)
-    return __init__
+def _former_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """GatysConfig(weights=..., autocast=...) as before the settings were named as in every other config."""
+    for former, name in (("weights", "vgg_weights"), ("autocast", "precision")):
+        if former in settings:
+            if name in settings:
+                raise TypeError(f"GatysConfig takes {name} or its former name {former}, not both.")
+            value = settings.pop(former)
+            settings[name] = value if former != "autocast" else value or "fp32"  # autocast None: float32
+    return settings
 
 
-GatysConfig.__init__ = _accept_former_name(GatysConfig.__init__)
+accept_former_keywords(GatysConfig, _former_names)
 
 
 def init_image(
@@ -436,7 +408,7 @@ class GatysLoss:
             styles,
             config.objective().active(),
             blend=blend if blend is not None else config.style_blend,
-            precision=config.autocast or "fp32",
+            precision=resolve_precision(config.precision, content.device),
             channels_last=config.channels_last,
             vgg_pass="shared",
             truncate=config.truncate,

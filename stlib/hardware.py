@@ -1,4 +1,5 @@
-"""The machine: the device, the training precision, whether this CPU computes bfloat16 in hardware, several processes.
+"""The machine: the device, the training precision, whether this CPU computes bfloat16 in hardware, several processes
+and the signals that stop them.
 
 Mixed precision pays only where the hardware has it (Micikevicius et al., "Mixed Precision Training", ICLR
 2018; bfloat16: Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). CUDA GPUs of the
@@ -27,11 +28,16 @@ describes (NCCL on GPUs, Gloo on CPUs) and `resolve_device` gives each process i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
 import platform
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -50,6 +56,7 @@ __all__ = [
     "keep_freed_memory",
     "resolve_device",
     "resolve_precision",
+    "stop_on_signal",
     "usable_device",
 ]
 
@@ -200,3 +207,31 @@ def describe_machine() -> str:
         f"{model}, {os.cpu_count()} cores, {capability}, hardware bf16: {bf16}{forced}, {threads} threads{gpu}, "
         f"torch {torch.__version__}"
     )
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C or SIGTERM asks a single-process training run to stop after the current step, with a checkpoint.
+
+    Yields a function telling whether a stop was asked for (``train(config, callback=lambda step, losses:
+    stop_requested())``); a second signal stops at once (KeyboardInterrupt).
+    Under torchrun (several processes) the signals keep their default meaning: ranks stopping at different
+    steps would wait on each other forever.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signal.Signals(signum).name)
+        print(f"\n{asked[0]}: stopping after this step with a checkpoint (again to stop at once)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, old_handler in previous.items():
+            signal.signal(sig, old_handler)

@@ -15,7 +15,7 @@ so an interrupted save never leaves a half-written file behind (or destroys the 
 
 from __future__ import annotations
 
-import math
+import io
 import os
 import struct
 import tempfile
@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-import matplotlib.figure
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,20 +33,17 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "ImageError",
+    "as_rgb",
     "atomic_write",
     "check_writable",
-    "image_grid",
     "expand_inputs",
     "is_image_name",
     "list_images",
     "load_image",
     "load_tensor",
     "resize",
-    "QUICK_MARK",
-    "mark_quick",
-    "save_figure",
+    "save_gif",
     "save_image",
-    "show_images",
     "to_pil",
     "to_tensor",
 ]
@@ -321,8 +316,8 @@ def to_pil(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels.contiguous().numpy())
 
 
-def _as_rgb_image(image: torch.Tensor | Image.Image) -> Image.Image:
-    """A tensor or PIL image (any mode) as an RGB PIL image."""
+def as_rgb(image: torch.Tensor | Image.Image) -> Image.Image:
+    """A tensor (3, H, W) / (1, 3, H, W) or a PIL image (any mode) as an RGB PIL image."""
     if isinstance(image, torch.Tensor):
         return to_pil(image)
     if isinstance(image, Image.Image):
@@ -346,34 +341,6 @@ def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike, quali
     pil = to_pil(image) if isinstance(image, torch.Tensor) else image
     options = {"quality": quality} if image_format in ("JPEG", "WEBP") else {}
     return atomic_write(path, lambda file: pil.save(file, format=image_format, **options))
-
-
-QUICK_MARK = "QUICK mode (STLIB_QUICK=1): tiny sizes, few steps - not representative"
-"""The label that `save_figure` puts on figures made in the course's QUICK mode."""
-
-
-def mark_quick(fig: matplotlib.figure.Figure) -> bool:
-    """Label `fig` as made in QUICK mode when ``STLIB_QUICK=1`` (once); returns whether it carries the label."""
-    if os.environ.get("STLIB_QUICK") != "1":
-        return False
-    if not any(text.get_text() == QUICK_MARK for text in fig.texts):
-        fig.text(0.01, 0.005, QUICK_MARK, ha="left", va="bottom", fontsize=7, color="white",
-                 bbox={"facecolor": "crimson", "alpha": 0.85, "pad": 2, "edgecolor": "none"})  # fmt: skip
-    return True
-
-
-def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Atomically save a matplotlib figure; the format comes from the file suffix (.png, .pdf, .svg, ...).
-
-    In the course's QUICK mode (``STLIB_QUICK=1``: tiny sizes, a few steps) the figure is labelled as such first
-    (`mark_quick`), so that nobody takes a 64 px test run for a result.
-    """
-    path = Path(path)
-    figure_format = path.suffix.lower().lstrip(".")
-    if figure_format not in fig.canvas.get_supported_filetypes():
-        raise ImageError(f"Cannot save figure '{path}': unknown or unsupported file suffix '{path.suffix}'.")
-    mark_quick(fig)
-    return atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
 
 
 def check_writable(path: str | os.PathLike, suffixes: Sequence[str] | None = None, what: str = "output image") -> None:
@@ -425,55 +392,24 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO[bytes]], None])
     return path
 
 
-# ----------------------------------------------------------------------------------------------------
-# Showing
-# ----------------------------------------------------------------------------------------------------
+def save_gif(
+    frames: Sequence[torch.Tensor | Image.Image],
+    path: str | os.PathLike,
+    duration_ms: int = 120,
+    hold_last_ms: int | None = 1500,
+) -> Path:
+    """Atomically write `frames` (RGB images or (1, 3, H, W) tensors of one size) as a looping animated GIF.
 
-
-def image_grid(
-    images: Sequence[torch.Tensor | Image.Image],
-    titles: Sequence[str] | None = None,
-    ncols: int | None = None,
-    cell_size: float = 3.0,
-    suptitle: str | None = None,
-) -> matplotlib.figure.Figure:
-    """Lay out images (tensors (3, H, W) / (1, 3, H, W) or PIL images) in a titled grid; return the Figure."""
-    if len(images) == 0:
-        raise ValueError("image_grid needs at least one image")
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
-    ncols = min(len(images), 4) if ncols is None else ncols
-    if ncols < 1:
-        raise ValueError(f"ncols must be at least 1, got {ncols}")
-    nrows = math.ceil(len(images) / ncols)
-    pictures = [_as_rgb_image(image) for image in images]  # convert first: bad inputs fail before plotting
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
-    axes = axes.flatten()  # (nrows * ncols,)
-    for i, picture in enumerate(pictures):
-        axes[i].imshow(picture)
-        axes[i].axis("off")
-        if titles is not None:
-            axes[i].set_title(titles[i])
-    for ax in axes[len(pictures) :]:
-        ax.remove()  # empty cells in the last row
-    if suptitle is not None:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
-
-
-def show_images(
-    images: Sequence[torch.Tensor | Image.Image],
-    titles: Sequence[str] | None = None,
-    ncols: int | None = None,
-    cell_size: float = 3.0,
-    suptitle: str | None = None,
-    save: str | os.PathLike | None = None,
-) -> None:
-    """Show images in a grid (see `image_grid`), optionally saving the figure to `save` first."""
-    fig = image_grid(images, titles=titles, ncols=ncols, cell_size=cell_size, suptitle=suptitle)
-    if save is not None:
-        save_figure(fig, save)
-    plt.show()
-    plt.close(fig)  # shown once; closing keeps long notebook runs from piling up figures
+    Each frame shows `duration_ms`, the last one `hold_last_ms` (None: as long as the others). The one GIF writer
+    of the package: an optimisation's snapshots, training's validation grids, the demo's clip.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"Cannot save '{path}' as an animation: the file name must end in .gif.")
+    if not frames:
+        raise ValueError(f"Cannot save '{path}': an animation needs at least one frame.")
+    images = [as_rgb(frame) for frame in frames]
+    durations = [duration_ms] * (len(images) - 1) + [duration_ms if hold_last_ms is None else hold_last_ms]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return atomic_write(path, lambda file: file.write(buffer.getvalue()))  # never a half-written GIF

@@ -23,11 +23,14 @@ All losses average over the batch and return a scalar tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["content_loss", "gram_matrix", "stability_loss", "style_loss", "total_variation"]
+from .options import check_options, option
+
+__all__ = ["StabilityConfig", "content_loss", "gram_matrix", "stability_loss", "style_loss", "total_variation"]
 
 
 class _Gram(torch.autograd.Function):
@@ -144,3 +147,40 @@ def stability_loss(
     second = model(frame)[..., inner[0], inner[1]]
     moved = outputs[..., rows, cols][..., inner[0], inner[1]]
     return (second.float() - moved.float()).pow(2).mean()
+
+
+@dataclass
+class StabilityConfig:
+    """The stability term of training (Gupta et al., ICCV 2017; `stability_loss`): off unless `weight` > 0."""
+
+    weight: float = option(
+        0.0, "weight of the stability term: the output must follow a move of the input by up to --stability-shift px "
+        "plus camera noise (Gupta et al. 2017); 0: off (the paper)", flag="--stability-weight", check="non_negative",
+        group="loss",
+    )  # fmt: skip
+    shift: int = option(
+        3, "largest move (px) of the stability term's second frame", flag="--stability-shift", check="non_negative",
+        group="loss",
+    )  # fmt: skip
+    noise: float = option(
+        2.0, "standard deviation of the stability term's camera noise, grey levels (of 255)",
+        flag="--stability-noise", check="non_negative", group="loss",
+    )  # fmt: skip
+    border: int = option(
+        0, "pixels along each side of the stability term's window left out; 0: the frame's edges must follow too "
+        "(no bands along the borders)", flag="--stability-border", check="non_negative", group="loss",
+    )  # fmt: skip
+
+    def margin(self, multiple: int) -> int:
+        """The largest move rounded up to a multiple of the network's `multiple` (its input sizes)."""
+        return -(-self.shift // multiple) * multiple
+
+    def validate(self, size: int, multiple: int) -> None:
+        """Raise ValueError (one sentence) for settings outside their limits or a crop `size` too small for them."""
+        check_options(self)
+        margin = self.margin(multiple)
+        if self.weight > 0 and size - 2 * margin <= 2 * self.border:
+            raise ValueError(
+                f"The training size {size} is too small for the stability term with a {self.shift} px move: "
+                f"it needs more than {2 * (margin + self.border)}."
+            )

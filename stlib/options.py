@@ -4,14 +4,18 @@ Each run's settings are a dataclass beside the code that uses them (`stlib.gatys
 `stlib.train.TrainConfig`, ...). A field declared with `option` carries its help text and its command-line form
 in its ``metadata``; `add_options` turns those fields into argparse arguments and `config_from` turns the parsed
 arguments back into the dataclass, so a new setting appears on the command line, with its help, without a second
-copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. This module is
-the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays fast.
+copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. An option's limits
+(`check`, `choices`) are declared once: the command line applies them while parsing, and `check_options` applies
+the same ones to a config built in Python. `accept_former_keywords` lets a config take an earlier version's keywords.
+This module is the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays
+fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -22,7 +26,9 @@ from typing import Any
 __all__ = [
     "CHECKS",
     "RULES",
+    "accept_former_keywords",
     "add_options",
+    "check_options",
     "config_from",
     "is_option",
     "key_value",
@@ -117,6 +123,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "non_negative_int": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "positive": ("a positive number", lambda v: _is_real(v) and v > 0),
     "non_negative": ("a finite number >= 0", lambda v: _is_real(v) and v >= 0),
+    "fraction": ("a number between 0 and 1", lambda v: _is_real(v) and 0 <= v <= 1),
 }
 """The rules `require` checks a config's settings by: (what the message calls it, the test of a value)."""
 
@@ -133,6 +140,49 @@ def require(config: object, rule: str, *names: str, none_ok: bool = False) -> No
         if not (ok(value) or (none_ok and value is None)):
             what = f"None or {what}" if none_ok else what
             raise ValueError(f"{type(config).__name__}.{name} must be {what}, got {value!r}.")
+
+
+def _rule(check: str, kind: object) -> str:
+    """The `RULES` key of an option's `check` for values of `kind`: integers get the integer rules."""
+    return f"{check}_int" if kind is int and f"{check}_int" in RULES else check
+
+
+def check_options(config: object) -> None:
+    """Raise ValueError (one sentence naming the setting) for the first option field of `config` outside its
+    declared `check` or `choices`: the limits the command line applies, applied to a config built in Python.
+
+    A field whose type admits None may be None; each value of a tuple or list is checked; nested configs check
+    themselves.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        check, choices, value = f.metadata.get("check"), f.metadata.get("choices"), getattr(config, f.name)
+        if (check is None and choices is None) or (value is None and _admits_none(hints[f.name])):
+            continue
+        name = f"{type(config).__name__}.{f.name}"
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}.")
+        if check is not None:
+            what, ok = RULES[_rule(check, _kind(hints[f.name])[0])]
+            values = value if isinstance(value, (tuple, list)) and value else [value]
+            if not all(ok(v) for v in values):
+                raise ValueError(f"{name} must be {what}, got {value!r}.")
+
+
+def _admits_none(hint: object) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def accept_former_keywords(cls: type, translate: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Let ``cls(...)`` take the keywords of an earlier version of its config: `translate` maps the keywords given
+    to the current ones (a former name to its new one, a flat setting into the nested config that holds it now)."""
+    init = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **translate(kwargs))
+
+    __init__.__doc__, __init__.__signature__ = init.__doc__, inspect.signature(init)
+    cls.__init__ = __init__
 
 
 def layer_weight(text: str) -> tuple[str, float]:

@@ -30,17 +30,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .hardware import autocast, resolve_precision
+from .hardware import autocast
 from .images import load_tensor, to_tensor
 from .losses import content_loss, gram_matrix, style_loss, total_variation
-from .options import option, require
+from .options import check_options, option
 from .vgg import VGGFeatures, layer_names
 
 __all__ = [
@@ -84,8 +84,9 @@ _POOLS = ("max", "avg")
 class ObjectiveConfig:
     """The objective: loss network (architecture, weights, pooling), layers and term weights (normalised terms).
 
-    The defaults are Gatys et al.'s layers with the course's weights; Johnson et al.'s are `JOHNSON_CONTENT_LAYER`
-    and `JOHNSON_STYLE_LAYERS`. A single layer name, or style layers listed without weights, are accepted.
+    The defaults are Gatys et al.'s layers with the course's weights; `johnson` gives Johnson et al.'s objective for
+    training (nested in `stlib.train.TrainConfig`). A single layer name, or style layers listed without weights, are
+    accepted. Each setting's limits are declared once, on its option, and `validate` applies them.
     """
 
     arch: str = option("vgg16", "loss network; the offline weights exist only for vgg16", choices=_ARCHS, group="loss")
@@ -99,11 +100,9 @@ class ObjectiveConfig:
         metavar="LAYER[:W]", group="loss",
     )  # fmt: skip
     content_weight: float = option(1.0, "alpha, weight of the content loss", check="non_negative", group="loss")
-    style_weight: float = option(
-        10.0, "beta, weight of the style loss (alpha/beta = 0.1)", check="non_negative", group="loss"
-    )
+    style_weight: float = option(10.0, "beta, weight of the style loss", check="non_negative", group="loss")
     tv_weight: float = option(10.0, "weight of the total variation loss", check="non_negative", group="loss")
-    pixel_weight: float = 0.0  # super-resolution's l_pixel (not an option of the style commands)
+    pixel_weight: float = field(default=0.0, metadata={"check": "non_negative"})  # super-resolution's l_pixel
 
     def __post_init__(self) -> None:
         if isinstance(self.content_layers, str):
@@ -114,13 +113,25 @@ class ObjectiveConfig:
         elif not isinstance(self.style_layers, Mapping):
             self.style_layers = dict.fromkeys(self.style_layers, 1.0)
 
+    @classmethod
+    def johnson(cls, task: str = "style", loss: str = "feat") -> ObjectiveConfig:
+        """Johnson et al.'s objective for a training task: style (Sec. 4.1) or super-resolution (Sec. 4.2).
+
+        Style: content at `JOHNSON_CONTENT_LAYER`, style at `JOHNSON_STYLE_LAYERS`, weights content 1, style 5, TV 10
+        (normalised terms: why these values, `stlib.train`); super-resolution: l_feat at relu2_2 (`loss` "feat") or
+        l_pixel ("pixel"), no style, no TV.
+        """
+        if task == "superres":
+            feat = loss == "feat"
+            return cls(
+                content_layers=(JOHNSON_CONTENT_LAYER,), style_layers={}, content_weight=1.0 if feat else 0.0,
+                style_weight=0.0, tv_weight=0.0, pixel_weight=0.0 if feat else 1.0,
+            )  # fmt: skip
+        return cls(content_layers=(JOHNSON_CONTENT_LAYER,), style_layers=JOHNSON_STYLE_LAYERS, style_weight=5.0)
+
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
-        if self.arch not in _ARCHS:
-            raise ValueError(f"Unknown VGG architecture {self.arch!r}; choose 'vgg16' or 'vgg19'.")
-        if self.pool not in _POOLS:
-            raise ValueError(f"Unknown pool {self.pool!r}; choose 'max' or 'avg'.")
-        require(self, "non_negative", "content_weight", "style_weight", "tv_weight", "pixel_weight")
+        check_options(self)  # the options' declared limits and choices
         if not self.content_layers and self.content_weight > 0:
             raise ValueError("content_layers is empty but content_weight > 0; name a layer such as 'relu4_2'.")
         if self.style_weight > 0:
@@ -210,6 +221,7 @@ class PerceptualLoss(nn.Module):
         channels_last: bool = False,
         vgg_pass: str = "split",
         truncate: bool = True,
+        style_warmup: int = 0,
     ) -> None:
         super().__init__()
         config = config or ObjectiveConfig()
@@ -225,6 +237,7 @@ class PerceptualLoss(nn.Module):
         channels_last = channels_last or precision == "bf16"
         self.config, self.precision, self.channels_last, self.vgg_pass = config, precision, channels_last, vgg_pass
         self.weights = {"content": config.content_weight, "style": config.style_weight, "tv": config.tv_weight}
+        self.style_warmup = style_warmup
         if config.pixel_weight > 0:
             self.terms = (*type(self).terms, "pixel")
             self.weights["pixel"] = config.pixel_weight
@@ -248,26 +261,11 @@ class PerceptualLoss(nn.Module):
             self.register_buffer(f"gram_{name}", gram, persistent=False)
         self.layer_weights = relative_style_weights(self.style_layers, grams)
 
-    @classmethod
-    def from_config(
-        cls, style: torch.Tensor | None, config, precision: str | None = None, device: torch.device | str = "cpu"
-    ) -> PerceptualLoss:
-        """The objective a training config (`stlib.train.TrainConfig`) trains with, for a style image (1, 3, H, W).
-
-        Reads ``config.objective()``, ``vgg_pass``, ``channels_last`` and ``precision``. `precision` overrides the
-        last: pass ``"fp32"`` to *score* outputs, so that the number does not depend on the CPU (``"auto"`` is bf16
-        on CPUs with native bf16, see `stlib.hardware`). Without a style image (super-resolution) the objective is
-        built on `device`; with one, on the style image's device.
-        """
-        device = style.device if style is not None else torch.device(device)
-        loss = cls(
-            () if style is None else style,
-            config.objective(),
-            precision=resolve_precision(precision or config.precision, device),
-            channels_last=config.channels_last,
-            vgg_pass=config.vgg_pass,
-        )
-        return loss.to(device)
+    def at_step(self, step: int) -> None:
+        """Training's schedule of the weights at optimiser step `step`: the style weight ramps up from 0 over the
+        first `style_warmup` steps (a network that first learns to reconstruct its input learns faster)."""
+        if self.style_warmup:
+            self.weights["style"] = self.config.style_weight * min(1.0, step / self.style_warmup)
 
     def _layers(self, truncate: bool) -> list[str]:
         layers = list(dict.fromkeys([*self.content_layers, *self.style_layers]))

@@ -1,25 +1,117 @@
-"""Figures for looking inside the loss network: feature maps, Gram matrices and loss curves.
+"""Figures of the course: image grids, feature maps, Gram matrices and loss curves, and saving them.
 
 Every function builds and returns a matplotlib `Figure` (nothing is shown), so a notebook can save it with
-`stlib.images.save_figure` and display it; `show` does both and then closes the figure, like
-`stlib.images.show_images`. Tensors may live on any device and may require grad: they are detached and
-copied to the CPU first.
+`save_figure` and display it; `show` does both and then closes the figure, like `show_images` for a grid of
+images. The rest of the package never imports matplotlib (training, inference and the command line run without it).
+Tensors may live on any device and may require grad: they are detached and copied to the CPU first.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.figure
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-from .images import save_figure
+from .images import ImageError, as_rgb, atomic_write
 
-__all__ = ["LiveLosses", "feature_maps", "gram_heatmaps", "loss_curves", "show", "strongest_channels"]
+__all__ = [
+    "QUICK_MARK",
+    "LiveLosses",
+    "feature_maps",
+    "gram_heatmaps",
+    "image_grid",
+    "loss_curves",
+    "mark_quick",
+    "save_figure",
+    "show",
+    "show_images",
+    "strongest_channels",
+]
+
+
+QUICK_MARK = "QUICK mode (STLIB_QUICK=1): tiny sizes, few steps - not representative"
+"""The label that `save_figure` puts on figures made in the course's QUICK mode."""
+
+
+def mark_quick(fig: matplotlib.figure.Figure) -> bool:
+    """Label `fig` as made in QUICK mode when ``STLIB_QUICK=1`` (once); returns whether it carries the label."""
+    if os.environ.get("STLIB_QUICK") != "1":
+        return False
+    if not any(text.get_text() == QUICK_MARK for text in fig.texts):
+        fig.text(0.01, 0.005, QUICK_MARK, ha="left", va="bottom", fontsize=7, color="white",
+                 bbox={"facecolor": "crimson", "alpha": 0.85, "pad": 2, "edgecolor": "none"})  # fmt: skip
+    return True
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Atomically save a matplotlib figure; the format comes from the file suffix (.png, .pdf, .svg, ...).
+
+    In the course's QUICK mode (``STLIB_QUICK=1``: tiny sizes, a few steps) the figure is labelled as such first
+    (`mark_quick`), so that nobody takes a 64 px test run for a result.
+    """
+    path = Path(path)
+    figure_format = path.suffix.lower().lstrip(".")
+    if figure_format not in fig.canvas.get_supported_filetypes():
+        raise ImageError(f"Cannot save figure '{path}': unknown or unsupported file suffix '{path.suffix}'.")
+    mark_quick(fig)
+    return atomic_write(path, lambda file: fig.savefig(file, format=figure_format, dpi=dpi, bbox_inches="tight"))
+
+
+def image_grid(
+    images: Sequence[torch.Tensor | Image.Image],
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+) -> matplotlib.figure.Figure:
+    """Lay out images (tensors (3, H, W) / (1, 3, H, W) or PIL images) in a titled grid; return the Figure."""
+    if len(images) == 0:
+        raise ValueError("image_grid needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    ncols = min(len(images), 4) if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    nrows = math.ceil(len(images) / ncols)
+    pictures = [as_rgb(image) for image in images]  # convert first: bad inputs fail before plotting
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows), squeeze=False)
+    axes = axes.flatten()  # (nrows * ncols,)
+    for i, picture in enumerate(pictures):
+        axes[i].imshow(picture)
+        axes[i].axis("off")
+        if titles is not None:
+            axes[i].set_title(titles[i])
+    for ax in axes[len(pictures) :]:
+        ax.remove()  # empty cells in the last row
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(
+    images: Sequence[torch.Tensor | Image.Image],
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+    save: str | os.PathLike | None = None,
+) -> None:
+    """Show images in a grid (see `image_grid`), optionally saving the figure to `save` first."""
+    fig = image_grid(images, titles=titles, ncols=ncols, cell_size=cell_size, suptitle=suptitle)
+    if save is not None:
+        save_figure(fig, save)
+    plt.show()
+    plt.close(fig)  # shown once; closing keeps long notebook runs from piling up figures
 
 
 def _first_image(features: torch.Tensor, name: str) -> torch.Tensor:

@@ -15,7 +15,8 @@ Weight sources (each carries its own input normalisation, so callers always pass
   VGG16 backbone was fine-tuned from ImageNet VGG16 at a tiny learning rate, so its features stay
   ImageNet-like). It expects Caffe input (BGR, 0-255, mean-subtracted): the first layer's input channels
   are flipped to take RGB and the mean is subtracted in `Normalization`.
-- a path to a state dict (``.safetensors`` or a torch file loaded with ``weights_only=True``).
+- a path to a state dict (``.safetensors`` or a torch file loaded with ``weights_only=True``); weights kept in
+  half precision there are widened to float32.
 - ``None``: random weights, for shape tests only.
 - ``"auto"`` (default): ImageNet when cached or downloadable, otherwise offline; says once which.
 """
@@ -266,7 +267,8 @@ def _state_from_file(path: Path) -> tuple[dict[str, torch.Tensor], InputSpec]:
         raise WeightsUnavailableError(f"The VGG weights file {path} cannot be read ({err}).") from None
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"The VGG weights file {path} does not hold a state dict.")
-    return state, spec
+    # a file may keep its weights in half precision to save space; the loss network always computes in float32
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}, spec
 
 
 def _rename_torchvision(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:

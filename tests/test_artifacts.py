@@ -8,7 +8,7 @@ import torch
 from stlib import artifacts, assets, images
 from stlib.checkpoint import load_model, read_metadata
 from stlib.stylize import stylize_image
-from stlib.transformer import TransformerConfig, TransformerNet
+from tests.networks import tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_flicker_of_the_identity_a_constant_and_an_unstable_network(photo):
 def test_a_convolutional_network_nearly_follows_motion(photo):
     # Convolutions commute with shifts; only the borders and instance norm's global statistics differ.
     torch.manual_seed(0)
-    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)).eval()
+    net = tiny_net()
     assert artifacts.warp_error(net, photo, shift=(4, 4)) < 0.5
 
 

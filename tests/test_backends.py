@@ -14,6 +14,7 @@ from stlib.backends import TOLERANCE, Backend, BackendError, choose_backend, exp
 from stlib.images import load_tensor
 from stlib.stylize import load_model, stylize_frame
 from stlib.transformer import FoldedUpsample, TransformerConfig, TransformerNet
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +62,7 @@ def test_backend_agrees_with_fp32_eager_within_its_tolerance_on_a_photo(net, pho
         assert difference > 0  # really computed in bf16, not silently in fp32
 
 
-@pytest.mark.parametrize("config", [TransformerConfig(width=0.25, num_residual_blocks=1),
+@pytest.mark.parametrize("config", [TINY,
                                     TransformerConfig.superres(4, width=0.25, num_residual_blocks=1)])  # fmt: skip
 def test_bf16_engine_converts_the_weights_once_and_runs_without_autocast(config, monkeypatch):
     torch.manual_seed(0)

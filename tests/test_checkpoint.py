@@ -20,18 +20,15 @@ from stlib.checkpoint import (
     save_model,
     write_state,
 )
-from stlib.perceptual import PerceptualLoss
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig
 from stlib.transformer import TransformerConfig, TransformerNet
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def net(config: TransformerConfig = SLIM, seed: int = 0) -> TransformerNet:
+def net(config: TransformerConfig = TINY, seed: int = 0) -> TransformerNet:
     """A random network in eval mode."""
     torch.manual_seed(seed)
     return TransformerNet(config).eval()
@@ -157,7 +154,7 @@ def test_shipped_networks_carry_the_photo_towards_their_painting(path, offline_w
     """The output's style term (the training objective's) is a fraction of the photo's own, content kept."""
     config = TrainConfig.from_dict(read_metadata(path)["info"]["train_config"])
     style = images.load_tensor(assets.style_image(Path(config.style).stem), size=config.style_size)
-    objective = PerceptualLoss.from_config(style, config)
+    objective = config.perceptual_loss(style)
     photo = images.load_tensor(assets.content_image("tubingen"), size=256)
     with torch.no_grad():
         out = stylize_image(load_model(path), photo)

@@ -158,6 +158,7 @@ def test_every_config_field_is_on_the_command_line_unless_internal():
     from dataclasses import fields
 
     from stlib.distill import DistillConfig
+    from stlib.losses import StabilityConfig
     from stlib.options import is_option
     from stlib.train import TrainConfig
     from stlib.transformer import TransformerConfig
@@ -165,8 +166,9 @@ def test_every_config_field_is_on_the_command_line_unless_internal():
     internal = {
         # --gif sets the first; speed options; the pixel term is super-resolution's (train --task superres --loss)
         gatys.GatysConfig: {"snapshot_every", "channels_last", "truncate", "pixel_weight"},
-        TrainConfig: {"transformer"},  # its own fields are options (the "network" group)
+        TrainConfig: {"transformer", "objective", "stability"},  # nested configs: their own fields are options
         TransformerConfig: set(),
+        StabilityConfig: set(),
         DistillConfig: set(),
     }
     for cls, hidden in internal.items():
@@ -216,6 +218,38 @@ def test_train_stylize_export_round_trip(tmp_path, capsys, photo_folder, small_i
     with pytest.raises(SystemExit) as exited:  # argparse's own one-line usage error
         cli.main(["export", str(model), "-o", str(tmp_path / "x.safetensors"), "--info", "no-equals-sign"])
     assert exited.value.code == 2 and "expected KEY=VALUE, got 'no-equals-sign'" in capsys.readouterr().err
+
+
+def test_the_training_flags_of_the_style_jobs_reach_the_config_and_the_loss(tmp_path, offline_weights):
+    """The flags the Makefile's styles recipe and the GPU job script pass; --style-weight reaches the loss's weights."""
+    from stlib.options import config_from
+    from stlib.train import TrainConfig
+
+    argv = [
+        "train", "--style", "s.jpg", "--data", str(tmp_path), "--steps", "9", "--size", "64", "--batch-size", "2",
+        "--style-size", "128", "--style-weight", "7.5", "--downsample", "antialiased", "--stability-weight", "50",
+        "--weights", offline_weights, "--channels-last", "--num-workers", "1", "--checkpoint-every", "3",
+        "--val-every", "3", "--quiet", "-o", str(tmp_path / "m.safetensors"), "--init", "a.safetensors", "--resume",
+        "--run-dir", str(tmp_path / "run"), "--val", str(tmp_path), "--precision", "fp32",
+    ]  # fmt: skip
+    config = config_from(TrainConfig, cli.build_parser("train").parse_args(argv), data=str(tmp_path))
+    config.validate()
+    assert (config.steps, config.size, config.batch_size, config.style_size) == (9, 64, 2, 128)
+    assert config.transformer.downsample == "antialiased" and config.stability.weight == 50 and config.channels_last
+    assert (config.num_workers, config.checkpoint_every, config.val_every, config.progress) == (1, 3, 3, False)
+    assert config.init == "a.safetensors" and config.resume and config.precision == "fp32"
+    assert config.objective.style_weight == 7.5 and config.objective.tv_weight == 10.0  # the rest: Johnson's
+    assert config.objective.vgg_weights == offline_weights
+    with config.perceptual_loss(torch.rand(1, 3, 32, 32)) as loss:
+        assert loss.weights["style"] == 7.5
+    parse = cli.build_parser("train").parse_args
+    assert config_from(TrainConfig, parse([*argv, "--content-layer", "relu3_3"])).objective.content_layers == (
+        "relu3_3",
+    )  # the former flag of a single content layer
+    with pytest.raises(SystemExit):
+        parse([*argv, "--style-weight", "-1"])  # the limit declared on the option, on the command line ...
+    with pytest.raises(ValueError, match=r"ObjectiveConfig\.style_weight must be a finite number >= 0, got -1"):
+        TrainConfig(style="s.jpg", data="d", objective={"style_weight": -1}).validate()  # ... and in Python
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -310,9 +344,9 @@ def test_upscale_refuses_a_style_network_and_train_asks_for_a_style(tmp_path, ca
     photo, _, _ = small_images
     style_net = tmp_path / "style.safetensors"
     from stlib.checkpoint import save_model
-    from stlib.transformer import TransformerConfig, TransformerNet
+    from tests.networks import tiny_net
 
-    save_model(TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), style_net)
+    save_model(tiny_net(), style_net)
     code, _, stderr = run(capsys, "upscale", "--model", style_net, photo, "-o", tmp_path / "x.png")
     assert code == 2 and "holds a style network, not a super-resolution network" in stderr
     code, _, stderr = run(capsys, "train", "--data", tmp_path)

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import socket
+import tarfile
 import threading
 import warnings
 import zipfile
@@ -23,7 +24,19 @@ import torch
 from PIL import Image
 
 from stlib import data
-from stlib.data import DatasetError, DownloadError, ImageFolderDataset, ShuffleSampler, download_coco, make_loader
+from stlib.data import (
+    COCO_SPLITS,
+    SR_BENCHMARK_MD5,
+    SR_BENCHMARK_URL,
+    DatasetError,
+    DownloadError,
+    ImageFolderDataset,
+    ShuffleSampler,
+    download_coco,
+    download_sr_benchmark,
+    make_loader,
+    square_crop,
+)
 from stlib.images import load_image, resize, to_tensor
 
 
@@ -125,6 +138,19 @@ def test_unreadable_files_are_skipped_counted_and_reported_once(folder):
     torch.testing.assert_close(ds[5], ds[0])  # wrapped around
 
 
+def test_the_first_readable_images_skip_unreadable_ones_as_training_does(folder):
+    (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    ds = ImageFolderDataset(folder, size=16)
+    with pytest.warns(RuntimeWarning, match=r"broken\.jpg") as record:
+        squares = ds.first_squares(3, size=12)  # a_wide, [broken], grey, tall
+        ds[1]  # training meets the same file: not reported again
+    assert len(record) == 1 and ds.skipped == 1
+    assert squares.shape == (3, 3, 12, 12)
+    expected = square_crop(load_image(folder / "b" / "deep" / "grey.PNG"), 12)[0]
+    torch.testing.assert_close(squares[1], expected)  # the file after the broken one
+    assert [image.size for image in ds.first()] == [(64, 16), (30, 30), (16, 40), (20, 50)]  # all readable, as read
+
+
 def test_a_folder_without_readable_images_is_a_clear_error(tmp_path):
     root = tmp_path / "bad"
     root.mkdir()
@@ -135,6 +161,8 @@ def test_a_folder_without_readable_images_is_a_clear_error(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(DatasetError, match=r"None of the 2 image files in '.*bad' could be read"):
             ds[0]
+        with pytest.raises(DatasetError, match=r"None of the 2 image files in '.*bad' could be read"):
+            ImageFolderDataset(root, size=8).first_squares(4)
 
 
 def test_missing_or_empty_folders_are_clear_errors(tmp_path):
@@ -438,3 +466,57 @@ def test_http_errors_and_unreachable_servers_name_the_url(server, tmp_path):
         download_coco(tmp_path, url="ftp://example.org/train2017.zip", progress=False)
     with pytest.raises(ValueError, match="keep must be a positive integer"):
         download_coco(tmp_path, url=url, keep=0)
+
+
+def test_the_val2017_split_downloads_into_its_own_folder(server, tmp_path):
+    url, state = server
+    images = {f"{i:012d}.jpg": _jpeg(i) for i in range(3)}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, payload in images.items():
+            zf.writestr(f"val2017/{name}", payload)
+    state.payload = buffer.getvalue()
+    out = download_coco(tmp_path, url=url, split="val2017", progress=False, timeout=10)
+    assert out == tmp_path / "val2017" and sorted(p.name for p in out.iterdir()) == sorted(images)
+    assert (tmp_path / "val2017.zip").is_file() and not (tmp_path / "train2017").exists()
+    assert COCO_SPLITS["val2017"][0].endswith("/zips/val2017.zip") and COCO_SPLITS["val2017"][1] == 815_585_330
+    with pytest.raises(ValueError, match="split must be one of train2017, val2017, got 'test2017'"):
+        download_coco(tmp_path, split="test2017")
+
+
+def _benchmark_tar(names: dict[str, list[str]]) -> bytes:
+    """A tiny benchmark.tar in EDSR's layout: benchmark/<set>/HR/<name>.png and a bicubic input beside it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder, files in names.items():
+            for i, name in enumerate(files):
+                for sub in ("HR", "LR_bicubic/X4"):
+                    payload = _jpeg(i)
+                    info = tarfile.TarInfo(f"benchmark/{folder}/{sub}/{name}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def test_the_sr_benchmark_download_verifies_and_extracts_set5_and_bsd100(server, tmp_path):
+    url, state = server
+    state.payload = _benchmark_tar({"Set5": ["baby.png", "bird.png"], "B100": ["3096.png"], "Set14": ["lenna.png"]})
+    md5 = hashlib.md5(state.payload).hexdigest()
+    out = download_sr_benchmark(tmp_path, url=url, md5=md5, progress=False, timeout=10)
+    assert sorted(p.name for p in (out / "Set5").iterdir()) == ["baby.png", "bird.png"]
+    assert [p.name for p in (out / "BSD100").iterdir()] == ["3096.png"] and not (out / "Set14").exists()
+    assert not list(tmp_path.glob(".benchmark-extracting-*"))
+    assert download_sr_benchmark(tmp_path, url=url, md5=md5, progress=False) == out  # there: no new request
+    assert len(state.range_headers) == 1
+
+
+def test_a_corrupt_sr_benchmark_is_refused_in_one_sentence(server, tmp_path):
+    url, state = server
+    state.payload = _benchmark_tar({"Set5": ["baby.png"], "B100": ["3096.png"]})
+    with pytest.raises(DownloadError, match=r"has md5 [0-9a-f]{32} instead of 0{32} \(corrupt download\)"):
+        download_sr_benchmark(tmp_path, url=url, md5="0" * 32, progress=False, timeout=10)
+    assert not (tmp_path / "Set5").exists()
+    (tmp_path / "benchmark.tar").write_bytes(_benchmark_tar({"Set5": ["baby.png"]}))  # no B100 in it
+    with pytest.raises(DownloadError, match="has no B100 high-resolution images"):
+        download_sr_benchmark(tmp_path, url=url, md5=None, progress=False)
+    assert SR_BENCHMARK_URL.endswith("/benchmark.tar") and len(SR_BENCHMARK_MD5) == 32

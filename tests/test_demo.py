@@ -219,7 +219,7 @@ def test_shipped_networks_stylise_the_photo_with_every_network_in_checkpoints(tm
     import torch
 
     from stlib.checkpoint import save_model
-    from stlib.transformer import TransformerConfig, TransformerNet
+    from tests.networks import tiny_net
 
     home = tmp_path / "home"
     (home / "style_images").mkdir(parents=True)
@@ -233,7 +233,7 @@ def test_shipped_networks_stylise_the_photo_with_every_network_in_checkpoints(tm
     torch.manual_seed(0)
     for name in ("wave", "udnie"):
         save_model(
-            TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)),
+            tiny_net(),
             home / "checkpoints" / f"{name}.safetensors",
         )
     written = demo.shipped_networks(out)

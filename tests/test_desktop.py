@@ -7,14 +7,14 @@ import torch
 
 from stlib import cli, desktop
 from stlib.checkpoint import save_model
-from stlib.transformer import TransformerConfig, TransformerNet
 from stlib.video import CameraError
+from tests.networks import tiny_net
 
 
 @pytest.fixture
 def model_file(tmp_path):
     torch.manual_seed(0)
-    return save_model(TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)), tmp_path / "m.safetensors")
+    return save_model(tiny_net(), tmp_path / "m.safetensors")
 
 
 def test_desktop_app_explains_a_headless_opencv(model_file, capsys):

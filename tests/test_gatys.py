@@ -240,14 +240,14 @@ def test_snapshots_make_an_animated_gif(tmp_path, photo, painting, offline_weigh
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"optimizer": "sgd"}, "Unknown optimizer"),
-        ({"init": "zeros"}, "Unknown init"),
+        ({"optimizer": "sgd"}, "optimizer must be one of lbfgs, adam"),
+        ({"init": "zeros"}, "init must be one of content, noise"),
         ({"style_layers": {"relu9_9": 1.0}}, "Unknown vgg16 layer"),
         ({"scales": (128, 64)}, "increase"),
         ({"scales": (32, 64), "iterations": (5, 5, 5)}, "3 entries but there are 2 scales"),
         ({"style_weight": float("nan")}, "style_weight"),
         ({"color_method": "lab"}, "color_method"),
-        ({"autocast": "int8"}, "autocast"),
+        ({"precision": "int8"}, "precision must be one of auto, fp32"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(photo, painting, changes, message):
@@ -276,7 +276,7 @@ def test_bf16_autocast_keeps_the_loss_and_the_image_in_float32(painting, offline
     x = gatys.init_image("blurred-noise", like=content, seed=5).requires_grad_(True)
     with gatys.GatysLoss(content, content, small(offline_weights)) as fp32:
         reference = fp32(x)
-    with gatys.GatysLoss(content, content, small(offline_weights, autocast="bf16")) as bf16:
+    with gatys.GatysLoss(content, content, small(offline_weights, precision="bf16")) as bf16:
         terms = bf16(x)
         assert bf16.features(x)["relu4_2"].dtype == torch.bfloat16
     terms["total"].backward()

@@ -7,6 +7,7 @@ import torch
 
 from stlib import hardware
 from stlib.hardware import FAST_BF16_ENV, autocast, cpu_has_fast_bf16, detect_fast_bf16, resolve_precision
+from tests.networks import tiny_net
 
 
 @pytest.mark.parametrize(
@@ -86,10 +87,8 @@ def _glibc() -> bool:
 def test_kept_memory_serves_the_next_frame_without_page_faults():
     import resource
 
-    from stlib.transformer import TransformerConfig, TransformerNet
-
     assert hardware.keep_freed_memory()
-    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)).eval()
+    net = tiny_net()
     frame = torch.rand(1, 3, 240, 320)  # activations of 0.6-2.5 MB: above glibc's default mmap threshold
     faults = []
     with torch.inference_mode():

@@ -15,20 +15,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from stlib import images  # noqa: E402
 from stlib.images import (  # noqa: E402
     MAX_PIXELS,
     ImageError,
-    image_grid,
     load_image,
     load_tensor,
     resize,
-    save_figure,
     save_image,
-    show_images,
     to_pil,
     to_tensor,
 )
@@ -434,49 +430,6 @@ def test_saved_file_has_ordinary_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_save_figure_writes_a_readable_image(tmp_path):
-    fig = image_grid([torch.rand(3, 8, 8)], titles=["noise"])
-    path = save_figure(fig, tmp_path / "figs" / "grid.png", dpi=50)
-    assert path == tmp_path / "figs" / "grid.png"
-    with Image.open(path) as reopened:
-        assert reopened.format == "PNG"
-    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
-    assert save_figure(fig, tmp_path / "grid.pdf").read_bytes().startswith(b"%PDF")
-
-
-def test_quick_mode_figures_are_labelled_once_and_others_not(tmp_path, monkeypatch):
-    monkeypatch.delenv("STLIB_QUICK", raising=False)
-    fig = image_grid([torch.rand(3, 8, 8)])
-    save_figure(fig, tmp_path / "full.png")
-    assert not any(t.get_text() == images.QUICK_MARK for t in fig.texts)
-    monkeypatch.setenv("STLIB_QUICK", "1")
-    save_figure(fig, tmp_path / "quick.png")
-    save_figure(fig, tmp_path / "quick_again.png")
-    assert [t.get_text() for t in fig.texts].count(images.QUICK_MARK) == 1
-    assert (tmp_path / "quick.png").read_bytes() != (tmp_path / "full.png").read_bytes()  # the label is drawn
-
-
-def test_save_figure_unknown_suffix_raises(tmp_path):
-    fig = image_grid([torch.rand(3, 8, 8)])
-    with pytest.raises(ImageError, match="grid.xyz"):
-        save_figure(fig, tmp_path / "grid.xyz")
-
-
-def test_failed_figure_save_leaves_existing_file_untouched(tmp_path, monkeypatch):
-    fig = image_grid([torch.rand(3, 8, 8)])
-    path = save_figure(fig, tmp_path / "fig.png")
-    before = path.read_bytes()
-
-    def failing_savefig(*args, **kwargs):
-        raise RuntimeError("renderer crashed")
-
-    monkeypatch.setattr(fig, "savefig", failing_savefig)
-    with pytest.raises(RuntimeError):
-        save_figure(fig, path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Bad files: one clear sentence, through load_image and load_tensor
 # ----------------------------------------------------------------------------------------------------
@@ -582,66 +535,6 @@ def test_load_image_accepts_str_paths(tmp_path):
     assert load_image(str(path)).size == (6, 4)
 
 
-# ----------------------------------------------------------------------------------------------------
-# image_grid / show_images
-# ----------------------------------------------------------------------------------------------------
-
-
-def test_image_grid_layout_and_titles():
-    pictures = [
-        torch.rand(3, 8, 8),
-        torch.rand(1, 3, 8, 6),
-        _random_rgb(5, 5),
-        Image.new("L", (4, 4)),
-        torch.rand(3, 6, 6),
-    ]
-    titles = ["a", "b", "c", "d", "e"]
-    fig = image_grid(pictures, titles=titles, suptitle="five")
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == 5  # 2 rows x 4 columns, the 3 empty cells removed
-    assert [ax.get_title() for ax in fig.axes] == titles
-    assert all(not ax.axison for ax in fig.axes)
-    assert fig.get_suptitle() == "five"
-    width, height = fig.get_size_inches()
-    assert (width, height) == (12.0, 6.0)  # 4 columns x 3 inches, 2 rows x 3 inches
-
-
-def test_image_grid_ncols_and_no_titles():
-    fig = image_grid([torch.rand(3, 4, 4)] * 3, ncols=1, cell_size=2.0)
-    assert len(fig.axes) == 3
-    assert [ax.get_title() for ax in fig.axes] == ["", "", ""]
-    assert tuple(fig.get_size_inches()) == (2.0, 6.0)
-
-
-def test_image_grid_shows_tensor_pixels():
-    t = torch.zeros(3, 2, 2)
-    t[0] = 1.0  # pure red
-    fig = image_grid([t])
-    shown = fig.axes[0].get_images()[0].get_array()
-    assert np.asarray(shown)[0, 0].tolist() == [255, 0, 0]
-
-
-def test_image_grid_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="at least one"):
-        image_grid([])
-    with pytest.raises(ValueError, match="titles"):
-        image_grid([torch.rand(3, 4, 4)], titles=["a", "b"])
-    with pytest.raises(ValueError, match="ncols"):
-        image_grid([torch.rand(3, 4, 4)], ncols=0)
-    with pytest.raises(ValueError, match="shape"):
-        image_grid([torch.rand(2, 3, 4, 4)])
-    assert plt.get_fignums() == []  # no half-built figures left open
-
-
-def test_show_images_saves_and_shows(tmp_path, monkeypatch):
-    shown = []
-    monkeypatch.setattr(images.plt, "show", lambda: shown.append(True))
-    assert show_images([torch.rand(3, 4, 4)], titles=["x"], save=tmp_path / "shown.png") is None
-    assert shown == [True]
-    assert (tmp_path / "shown.png").is_file()
-    assert plt.get_fignums() == []  # closed once shown, so long runs do not pile up figures
-
-
 def test_expand_inputs_takes_files_and_folders_and_names_what_is_missing(tmp_path):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -661,3 +554,20 @@ def test_expand_inputs_takes_files_and_folders_and_names_what_is_missing(tmp_pat
 def test_is_image_name_knows_what_pil_can_write():
     assert images.is_image_name("x.PNG") and images.is_image_name("a/b.jpeg") and images.is_image_name("c.webp")
     assert not images.is_image_name("folder") and not images.is_image_name("model.safetensors")
+
+
+def test_save_gif_writes_every_frame_holds_the_last_and_refuses_other_names(tmp_path):
+    from stlib.images import save_gif
+
+    frames = [torch.full((1, 3, 8, 12), v) for v in (0.0, 0.5, 1.0)]
+    path = save_gif(frames, tmp_path / "a.gif", duration_ms=100, hold_last_ms=900)
+    with Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+            assert gif.size == (12, 8) and gif.convert("RGB").getpixel((0, 0))[0] == round(255 * [0, 0.5, 1][i])
+    assert durations == [100, 100, 900]
+    with pytest.raises(ValueError, match=r"a\.png.*must end in \.gif"):
+        save_gif(frames, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from stlib.options import add_options, config_from, is_option, option, require
+from stlib.options import accept_former_keywords, add_options, check_options, config_from, is_option, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,3 +140,29 @@ def test_require_accepts_what_its_rule_allows():
 def test_require_reports_the_first_setting_outside_its_rule():
     with pytest.raises(ValueError, match=r"Numbers\.rate must be a positive number, got -1"):
         require(Numbers(count=0, rate=-1), "positive", "rate", "count")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"counts": 0}, "Settings.counts must be a positive integer, got 0."),
+        ({"counts": (2, 0)}, "Settings.counts must be a positive integer, got (2, 0)."),
+        ({"ratio": 1.5}, "Settings.ratio must be a number between 0 and 1, got 1.5."),
+        ({"mode": "medium"}, "Settings.mode must be one of fast, slow, got 'medium'."),
+    ],
+)
+def test_check_options_applies_the_declared_limits_to_a_config_built_in_python(changes, message):
+    check_options(Settings(source="here"))  # the defaults are within their limits
+    check_options(Settings(source="here", counts=(1, 2), size=None))
+    with pytest.raises(ValueError) as error:
+        check_options(Settings(source="here", **changes))
+    assert str(error.value) == message
+
+
+def test_former_keywords_are_translated_before_the_config_is_made():
+    @dataclasses.dataclass
+    class Renamed:
+        depth: int = 1
+
+    accept_former_keywords(Renamed, lambda kw: {"depth": kw.pop("levels")} | kw if "levels" in kw else kw)
+    assert Renamed(levels=4) == Renamed(depth=4) and dataclasses.replace(Renamed(levels=4), depth=2).depth == 2

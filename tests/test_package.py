@@ -17,7 +17,7 @@ LAYERS = [
     {"__init__", "assets", "hardware", "images", "losses", "color", "options", "exercises", "artifacts"},  # basics
     {"superres"},  # the super-resolution task's data and scores (images)
     {"vgg", "transformer", "data", "plots"},  # the loss network, the image network, photos, figures
-    {"perceptual", "checkpoint", "backends"},  # the objective, model files, inference engines
+    {"perceptual", "checkpoint", "backends", "prune", "runlog"},  # objective, model files, engines, pruning, run logs
     {"gatys", "train", "stylize", "upscale", "distill", "temporal"},  # the two methods and what uses their results
     {"video", "desktop", "webcam"},  # frames and live sources
     {"cli", "__main__", "demo"},  # the command line, and the course run headless
@@ -69,3 +69,16 @@ def test_the_normalisation_of_the_objective_exists_once():
     for path in (p for p in MODULES if p.stem != "losses"):
         found = magnitude.findall(path.read_text(encoding="utf-8"))
         assert (len(found) == 2) if path.stem == "perceptual" else not found, (path.name, found)
+
+
+def test_only_the_figures_import_matplotlib():
+    # Training, inference and the command line run without matplotlib: stlib.plots alone draws (and none imports it).
+    drawing = set()
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] == "matplotlib" for name in names):
+                drawing.add(path.stem)
+    assert drawing == {"plots"}
+    assert not [module for path in MODULES for module, _, _ in _imports(path) if module == "plots"]

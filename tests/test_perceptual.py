@@ -70,8 +70,8 @@ def test_config_normalises_layer_lists_and_names_the_first_bad_setting():
     config = ObjectiveConfig(content_layers="relu2_2", style_layers=["relu1_2", "relu3_3"])
     assert config.content_layers == ("relu2_2",) and config.style_layers == {"relu1_2": 1.0, "relu3_3": 1.0}
     for bad, message in [
-        ({"arch": "resnet"}, "Unknown VGG architecture"),
-        ({"pool": "min"}, "Unknown pool"),
+        ({"arch": "resnet"}, "arch must be one of vgg16, vgg19"),
+        ({"pool": "min"}, "pool must be one of max, avg"),
         ({"style_weight": float("nan")}, "style_weight must be a finite number"),
         ({"content_layers": ()}, "content_layers is empty"),
         ({"style_layers": {"relu1_1": 0.0}}, "positive sum"),

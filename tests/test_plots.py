@@ -11,8 +11,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from stlib import plots  # noqa: E402
+from stlib.images import ImageError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +119,106 @@ def test_live_losses_keeps_every_step_and_redraws_on_its_schedule():
     live.redraw()  # outside a notebook: draws the figure, nothing to update
     assert [line.get_label() for line in live.ax.get_lines()] == ["content", "total"]
     assert live.ax.get_yscale() == "log" and live.ax.get_title() == "run"
+
+
+# ----------------------------------------------------------------------------------------------------
+# image_grid / show_images / save_figure
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_save_figure_writes_a_readable_image(tmp_path):
+    fig = plots.image_grid([torch.rand(3, 8, 8)], titles=["noise"])
+    path = plots.save_figure(fig, tmp_path / "figs" / "grid.png", dpi=50)
+    assert path == tmp_path / "figs" / "grid.png"
+    with Image.open(path) as reopened:
+        assert reopened.format == "PNG"
+    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+    assert plots.save_figure(fig, tmp_path / "grid.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_quick_mode_figures_are_labelled_once_and_others_not(tmp_path, monkeypatch):
+    monkeypatch.delenv("STLIB_QUICK", raising=False)
+    fig = plots.image_grid([torch.rand(3, 8, 8)])
+    plots.save_figure(fig, tmp_path / "full.png")
+    assert not any(t.get_text() == plots.QUICK_MARK for t in fig.texts)
+    monkeypatch.setenv("STLIB_QUICK", "1")
+    plots.save_figure(fig, tmp_path / "quick.png")
+    plots.save_figure(fig, tmp_path / "quick_again.png")
+    assert [t.get_text() for t in fig.texts].count(plots.QUICK_MARK) == 1
+    assert (tmp_path / "quick.png").read_bytes() != (tmp_path / "full.png").read_bytes()  # the label is drawn
+
+
+def test_save_figure_unknown_suffix_raises(tmp_path):
+    fig = plots.image_grid([torch.rand(3, 8, 8)])
+    with pytest.raises(ImageError, match="grid.xyz"):
+        plots.save_figure(fig, tmp_path / "grid.xyz")
+
+
+def test_failed_figure_save_leaves_existing_file_untouched(tmp_path, monkeypatch):
+    fig = plots.image_grid([torch.rand(3, 8, 8)])
+    path = plots.save_figure(fig, tmp_path / "fig.png")
+    before = path.read_bytes()
+
+    def failing_savefig(*args, **kwargs):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(fig, "savefig", failing_savefig)
+    with pytest.raises(RuntimeError):
+        plots.save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
+def test_image_grid_layout_and_titles():
+    pictures = [
+        torch.rand(3, 8, 8),
+        torch.rand(1, 3, 8, 6),
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)),
+        Image.new("L", (4, 4)),
+        torch.rand(3, 6, 6),
+    ]
+    titles = ["a", "b", "c", "d", "e"]
+    fig = plots.image_grid(pictures, titles=titles, suptitle="five")
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 5  # 2 rows x 4 columns, the 3 empty cells removed
+    assert [ax.get_title() for ax in fig.axes] == titles
+    assert all(not ax.axison for ax in fig.axes)
+    assert fig.get_suptitle() == "five"
+    width, height = fig.get_size_inches()
+    assert (width, height) == (12.0, 6.0)  # 4 columns x 3 inches, 2 rows x 3 inches
+
+
+def test_image_grid_ncols_and_no_titles():
+    fig = plots.image_grid([torch.rand(3, 4, 4)] * 3, ncols=1, cell_size=2.0)
+    assert len(fig.axes) == 3
+    assert [ax.get_title() for ax in fig.axes] == ["", "", ""]
+    assert tuple(fig.get_size_inches()) == (2.0, 6.0)
+
+
+def test_image_grid_shows_tensor_pixels():
+    t = torch.zeros(3, 2, 2)
+    t[0] = 1.0  # pure red
+    fig = plots.image_grid([t])
+    shown = fig.axes[0].get_images()[0].get_array()
+    assert np.asarray(shown)[0, 0].tolist() == [255, 0, 0]
+
+
+def test_image_grid_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least one"):
+        plots.image_grid([])
+    with pytest.raises(ValueError, match="titles"):
+        plots.image_grid([torch.rand(3, 4, 4)], titles=["a", "b"])
+    with pytest.raises(ValueError, match="ncols"):
+        plots.image_grid([torch.rand(3, 4, 4)], ncols=0)
+    with pytest.raises(ValueError, match="shape"):
+        plots.image_grid([torch.rand(2, 3, 4, 4)])
+    assert plt.get_fignums() == []  # no half-built figures left open
+
+
+def test_show_images_saves_and_shows(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plots.plt, "show", lambda: shown.append(True))
+    assert plots.show_images([torch.rand(3, 4, 4)], titles=["x"], save=tmp_path / "shown.png") is None
+    assert shown == [True]
+    assert (tmp_path / "shown.png").is_file()
+    assert plt.get_fignums() == []  # closed once shown, so long runs do not pile up figures

@@ -17,14 +17,12 @@ from stlib.stylize import (
     tile_count,
 )
 from stlib.transformer import TransformerConfig, TransformerNet
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def net(config: TransformerConfig = SLIM, seed: int = 0) -> TransformerNet:
+def net(config: TransformerConfig = TINY, seed: int = 0) -> TransformerNet:
     """A random network whose output varies across [0, 1], like a trained one's (not a near-black image)."""
     torch.manual_seed(seed)
     model = TransformerNet(config).eval()

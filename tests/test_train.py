@@ -26,9 +26,7 @@ from stlib.checkpoint import load_model, read_metadata
 from stlib.perceptual import PerceptualLoss
 from stlib.train import ResumeError, TrainConfig, TrainingDiverged, lr_at
 from stlib.transformer import AntialiasedConv, TransformerConfig, TransformerNet
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,8 +58,8 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
         checkpoint_every=3,
         val_count=2,
         val_size=32,
-        vgg_weights=offline,
-        transformer=SLIM,
+        objective={"vgg_weights": offline},
+        transformer=TINY,
         progress=False,
     )
     settings.update(overrides)
@@ -76,15 +74,16 @@ def small_config(photos: Path, run: Path, offline: str, **overrides) -> TrainCon
 def test_defaults_follow_the_paper():
     cfg = TrainConfig()
     assert (cfg.size, cfg.batch_size, cfg.steps, cfg.lr) == (256, 4, 40_000, 1e-3)
-    assert cfg.content_layer == "relu2_2"
-    assert cfg.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-    assert cfg.vgg_weights == "auto" and cfg.schedule == "constant"
+    assert cfg.objective.content_layers == ("relu2_2",)
+    assert cfg.objective.style_layers == dict.fromkeys(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0)
+    assert (cfg.objective.content_weight, cfg.objective.style_weight, cfg.objective.tv_weight) == (1.0, 5.0, 10.0)
+    assert cfg.objective.vgg_weights == "auto" and cfg.schedule == "constant"
 
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
-    cfg = TrainConfig(style="s.jpg", data="d", transformer=SLIM, schedule="cosine")
+    cfg = TrainConfig(style="s.jpg", data="d", transformer=TINY, schedule="cosine")
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg and again.transformer == SLIM
+    assert again == cfg and again.transformer == TINY
     with pytest.raises(ValueError, match="needs a style image"):
         TrainConfig(data="d").validate()
     with pytest.raises(ValueError, match="schedule"):
@@ -125,11 +124,11 @@ def test_training_writes_checkpoint_logs_grids_and_gif(straight):
     assert straight.step == 6 and [h["step"] for h in straight.history] == [1, 2, 3, 4, 5, 6]
     assert straight.losses()[-1] < straight.losses()[0]
     meta = read_metadata(straight.checkpoint)
-    assert meta["format"] == "stlib.transformer" and meta["transformer"] == SLIM.__dict__
+    assert meta["format"] == "stlib.transformer" and meta["transformer"] == TINY.__dict__
     info = meta["info"]
     assert info["step"] == 6 and info["stlib_version"] and set(info["losses"]) >= {"content", "style", "tv"}
     assert info["style_sha256"] == assets.file_sha256(assets.style_image("starry_night"))
-    assert TrainConfig.from_dict(info["train_config"]).transformer == SLIM
+    assert TrainConfig.from_dict(info["train_config"]).transformer == TINY
     model = load_model(straight.checkpoint)  # rebuilt from the metadata alone
     x = torch.rand(1, 3, 24, 40)
     assert torch.equal(model(x), straight.model(x))
@@ -144,6 +143,28 @@ def test_training_writes_checkpoint_logs_grids_and_gif(straight):
     assert straight.gif is not None and straight.gif.stat().st_size > 0
     state = torch.load(straight.state, weights_only=True)  # no pickle code execution needed
     assert state["step"] == 6 and state["epoch"] == 1 and state["sampler"]["position"] == 6  # 2nd epoch, done
+
+
+def test_an_unreadable_photo_among_the_first_is_skipped_for_validation_and_training(photos, tmp_path, offline_weights):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, name in enumerate("abdefg"):
+        (folder / f"{name}.png").write_bytes((photos / f"photo_{i}.png").read_bytes())
+    (folder / "c.jpg").write_bytes(b"not a jpeg")  # the third file: inside the validation grid's first four
+    cfg = small_config(folder, tmp_path, offline_weights, steps=2, val_count=4, checkpoint_every=2)
+    with pytest.warns(RuntimeWarning, match=r"c\.jpg") as record:
+        result = train.train(cfg)
+    assert len([w for w in record if "c.jpg" in str(w.message)]) == 1  # reported once, for the grid and the batches
+    assert result.step == 2
+    grid = images.load_image(result.run_dir / "val" / "step_000000.jpg")
+    assert grid.size == (4 * 32, 32)  # four readable photos: a, b, d, e
+    expected = train.square_photo(folder / "d.png", 32)
+    originals = images.to_tensor(images.load_image(result.run_dir / "val" / "originals.jpg"))
+    assert float((originals[..., 64:96] - expected).abs().mean()) < 0.02  # d in the third place (JPEG-close)
+    for child in folder.iterdir():
+        child.write_bytes(b"broken")
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match=r"None of the 7 image files in '.*photos'"):
+        train.train(replace(cfg, out=str(tmp_path / "none.safetensors"), run_dir=str(tmp_path / "none")))
 
 
 def test_resume_continues_exactly(straight, photos, tmp_path, offline_weights):
@@ -161,6 +182,38 @@ def test_resume_continues_exactly(straight, photos, tmp_path, offline_weights):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_state_of_an_earlier_stlib_with_the_objective_flat_resumes(photos, tmp_path, offline_weights):
+    from stlib.checkpoint import read_state, write_state
+
+    cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0, objective={"style_weight": 3.0})
+    train.train(cfg)
+    state_path = Path(cfg.run_dir) / "state.pt"
+    state = read_state(state_path)
+    objective = state["config"].pop("objective")  # as written before the objective was nested
+    flat = {"content_layer": objective["content_layers"][0], "style_layers": list(objective["style_layers"])}
+    flat |= {k: objective[k] for k in ("content_weight", "style_weight", "tv_weight", "vgg_weights")}
+    write_state(state_path, {**state, "config": {**state["config"], **flat}})
+    assert train.train(replace(cfg, steps=2, resume=True)).step == 2
+    write_state(state_path, {**state, "config": {**state["config"], **flat, "style_weight": 4.0}})
+    with pytest.raises(ResumeError, match=r"different settings \(objective.style_weight was 4.0, now 3.0\)"):
+        train.train(replace(cfg, steps=3, resume=True))
+
+
+@pytest.mark.parametrize("path", sorted((assets.repo_root() / "checkpoints").glob("**/*.safetensors")), ids=str)
+def test_the_shipped_models_training_settings_load_with_the_objective_they_trained_with(path):
+    config = TrainConfig.from_dict(read_metadata(path)["info"]["train_config"])
+    objective = config.objective
+    assert objective.content_layers == ("relu2_2",) and objective.vgg_weights == "offline"
+    if config.task == "style":
+        assert objective.style_layers == dict.fromkeys(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0)
+        assert (objective.content_weight, objective.style_weight, objective.tv_weight) == (1.0, 10.0, 10.0)
+    else:  # super-resolution had no style term, and l_pixel no content term, whatever the flat weights said
+        pixel = config.loss == "pixel"
+        assert (objective.style_layers, objective.style_weight, objective.pixel_weight) == ({}, 0.0, float(pixel))
+        assert objective.content_weight == (0.0 if pixel else 1.0)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
 def test_resume_refuses_other_settings_or_a_missing_state(photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=1, val_every=0)
     with pytest.raises(ResumeError, match="no training state"):
@@ -176,7 +229,7 @@ def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight
     for name, value in straight.model.state_dict().items():
         assert torch.allclose(tuned.model.state_dict()[name], value, atol=1e-6), name
     assert read_metadata(tuned.checkpoint)["info"]["train_config"]["init"] == str(straight.checkpoint)
-    wider = replace(cfg, transformer=replace(SLIM, width=SLIM.width * 2), out=str(tmp_path / "w.safetensors"))
+    wider = replace(cfg, transformer=replace(TINY, width=TINY.width * 2), out=str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="model.safetensors.*set the network options to match"):
         train.train(wider)
 
@@ -184,7 +237,7 @@ def test_init_starts_from_a_model_file_and_refuses_another_architecture(straight
 def test_init_loads_the_weights_into_an_antialiased_variant_and_says_so(
     straight, photos, tmp_path, offline_weights, capsys
 ):
-    variant = replace(SLIM, downsample="antialiased")
+    variant = replace(TINY, downsample="antialiased")
     cfg = small_config(
         photos, tmp_path, offline_weights, steps=1, val_every=0, lr=1e-12, init=str(straight.checkpoint),
         transformer=variant,
@@ -201,7 +254,12 @@ def test_stability_term_is_logged_added_to_the_total_and_resumes_exactly(photos,
     whole = train.train(cfg)
     for h in whole.history:
         assert h["stability"] > 0
-        expected = h["content"] + cfg.style_weight * h["style"] + cfg.tv_weight * h["tv"] + 50.0 * h["stability"]
+        expected = (
+            h["content"]
+            + cfg.objective.style_weight * h["style"]
+            + cfg.objective.tv_weight * h["tv"]
+            + 50.0 * h["stability"]
+        )
         assert h["total"] == pytest.approx(expected, rel=1e-5)
     with open(whole.log, newline="") as f:
         assert "stability" in next(csv.DictReader(f))
@@ -209,18 +267,18 @@ def test_stability_term_is_logged_added_to_the_total_and_resumes_exactly(photos,
     first = train.train(replace(halves, steps=2))
     second = train.train(replace(halves, resume=True))  # the moves and the noise continue where they stopped
     assert [h["stability"] for h in first.history + second.history] == [h["stability"] for h in whole.history]
-    assert read_metadata(whole.checkpoint)["info"]["train_config"]["stability_weight"] == 50.0
+    assert read_metadata(whole.checkpoint)["info"]["train_config"]["stability"]["weight"] == 50.0
 
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"stability_weight": -1.0}, "stability_weight must be a finite number >= 0"),
-        ({"stability_weight": 1.0, "stability_shift": -2}, "stability_shift must be an integer >= 0"),
-        ({"stability_weight": 1.0, "stability_noise": float("inf")}, "stability_noise must be a finite"),
+        ({"stability_weight": -1.0}, r"StabilityConfig\.weight must be a finite number >= 0"),
+        ({"stability_weight": 1.0, "stability_shift": -2}, r"StabilityConfig\.shift must be an integer >= 0"),
+        ({"stability_weight": 1.0, "stability_noise": float("inf")}, r"StabilityConfig\.noise must be a finite"),
         ({"stability_weight": 1.0, "size": 32, "stability_shift": 5, "stability_border": 8}, "size 32 is too small"),
-        ({"stability_weight": 1.0, "stability_border": -1}, "stability_border must be an integer >= 0"),
-        ({"stability_weight": 1.0, "task": "superres", "style": None}, "stability_weight is for style networks"),
+        ({"stability": {"weight": 1.0, "border": -1}}, r"StabilityConfig\.border must be an integer >= 0"),
+        ({"stability_weight": 1.0, "task": "superres", "style": None}, r"stability\.weight is for style networks"),
     ],
 )
 def test_stability_settings_are_checked(overrides, match):
@@ -231,9 +289,9 @@ def test_stability_settings_are_checked(overrides, match):
 def test_style_warmup_ramps_the_style_weight(photos, tmp_path, offline_weights):
     cfg = small_config(photos, tmp_path, offline_weights, steps=2, style_warmup=4, val_every=0)
     first, second = train.train(cfg).history
-    tv = cfg.tv_weight
+    tv = cfg.objective.tv_weight
     assert first["total"] == pytest.approx(first["content"] + tv * first["tv"])  # style weight 0 at step 1
-    expected = second["content"] + cfg.style_weight / 4 * second["style"] + tv * second["tv"]
+    expected = second["content"] + cfg.objective.style_weight / 4 * second["style"] + tv * second["tv"]
     assert second["total"] == pytest.approx(expected)
 
 
@@ -332,7 +390,7 @@ def test_two_process_ddp_keeps_the_ranks_in_sync(photos, tmp_path, offline_weigh
     assert [child.exitcode for child in children] == [0, 0]
     weights = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     torch.manual_seed(cfg.seed)
-    initial = TransformerNet(SLIM).state_dict()
+    initial = TransformerNet(TINY).state_dict()
     assert any(not torch.equal(weights[0][k], initial[k]) for k in initial)  # it trained
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name  # and the ranks agree exactly
@@ -357,8 +415,8 @@ def _objective_pair(config: TrainConfig, photo: torch.Tensor, painting: torch.Te
     y = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     with torch.no_grad():
         # "The same formula": compare in fp32 whatever `auto` picks on this CPU (bf16 where it has native bf16).
-        ours = PerceptualLoss.from_config(style, config, precision="fp32")(photo, y)
-        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective(), size=64)
+        ours = config.perceptual_loss(style, precision="fp32")(photo, y)
+        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective, size=64)
         with gatys.GatysLoss(photo, style, settings) as theirs:
             reference = theirs(y)
     return ours, reference
@@ -371,9 +429,9 @@ def test_gatys_optimises_the_same_objective_as_training(fast_bf16, offline_weigh
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-7)
     from stlib.gatys import GatysConfig
 
-    gc = GatysConfig.from_objective(config.objective(), size=512, iterations=100, init="noise")
-    assert gc.objective() == config.objective() and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
-    assert gc.content_layers == ("relu2_2",) and gc.style_layers == dict.fromkeys(config.style_layers, 1.0)
+    gc = GatysConfig.from_objective(config.objective, size=512, iterations=100, init="noise")
+    assert gc.objective() == config.objective and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
+    assert gc.content_layers == ("relu2_2",) and gc.style_layers == config.objective.style_layers
 
 
 @pytest.mark.parametrize("change", ["one layer's weight", "tv weight"])
@@ -382,7 +440,7 @@ def test_the_same_objective_check_fails_when_the_formula_differs(offline_weights
 
     # The tolerance above is tight enough to catch a 1 % change of one term: the check keeps its teeth.
     config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
-    wrong = gatys.GatysConfig.from_objective(config.objective(), size=64)
+    wrong = gatys.GatysConfig.from_objective(config.objective, size=64)
     if change == "tv weight":
         wrong = replace(wrong, tv_weight=wrong.tv_weight * 1.01)
     else:
@@ -400,8 +458,8 @@ def test_auto_precision_scores_close_to_fp32(fast_bf16, offline_weights, photo, 
     x = photo[..., :32, :32]
     y = x.flip(-1)
     with torch.no_grad():
-        auto = PerceptualLoss.from_config(style, config)
-        exact = PerceptualLoss.from_config(style, config, precision="fp32")
+        auto = config.perceptual_loss(style)
+        exact = config.perceptual_loss(style, precision="fp32")
         got, expected = auto(x, y), exact(x, y)
     assert auto.precision == ("bf16" if fast_bf16 else "fp32") and exact.precision == "fp32"
     for key in ("content", "style", "total"):
@@ -481,7 +539,7 @@ def sr_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig
         checkpoint_every=2,
         val_count=2,
         val_size=32,
-        vgg_weights=offline,
+        objective={"vgg_weights": offline},
         transformer={"width": 0.25, "num_residual_blocks": 1},
         progress=False,
     )
@@ -491,16 +549,16 @@ def sr_config(photos: Path, run: Path, offline: str, **overrides) -> TrainConfig
 
 def test_each_task_has_its_own_defaults():
     style, sr = TrainConfig(), TrainConfig(task="superres")
-    assert style.transformer == TransformerConfig() and style.tv_weight == 10.0 and style.scale == 1
-    assert sr.transformer == TransformerConfig.superres(4) and sr.tv_weight == 0.0 and sr.scale == 4
+    assert style.transformer == TransformerConfig() and style.objective.tv_weight == 10.0 and style.scale == 1
+    assert sr.transformer == TransformerConfig.superres(4) and sr.objective.tv_weight == 0.0 and sr.scale == 4
     assert TrainConfig(task="superres", transformer={"upscale": 8, "width": 1.0}).transformer == (
         TransformerConfig.superres(8, width=1.0)
     )
-    assert TrainConfig(task="superres", tv_weight=2.0).tv_weight == 2.0  # a given weight is kept
+    assert TrainConfig(task="superres", objective={"tv_weight": 2.0}).objective.tv_weight == 2.0  # a given weight
     assert sr.out_path() == Path("checkpoints/superres/x4_feat.safetensors")
-    objective = replace(sr, loss="pixel").objective()
+    objective = TrainConfig(task="superres", loss="pixel").objective
     assert (objective.pixel_weight, objective.content_weight, objective.style_weight) == (1.0, 0.0, 0.0)
-    assert sr.objective().content_layers == ("relu2_2",) and sr.objective().pixel_weight == 0.0
+    assert sr.objective.content_layers == ("relu2_2",) and sr.objective.pixel_weight == 0.0
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,8 +22,7 @@ from stlib.transformer import (
     fold_upsampling,
     upscale_bicubic,
 )
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)  # 8/16/32 channels: fast shape tests
+from tests.networks import TINY
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,7 +34,7 @@ def _one_thread():
     torch.set_num_threads(saved)
 
 
-def _net(config: TransformerConfig = SLIM, train: bool = False, seed: int = 0) -> TransformerNet:
+def _net(config: TransformerConfig = TINY, train: bool = False, seed: int = 0) -> TransformerNet:
     torch.manual_seed(seed)
     return TransformerNet(config).train(train)
 
@@ -89,7 +89,7 @@ def test_default_width_and_both_upsamplings_keep_the_size(upsample, shape):
 
 @pytest.mark.parametrize("output", ["linear+clamp", "tanh"])
 def test_eval_output_is_in_unit_range(output):
-    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, output=output))
+    net = _net(replace(TINY, output=output))
     with torch.no_grad():
         # push the pre-activation far outside [0, 1] (the linear output's last conv works in 0-255 units)
         nn.init.constant_(net.decoder[-1].bias, 3.0 * (255 if output == "linear+clamp" else 1))
@@ -100,7 +100,7 @@ def test_eval_output_is_in_unit_range(output):
 
 
 def test_linear_output_is_unclamped_in_training_and_clamped_in_eval():
-    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1))
+    net = _net(TINY)
     with torch.no_grad():
         nn.init.constant_(net.decoder[-1].bias, 3.0 * 255)  # pixel units
         x = torch.rand(1, 3, 16, 16)
@@ -198,7 +198,7 @@ def test_instance_norm_equals_torch_instance_norm_in_values_and_gradients(channe
 
 
 def test_forward_padded_is_forward_on_sizes_divisible_by_four():
-    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, input_skip=True)).eval()
+    net = _net(replace(TINY, input_skip=True)).eval()
     nn.init.normal_(net.decoder[-1].weight, std=0.05)
     x = torch.rand(1, 3, 24, 36)
     with torch.no_grad():
@@ -380,7 +380,7 @@ def test_from_config_rejects_unknown_keys_and_uses_defaults_for_missing_ones():
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [SLIM, TransformerConfig(width=0.25, num_residual_blocks=1, norm="batch")])
+@pytest.mark.parametrize("config", [TINY, replace(TINY, norm="batch")])
 def test_gradients_reach_every_parameter_in_train_mode(config):
     net = _net(config, train=True)
     y = net(torch.rand(2, 3, 17, 23))
@@ -394,7 +394,7 @@ def test_network_overfits_one_image_pair():
     torch.manual_seed(0)
     x = nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(32, 32), mode="bilinear")  # smooth, photo-like
     target = (1 - x).roll(shifts=3, dims=-1)  # colour-inverted and shifted: needs spatial context
-    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1)).train()
+    net = TransformerNet(TINY).train()
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(200):
@@ -427,7 +427,7 @@ def test_one_adam_step_moves_the_linear_output_by_under_two_percent():
 def test_input_skip_network_starts_as_the_identity_and_learns():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 21, 30)
-    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1, input_skip=True)).train()
+    net = TransformerNet(replace(TINY, input_skip=True)).train()
     assert torch.equal(net(x), x)  # last conv zero-initialised: output = input + 0
     (net(x) - 0.5).pow(2).mean().backward()
     last = net.decoder[-1]
@@ -482,7 +482,7 @@ def test_subpixel_output_runs_nothing_but_a_shuffle_at_the_output_resolution(sca
 
 
 def test_subpixel_output_can_change_every_pixel_of_each_2x2_block_independently():
-    net = _net(TransformerConfig(width=0.25, num_residual_blocks=1, subpixel_output=True))
+    net = _net(replace(TINY, subpixel_output=True))
     with torch.no_grad():
         net.decoder[-1].bias.copy_(torch.tensor([0.0, 0, 0, 255] + [0.0] * 8))  # red channel: only sub-pixel (1, 1)
         y = net.eval()(torch.zeros(1, 3, 8, 8))  # (1, 3, 8, 8) after the shuffle
@@ -636,7 +636,7 @@ def test_a_folded_network_computes_the_same_pictures_and_leaves_the_original_alo
 
 
 def test_folding_leaves_transposed_stages_as_they_are():
-    net = TransformerNet(TransformerConfig(width=0.25, num_residual_blocks=1, upsample="transposed")).eval()
+    net = TransformerNet(replace(TINY, upsample="transposed")).eval()
     torch.nn.init.normal_(net.decoder[-1].weight, std=0.05)
     folded = fold_upsampling(net)
     assert not any(isinstance(m, FoldedUpsample) for m in folded.modules())
