@@ -97,6 +97,7 @@ CAPTIONS = {
     "01_gram_matrices.png": "Gram matrices (channel correlations) of relu1_1 for the painting and the photo.",
     "02_inputs.png": "Gatys et al.: the photo and the painting of the transfer.",
     "02_default.png": "The default transfer (L-BFGS from the photo) between the photo and the painting.",
+    "02_your_loop.png": "Your own L-BFGS loop with your objective, beside the library's run of the same objective.",
     "02_default_losses.png": "The default run's weighted content, style and total-variation terms per iteration.",
     "02_ratio_sweep.png": "The content/style ratio α/β: smaller means more painting and less photo.",
     "02_style_layers.png": "Which layers define the style: early layers give colour and grain, late ones big motifs.",
@@ -120,6 +121,8 @@ CAPTIONS = {
     "03_schedules.png": "Learning-rate schedules: constant, one-cycle and cosine.",
     "03_lr.png": "Two short training runs, constant vs one-cycle learning rate: total loss (moving average).",
     "03_payoff.png": "The payoff: one forward pass of the network beside minutes of Gatys' L-BFGS.",
+    "03_your_loop.png": "The loss of your own training loop (your perceptual loss, Adam), step by step.",
+    "03_your_network.png": "Your network, trained by your loop, beside the shipped one on the same photo.",
     "03_fig5_objective.png": "Johnson et al. Fig. 5: the objective along Gatys' L-BFGS, the network as a line.",
     "03_style_scale.png": "Which size of the painting the network's output matches, for photos of three sizes: about "
     "its training style_size every time (the stroke scale is fixed in pixels).",
