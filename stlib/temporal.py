@@ -260,6 +260,7 @@ class TemporalSmoother:
         self.strength = check_smooth(strength)
         self.config = config or SmoothConfig()
         self.resets = 0  # scene cuts (and size changes) detected since creation
+        self.blended = 0  # frames blended with the previous one since creation
         self.reset()
 
     def reset(self) -> None:
@@ -308,6 +309,7 @@ class TemporalSmoother:
             else:
                 result = current + weight[..., None] * (previous - current)
             self.last_weight = weight
+            self.blended += 1
         self._small, self._gray, self._output = small, gray, result
         return np.clip(result + 0.5, 0, 255).astype(np.uint8)
 

@@ -127,7 +127,7 @@ def test_a_scene_cut_resets_the_blend(photo):
     frames, outputs = first + second, flickering(first + second)
     smoother = TemporalSmoother(0.9)
     result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
-    assert smoother.resets == 1
+    assert smoother.resets == 1 and smoother.blended == len(frames) - 2  # every frame but the first and the cut
     assert np.array_equal(result[4], outputs[4])
     assert not np.array_equal(result[3], outputs[3])  # within a shot it did blend
 
