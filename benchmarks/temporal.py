@@ -114,7 +114,7 @@ def style_objective(model_file: Path) -> PerceptualLoss:
     """The network's own training objective (its style image at its training size), fp32."""
     config = TrainConfig.from_dict(read_metadata(model_file)["info"]["train_config"])
     style = images.load_tensor(assets.style_image(Path(config.style).stem), size=config.style_size)
-    return PerceptualLoss.from_config(style, config, precision="fp32")
+    return config.perceptual_loss(style, precision="fp32")
 
 
 def style_term(objective: PerceptualLoss, frames: list[np.ndarray], picks: list[int]) -> float:
