@@ -11,7 +11,7 @@ import torch
 from stlib import cli
 from stlib.checkpoint import save_model
 from stlib.stylize import stylize_frame
-from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.transformer import TransformerNet
 from stlib.video import (
     FileReader,
     SyntheticScene,
@@ -25,19 +25,16 @@ from stlib.video import (
     stylize_video,
     write_video,
 )
+from tests.networks import tiny_net
 
 pytest.importorskip("cv2", reason="video files need OpenCV (the webcam extra)")
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> TransformerNet:
-    torch.manual_seed(0)
-    return TransformerNet(SLIM).eval()
+    return tiny_net()
 
 
 @pytest.fixture(scope="module")

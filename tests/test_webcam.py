@@ -12,26 +12,22 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from stlib import webcam
 from stlib.checkpoint import save_model
 from stlib.stylize import stylize_frame
-from stlib.transformer import TransformerConfig, TransformerNet
+from stlib.transformer import TransformerNet
 from stlib.video import SyntheticScene
 from stlib.webcam import WebcamConfig, decode_jpeg, encode_jpeg, list_models, measure_pipeline
-
-SLIM = TransformerConfig(width=0.25, num_residual_blocks=1)
-
+from tests.networks import tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> TransformerNet:
-    torch.manual_seed(0)
-    return TransformerNet(SLIM).eval()
+    return tiny_net()
 
 
 @pytest.fixture(scope="module")
