@@ -2,7 +2,7 @@
 #   make demo            the course headless at reduced sizes (minutes on a CPU); open outputs/index.html
 #   make demo QUICK=1    the same at tiny sizes, as in CI
 #   make demo FULL=1     every notebook at full size (about an hour on a 2-core CPU); notebook 03 trains on
-#                        data/coco/train2017, or on DATA=folder of photos, and is skipped without either
+#                        data/coco/train2017 or val2017, or on DATA=folder of photos, and is skipped without any
 #   make test            lint + unit tests + every notebook under nbval (QUICK mode), offline
 #   make lab             JupyterLab on notebooks/
 #   make styles DATA=..  retrain the four shipped styles with the current recipe, all at once (for a GPU)

@@ -10,10 +10,10 @@ Three modes (`DemoConfig.mode`), passed to the notebooks as ``STLIB_QUICK`` / ``
 - ``"demo"`` (``make demo``): the notebooks at reduced but meaningful sizes, the whole course in minutes;
 - ``"quick"`` (``make demo QUICK=1``): tiny sizes, as in CI;
 - ``"full"`` (``make demo FULL=1``): every notebook at its own full size, 03 and 05 included (about an hour on a
-  quiet 2-core CPU; 2 h under load). Notebook 03 trains a style network: on COCO (``data/coco/train2017``, see
-  ``python -m stlib download-coco``) or on any folder of photos given as ``DemoConfig.data`` (``make demo FULL=1
-  DATA=folder``), passed to the notebook as ``STLIB_DATA``; with neither, the demo skips notebook 03 and says so
-  (a demo never starts an 18 GB download).
+  quiet 2-core CPU; 2 h under load). Notebook 03 trains a style network: on COCO (``data/coco/train2017`` or
+  ``val2017``, see ``python -m stlib download-coco``) or on any folder of photos given as ``DemoConfig.data``
+  (``make demo FULL=1 DATA=folder``), passed to the notebook as ``STLIB_DATA``; with neither, the demo skips
+  notebook 03 and says so (a demo never starts a download).
 
 Each cell has a timeout scaled to its expected time (`EXPECTED_SECONDS`, measured on a 2-core CPU); a cell that
 runs past it stops the demo with one line naming the notebook and the cell.
@@ -69,7 +69,7 @@ DEMO_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "04_webcam.ip
 FULL_NOTEBOOKS = ("01_vgg_features.ipynb", "02_gatys_lbfgs.ipynb", "03_johnson_training.ipynb", "04_webcam.ipynb",
                   "05_super_resolution.ipynb")  # fmt: skip
 TRAINING_NOTEBOOK = "03_johnson_training.ipynb"  # needs a folder of photos (`DemoConfig.data`)
-COCO_FOLDER = "data/coco/train2017"  # where `python -m stlib download-coco` puts COCO, relative to the repo
+COCO_FOLDERS = ("data/coco/train2017", "data/coco/val2017")  # where `download-coco` puts COCO (relative to the repo)
 GATYS_OUTPUT = "gatys_tubingen_starry_night.jpg"
 CLIP_OUTPUT = "clip_the_scream.gif"
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
@@ -162,7 +162,7 @@ class DemoConfig:
 
     mode: str = "demo"  # "quick", "demo" or "full" (see the module docstring)
     notebooks: tuple[str, ...] | None = None  # names in notebooks/ (default: `chosen_notebooks`, by mode)
-    data: str | None = None  # photos for notebook 03 (default: data/coco/train2017 if it exists)
+    data: str | None = None  # photos for notebook 03 (default: data/coco/train2017 or val2017, if there)
     extras: bool = True  # the Gatys transfer, the shipped networks and the clip after the notebooks
     out: str | None = None  # the output folder (default: stlib.assets.outputs_dir())
     timeout_factor: float = 10.0  # a cell may take this many times its expected time ...
@@ -194,8 +194,7 @@ class DemoConfig:
 
         if self.data is not None:
             return Path(self.data).resolve()
-        coco = repo_root() / COCO_FOLDER
-        return coco if coco.is_dir() else None
+        return next((repo_root() / f for f in COCO_FOLDERS if (repo_root() / f).is_dir()), None)
 
 
 @dataclass
@@ -710,8 +709,9 @@ def _notebooks_and_env(config: DemoConfig) -> tuple[tuple[str, ...], dict[str, s
     photos = config.training_photos()
     if photos is None:
         print(
-            f"Skipping {TRAINING_NOTEBOOK}: it trains on photos and there are none in {COCO_FOLDER} "
-            "(`python -m stlib download-coco`, 18 GB) nor a folder given (`make demo FULL=1 DATA=folder`).",
+            f"Skipping {TRAINING_NOTEBOOK}: it trains on photos and there are none in {' or '.join(COCO_FOLDERS)} "
+            "(`python -m stlib download-coco --split val2017`, 0.8 GB) nor a folder given (`make demo FULL=1 "
+            "DATA=folder`).",
             flush=True,
         )
         return tuple(n for n in notebooks if n != TRAINING_NOTEBOOK), {}

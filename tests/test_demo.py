@@ -128,10 +128,12 @@ def test_full_mode_runs_every_notebook_and_gives_notebook_03_its_photos(tmp_path
     with_photos = demo.DemoConfig(mode="full", data=str(tmp_path))
     notebooks, env = demo._notebooks_and_env(with_photos)
     assert notebooks == demo.FULL_NOTEBOOKS and env == {"STLIB_DATA": str(tmp_path.resolve())}
-    monkeypatch.setattr(demo, "COCO_FOLDER", "no/such/folder")  # as on a machine without COCO
+    monkeypatch.setattr(demo, "COCO_FOLDERS", ("no/such/folder",))  # as on a machine without COCO
     notebooks, env = demo._notebooks_and_env(demo.DemoConfig(mode="full"))
     assert demo.TRAINING_NOTEBOOK not in notebooks and len(notebooks) == 4 and env == {}
     assert "Skipping 03_johnson_training.ipynb" in capsys.readouterr().out  # said, not silent
+    monkeypatch.setattr(demo, "COCO_FOLDERS", ("no/such/folder", str(tmp_path)))  # e.g. only val2017 downloaded
+    assert demo._notebooks_and_env(demo.DemoConfig(mode="full"))[1] == {"STLIB_DATA": str(tmp_path)}
     assert demo._notebooks_and_env(demo.DemoConfig(mode="quick", notebooks=demo.FULL_NOTEBOOKS))[1] == {}
 
 
