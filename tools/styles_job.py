@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -236,6 +235,8 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from stlib.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
     for run in runs:
@@ -247,7 +248,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
     if drawn:
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)  # atomic, like every figure of the course
     plt.close(fig)
     return path if drawn else None
 
@@ -270,15 +271,6 @@ def write_summary(rows: list[dict], out: Path, header: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # pack: what travels to the GPU machine
 # ----------------------------------------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    """Hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def repository_bytes() -> int:
@@ -330,6 +322,8 @@ def download_wheels(dest: Path) -> list[str]:
 
 def pack(args: argparse.Namespace) -> int:
     """Write the pack folder: loss network, photos, wheels, manifest; refuse one that does not fit the transfer."""
+    from stlib.assets import file_sha256
+
     dest, tmp = Path(args.dest), Path(f"{args.dest}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -339,7 +333,7 @@ def pack(args: argparse.Namespace) -> int:
         counts["val"] = copy_photos(Path(args.val), tmp / "photos" / "val", args.val_count)
     wheels = download_wheels(tmp / "wheels") if args.wheels else []
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}
+    manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     pack_bytes = sum(entry["bytes"] for entry in manifest.values())
     total = pack_bytes + repository_bytes()
     if total > args.limit_mib * 2**20:
@@ -359,13 +353,15 @@ def pack(args: argparse.Namespace) -> int:
 
 def check_pack(folder: Path) -> dict:
     """The pack's manifest, every file checked against its size and digest (one clear sentence otherwise)."""
+    from stlib.assets import file_sha256
+
     manifest_file = folder / "manifest.json"
     if not manifest_file.is_file():
         raise SystemExit(f"error: '{folder}' is not a pack (no manifest.json); make one with `styles_job.py pack`.")
     manifest = json.loads(manifest_file.read_text())
     for name, entry in manifest["files"].items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
             raise SystemExit(f"error: the pack file '{path}' is missing or differs from its manifest; pack again.")
     return manifest
 
