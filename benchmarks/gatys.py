@@ -56,7 +56,7 @@ def _worker(spec: dict) -> dict:
         return target is not None and losses.get("size", final) == final and losses["total"] <= target
 
     config = gatys.GatysConfig(
-        weights=spec["weights"],
+        objective={"vgg_weights": spec["weights"]},
         size=spec["size"],
         scales=tuple(spec["scales"]) if spec.get("scales") else None,
         iterations=tuple(spec["iterations"]) if isinstance(spec["iterations"], list) else spec["iterations"],

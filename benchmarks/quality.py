@@ -65,8 +65,8 @@ def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, devi
         if iterations > 0:
             size = max(photo.shape[-2:])
             style_scale = (config.style_size or size) / size  # the style image at its training size
-            settings = gatys.GatysConfig.from_objective(
-                config.objective,
+            settings = gatys.GatysConfig(
+                objective=config.objective,
                 size=size,
                 style_scale=style_scale,
                 iterations=iterations,

@@ -1,6 +1,6 @@
 """Command-line interface: ``python -m stlib <command> --help``.
 
-Commands: ``demo`` (`stlib.demo`), ``gatys`` (Gatys et al. CVPR 2016, `stlib.gatys`), ``train`` / ``stylize`` /
+Commands: ``gatys`` (Gatys et al. CVPR 2016, `stlib.gatys`), ``train`` / ``stylize`` /
 ``upscale`` / ``export`` / ``distill`` (Johnson et al. ECCV 2016: `stlib.train`, `stlib.stylize`, `stlib.upscale`,
 `stlib.checkpoint`, `stlib.distill`), ``download-coco`` (`stlib.data`), ``video`` and ``webcam`` (`stlib.video`,
 `stlib.desktop`). The options of ``gatys``, ``train`` and ``distill`` are built from their config dataclasses
@@ -24,47 +24,6 @@ from .options import add_options, config_from, key_value, parse_type, positive_i
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the course headless with progress; results and outputs/index.html go to outputs/.
-
-    Execute notebooks 01, 02 and 04 headless (all five with --full), then a Gatys transfer, the sample photo
-    through every network in checkpoints/, a short stylised clip and the sample upscaled by every
-    super-resolution network; write outputs/index.html, a gallery of every figure. Default: reduced sizes, a few
-    minutes on a CPU.
-    """
-    from .demo import DemoConfig, DemoError, run_demo
-
-    mode = "quick" if args.quick else "full" if args.full else "demo"
-    config = DemoConfig(mode=mode, data=args.data, timeout=args.timeout, progress=not args.quiet)
-    try:
-        config.validate()
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-    try:
-        result = run_demo(config)
-    except DemoError as err:
-        raise CLIError(str(err)) from None
-    minutes, seconds = divmod(round(result.seconds), 60)
-    print(f"Done in {minutes}:{seconds:02d} ({mode} mode): {len(result.figures)} figures in {result.out}")
-    print(f"Open {result.gallery} in a browser.")
-    return 0
-
-
-def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
-    size.add_argument("--full", action="store_true", help="every notebook at full size (about an hour on a CPU)")
-    p.add_argument(
-        "--data", metavar="DIR",
-        help="--full: photos for notebook 03's training (default: data/coco/train2017; without it 03 is skipped)",
-    )  # fmt: skip
-    p.add_argument(
-        "--timeout", type=parse_type(float, "positive"), metavar="S",
-        help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",
-    )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _losses_line(losses: dict[str, float]) -> str:
@@ -233,9 +192,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .distill import DistillConfig, distill
 
-    _check_writable(output := Path(args.output), suffixes=(".safetensors",), what="model file")
+    _check_writable(out := Path(args.out), suffixes=(".safetensors",), what="model file")
     load_model(args.teacher, task="style")  # a CheckpointError naming the file, before any work
-    result = distill(config_from(DistillConfig, args, output=str(output)))
+    result = distill(config_from(DistillConfig, args, out=str(out)))
     difference = f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels"
     print(f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; {difference}")
     print(f"{result.steps} steps in {result.seconds:.0f} s; final loss {result.loss:.4g}")
@@ -462,7 +421,7 @@ def _add_webcam_arguments(p: argparse.ArgumentParser) -> None:
     _add_live_arguments(p)
 
 
-_COMMANDS = ("demo", "gatys", "train", "stylize", "upscale", "export", "distill", "download-coco", "video", "webcam")
+_COMMANDS = ("gatys", "train", "stylize", "upscale", "export", "distill", "download-coco", "video", "webcam")
 """Every command: NAME runs `cmd_NAME` (whose docstring is its help) with `_add_NAME_arguments`' options."""
 
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +48,11 @@ from .checkpoint import load_model, read_metadata
 from .data import ImageFolderDataset
 from .hardware import resolve_device, resolve_precision
 from .images import load_tensor, to_tensor
-from .options import check_options, option
+from .options import accept_former_keywords, check_options, option, option_of
 from .perceptual import ContentTargets, PerceptualLoss, feature_distance, gram_distance
 from .prune import prune, slim_config
+from .train import TrainConfig, train
 from .transformer import TransformerConfig, TransformerNet
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 __all__ = ["DistillConfig", "DistillResult", "StudentObjective", "TeacherPictures", "distill", "teacher_objective"]
 
@@ -66,8 +65,6 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
 
     `callback(step, loss)` runs after every step (and after that step's checkpoint); returning True stops.
     """
-    from .train import train
-
     config.validate()
     _refuse_a_former_state(config)
     teacher = load_model(config.teacher, task="style")
@@ -88,7 +85,7 @@ def distill(config: DistillConfig, callback: Callable[[int, float], Any] | None 
     recent = result.history[-config.log_every :]
     flops = result.model.flops(480, 640) / teacher.flops(480, 640)
     return DistillResult(
-        Path(config.output), result.step, _mean(recent, "l1"), _mean(recent, "total"), result.seconds,
+        Path(config.out), result.step, _mean(recent, "l1"), _mean(recent, "total"), result.seconds,
         result.model.describe(), flops,
     )  # fmt: skip
 
@@ -218,8 +215,6 @@ def teacher_objective(
     teacher: str, info: Mapping[str, Any], precision: str, device: torch.device | str = "cpu"
 ) -> PerceptualLoss:
     """The objective the `teacher` file was trained with, from its metadata `info` (its VGG, layers, painting)."""
-    from .train import TrainConfig  # stlib.train is the heavier module; only the perceptual terms need it
-
     alone = "distil it with L1 alone (--feature-weight 0 --gram-weight 0 --objective-weight 0)"
     if not isinstance(info.get("train_config"), Mapping):
         raise ValueError(f"'{teacher}' has no training settings in its metadata: its loss network is unknown; {alone}.")
@@ -234,44 +229,54 @@ def teacher_objective(
     return config.perceptual_loss(style, precision=precision)
 
 
+_student = partial(option, group="student")  # the distillation's own options, in their help group
+
+
+_loop = partial(option_of, TrainConfig)  # the training loop's options, with the distillation recipe's defaults
+
+
 @dataclass
 class DistillConfig:
-    """Settings of `distill`; the defaults are the first stage of the shipped slim network's recipe."""
+    """Settings of `distill`; the defaults are the first stage of the shipped slim network's recipe.
+
+    The training loop's settings (``data``, ``out``, ``steps``, ``lr`` ...) are `TrainConfig`'s options, declared
+    there once (their limits and flags) and given the distillation recipe's defaults here.
+    """
 
     teacher: str = option(help="the trained network (.safetensors)", positional=True, metavar="FILE")
-    data: str = option(help="a folder of photos (any tree)", metavar="DIR")
-    output: str = option(help="the student's model file (.safetensors)", flag=("-o", "--output"), metavar="OUT")
-    width: float = option(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
-    num_residual_blocks: int = option(5, "student residual blocks", flag="--blocks")
-    subpixel_output: bool = option(True, "student: a 5x5 sub-pixel output conv at half resolution (faster)")
-    size: int = option(192, "shorter photo side", check="positive")
-    limit: int | None = option(1000, "use at most N photos (~0.3 MB each in memory at 192 px)", check="positive")
-    l1_weight: float = option(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
-    feature_weight: float = option(
+    data: str = _loop("data", help="a folder of photos (any tree)")
+    out: str = _loop("out", help="the student's model file (.safetensors)", flag=("-o", "--out", "--output"))
+    width: float = _student(0.25, "student channel multiplier: 8/16/32 channels at 0.25", check="positive")
+    num_residual_blocks: int = _student(5, "student residual blocks", flag="--blocks")
+    subpixel_output: bool = _student(True, "student: a 5x5 sub-pixel output conv at half resolution (faster)")
+    size: int = _loop("size", 192, help="shorter photo side")
+    limit: int | None = _loop("limit", 1000, help="use at most N photos (~0.3 MB each in memory at 192 px)")
+    l1_weight: float = _student(1.0, "weight of the pixel term |student - teacher|", check="non_negative")
+    feature_weight: float = _student(
         1.0, "weight of the VGG feature term (all VGG weights 0: no VGG)", check="non_negative"
     )
-    gram_weight: float = option(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
-    objective_weight: float = option(1.0, "weight of the teacher's own objective", check="non_negative")
-    start: str = option("pruned", "the student's first weights: pruned from the teacher", choices=("pruned", "random"))
-    init: str | None = option(None, "start the student from this model file (instead of --start)", metavar="FILE")
-    l1_steps: int = option(500, "first N steps with L1 alone (no VGG: ~10x cheaper)", check="non_negative", metavar="N")
-    average: float = option(
-        0.0, "decay of a moving average of the student's weights, written as the student (e.g. 0.998; 0: none)",
-        check="fraction", metavar="DECAY",
-    )  # fmt: skip
-    feature_cache_gb: float = option(
+    gram_weight: float = _student(10.0, "weight of the Gram-matrix (texture) term", check="non_negative")
+    objective_weight: float = _student(1.0, "weight of the teacher's own objective", check="non_negative")
+    start: str = _student(
+        "pruned", "the student's first weights: pruned from the teacher", choices=("pruned", "random")
+    )
+    init: str | None = _loop("init", None, help="start the student from this model file (instead of --start)")
+    l1_steps: int = _student(
+        500, "first N steps with L1 alone (no VGG: ~10x cheaper)", check="non_negative", metavar="N"
+    )
+    average: float = _loop("average", 0.0)
+    feature_cache_gb: float = _student(
         4.0, "memory (GB) for the teacher pictures' VGG features, kept after first use (0: recompute each step)",
         check="non_negative", metavar="GB",
     )  # fmt: skip
-    precision: str = option("auto", "autocast of the student and VGG (auto: bf16 on CPUs with native bf16)",
-                            choices=("auto", "fp32", "bf16"))  # fmt: skip
-    steps: int = option(2600, "optimiser steps", check="positive")
-    lr: float = option(2e-3, "Adam learning rate (cosine decay to lr / 20)", check="positive")
-    seed: int = option(0, "student initialisation and photo order")
-    checkpoint_every: int = option(250, "model file + state every N steps", check="positive")
-    log_every: int = option(50, "progress-bar update every N steps", check="positive")
-    resume: bool = option(False, "continue from OUT's saved state (NAME.run/state.pt)")
-    progress: bool = option(True, "no progress bar", flag="--quiet")
+    precision: str = _loop("precision", "auto")
+    steps: int = _loop("steps", 2600, help="optimiser steps")
+    lr: float = _loop("lr", 2e-3, help="Adam's learning rate (cosine decay to lr / 20)")
+    seed: int = _loop("seed", 0, help="student initialisation and photo order")
+    checkpoint_every: int = _loop("checkpoint_every", 250)
+    log_every: int = _loop("log_every", 50)
+    resume: bool = _loop("resume", False, help="continue from OUT's saved state (NAME.run/state.pt)")
+    progress: bool = _loop("progress", True)
 
     def validate(self) -> None:
         """Raise ValueError (one sentence naming the setting) for settings that cannot work."""
@@ -285,9 +290,9 @@ class DistillConfig:
             raise ValueError("DistillConfig has no loss: give one of the four *_weight settings a value > 0.")
         if self.l1_steps > 0 and self.l1_weight == 0:
             raise ValueError("DistillConfig.l1_steps needs l1_weight > 0: the first steps train with L1 alone.")
-        if Path(self.output).suffix != ".safetensors":
-            raise ValueError(f"Cannot write the student to '{self.output}': the file name must end in .safetensors.")
-        if Path(self.output).resolve() == Path(self.teacher).resolve():
+        if Path(self.out).suffix != ".safetensors":
+            raise ValueError(f"Cannot write the student to '{self.out}': the file name must end in .safetensors.")
+        if Path(self.out).resolve() == Path(self.teacher).resolve():
             raise ValueError(f"The student would overwrite its teacher '{self.teacher}'; choose another output.")
 
     @property
@@ -297,19 +302,20 @@ class DistillConfig:
 
     def state_path(self) -> Path:
         """Where the resumable training state is kept: ``NAME.run/state.pt`` beside the output (as `stlib.train`)."""
-        out = Path(self.output)
+        out = Path(self.out)
         return out.with_name(f"{out.stem}.run") / "state.pt"
 
     def train_config(self, student: TransformerConfig) -> TrainConfig:
         """The training loop's settings for a `student` of this architecture: one photo a step, cosine to lr / 20."""
-        from .train import TrainConfig
-
         return TrainConfig(
-            task="distill", data=self.data, out=self.output, size=self.size, limit=self.limit, batch_size=1,
+            task="distill", data=self.data, out=self.out, size=self.size, limit=self.limit, batch_size=1,
             steps=self.steps, lr=self.lr, schedule="cosine", final_lr=self.lr / 20, seed=self.seed,
             average=self.average, precision=self.precision, checkpoint_every=self.checkpoint_every,
             log_every=self.log_every, val_every=0, resume=self.resume, progress=self.progress, transformer=student,
         )  # fmt: skip
+
+
+accept_former_keywords(DistillConfig, {"output": "out"})  # as before the student's file was named as in TrainConfig
 
 
 @dataclass(frozen=True)
@@ -384,7 +390,7 @@ def _student_info(config: DistillConfig, teacher: TransformerNet) -> dict[str, A
 
 def _refuse_a_former_state(config: DistillConfig) -> None:
     """With ``resume``: one sentence when only an earlier stlib's state (``NAME.distill.pt``) is there."""
-    out = Path(config.output)
+    out = Path(config.out)
     former = out.with_name(out.stem + ".distill.pt")
     if config.resume and not config.state_path().exists() and former.exists():
         raise ValueError(

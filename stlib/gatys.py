@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
 from .hardware import PRECISIONS, keep_freed_memory, resolve_precision
 from .images import save_gif
-from .options import accept_former_keywords, option, require
+from .options import accept_former_keywords, check_options, option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
 
 if TYPE_CHECKING:
@@ -101,13 +101,20 @@ class Result:
 
 
 @dataclass
-class GatysConfig(ObjectiveConfig):
-    """Every setting of `stylize`: the objective (`stlib.perceptual.ObjectiveConfig`'s fields) and the optimisation.
+class GatysConfig:
+    """Every setting of `stylize`: the objective (a nested `stlib.perceptual.ObjectiveConfig`) and the optimisation.
 
     The defaults give a good Starry Night transfer of a photo at 256-512 px. Weights refer to the normalised loss
     terms of `stlib.perceptual`, so they mean the same for ImageNet and offline VGG weights and at every size.
-    ``weights=`` and ``autocast=`` are accepted as the former names of ``vgg_weights`` and ``precision``.
+    ``objective`` takes an `ObjectiveConfig` (e.g. a trained network's, `TrainConfig.objective`) or a dict of the
+    settings that differ from Gatys et al.'s, e.g. ``GatysConfig(objective={"style_weight": 20}, size=256)``.
+    An earlier version's keywords are still accepted: ``autocast=`` for ``precision``, and the objective's settings
+    given flat (``style_weight=``, ``weights=`` ...), which go into ``objective``.
     """
+
+    objective: ObjectiveConfig | Mapping[str, Any] | None = field(
+        default=None, metadata={"group": _LOSS, "nested": ObjectiveConfig}
+    )  # None: Gatys et al.'s layers with the course's weights, ObjectiveConfig(); a dict changes some settings
 
     optimizer: str = option("lbfgs", "L-BFGS (the paper's) or Adam", choices=("lbfgs", "adam"), group=_OPT)
     lr: float | None = option(None, "step size (default 1.0 for lbfgs, 0.02 for adam)", check="positive", group=_OPT)
@@ -140,7 +147,8 @@ class GatysConfig(ObjectiveConfig):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.objective is None or isinstance(self.objective, Mapping):
+            self.objective = ObjectiveConfig(**(self.objective or {}))
         if isinstance(self.iterations, list):
             self.iterations = tuple(self.iterations)
         if self.scales is not None:
@@ -148,14 +156,10 @@ class GatysConfig(ObjectiveConfig):
         if self.style_blend is not None:
             self.style_blend = tuple(self.style_blend)
 
-    @classmethod
-    def from_objective(cls, objective: ObjectiveConfig, **settings: Any) -> GatysConfig:
-        """Optimisation `settings` for `objective` (e.g. `TrainConfig.objective`: a network's own objective)."""
-        return cls(**vars(objective.objective()), **settings)
-
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
-        super().validate()  # every option's declared limits and choices, and the objective's layers
+        self.objective.validate()  # its options' declared limits and choices, and its layers
+        check_options(self)  # the optimisation options' limits and choices
         n_scales = len(self.scales) if self.scales else 1
         if isinstance(self.iterations, tuple) and len(self.iterations) != n_scales:
             raise ValueError(f"iterations has {len(self.iterations)} entries but there are {n_scales} scales.")
@@ -173,20 +177,28 @@ class GatysConfig(ObjectiveConfig):
         n_scales = len(self.scales) if self.scales else 1
         return self.iterations if isinstance(self.iterations, tuple) else (self.iterations,) * n_scales
 
-    @property
-    def weights(self) -> str | None:
-        """The former name of `vgg_weights` (read-only)."""
-        return self.vgg_weights
+
+_OBJECTIVE_SETTINGS = frozenset(f.name for f in fields(ObjectiveConfig))
 
 
 def _former_names(settings: dict[str, Any]) -> dict[str, Any]:
-    """GatysConfig(weights=..., autocast=...) as before the settings were named as in every other config."""
-    for former, name in (("weights", "vgg_weights"), ("autocast", "precision")):
-        if former in settings:
-            if name in settings:
-                raise TypeError(f"GatysConfig takes {name} or its former name {former}, not both.")
-            value = settings.pop(former)
-            settings[name] = value if former != "autocast" else value or "fp32"  # autocast None: float32
+    """An earlier GatysConfig's keywords as now: ``autocast`` is ``precision``, ``weights`` is ``vgg_weights``, and
+    the objective's settings, once fields of GatysConfig itself, go into the nested ``objective``."""
+    if "autocast" in settings:
+        if "precision" in settings:
+            raise TypeError("GatysConfig takes precision or its former name autocast, not both.")
+        settings["precision"] = settings.pop("autocast") or "fp32"  # autocast None: float32
+    flat = {k: settings.pop(k) for k in [*settings] if k in _OBJECTIVE_SETTINGS or k == "weights"}
+    if "weights" in flat:
+        if "vgg_weights" in flat:
+            raise TypeError("GatysConfig takes vgg_weights or its former name weights, not both.")
+        flat["vgg_weights"] = flat.pop("weights")
+    if flat:
+        given = settings.get("objective")
+        if isinstance(given, ObjectiveConfig):
+            settings["objective"] = replace(given, **flat)
+        else:
+            settings["objective"] = {**(given or {}), **flat}
     return settings
 
 
@@ -406,7 +418,7 @@ class GatysLoss:
             raise ValueError("Give at least one style image.")
         self.objective = PerceptualLoss(
             styles,
-            config.objective().active(),
+            config.objective.active(),
             blend=blend if blend is not None else config.style_blend,
             precision=resolve_precision(config.precision, content.device),
             channels_last=config.channels_last,

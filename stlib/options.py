@@ -6,9 +6,10 @@ in its ``metadata``; `add_options` turns those fields into argparse arguments an
 arguments back into the dataclass, so a new setting appears on the command line, with its help, without a second
 copy (`stlib.cli` uses both). Fields declared with a plain default stay off the command line. An option's limits
 (`check`, `choices`) are declared once: the command line applies them while parsing, and `check_options` applies
-the same ones to a config built in Python. `accept_former_keywords` lets a config take an earlier version's keywords.
-This module is the command line's half of the configs: it imports nothing heavy, so ``python -m stlib --help`` stays
-fast.
+the same ones to a config built in Python. `option_of` lends one config's option to another with another default
+(the training loop's settings to `stlib.distill`), and `accept_former_keywords` lets a config take an earlier
+version's keywords. This module is the command line's half of the configs: it imports nothing heavy, so
+``python -m stlib --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "key_value",
     "layer_weight",
     "option",
+    "option_of",
     "parse_type",
     "require",
 ]
@@ -173,16 +175,34 @@ def _admits_none(hint: object) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
-def accept_former_keywords(cls: type, translate: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+def accept_former_keywords(cls: type, translate: Callable[[dict[str, Any]], dict[str, Any]] | dict[str, str]) -> None:
     """Let ``cls(...)`` take the keywords of an earlier version of its config: `translate` maps the keywords given
-    to the current ones (a former name to its new one, a flat setting into the nested config that holds it now)."""
-    init = cls.__init__
+    to the current ones (a former name to its new one, a flat setting into the nested config that holds it now), or
+    is a dict {former name: name} (giving both is a TypeError)."""
+    init, renames = cls.__init__, translate if isinstance(translate, dict) else None
+
+    def rename(settings: dict[str, Any]) -> dict[str, Any]:
+        for former, name in (renames or {}).items():
+            if former in settings and name in settings:
+                raise TypeError(f"{cls.__name__} takes {name} or its former name {former}, not both.")
+            if former in settings:
+                settings[name] = settings.pop(former)
+        return settings
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **translate(kwargs))
+        init(self, *args, **(rename(kwargs) if renames is not None else translate(kwargs)))
 
     __init__.__doc__, __init__.__signature__ = init.__doc__, inspect.signature(init)
     cls.__init__ = __init__
+
+
+def option_of(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
+    """Config `cls`'s option `name` (its help, limits and flags: declared once, there) for another config, with
+    another `default`; `changes` replace parts of the declaration (e.g. ``help=``, ``flag=``, ``group=``)."""
+    metadata = {**cls.__dataclass_fields__[name].metadata, "required": False, **changes}
+    if isinstance(metadata.get("flag"), str):
+        metadata["flag"] = (metadata["flag"],)
+    return field(default=default, metadata=metadata)
 
 
 def layer_weight(text: str) -> tuple[str, float]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +117,10 @@ class ObjectiveConfig:
     def johnson(cls, task: str = "style", loss: str = "feat") -> ObjectiveConfig:
         """Johnson et al.'s objective for a training task: style (Sec. 4.1) or super-resolution (Sec. 4.2).
 
-        Style: content at `JOHNSON_CONTENT_LAYER`, style at `JOHNSON_STYLE_LAYERS`, weights content 1, style 5, TV 10
-        (normalised terms: why these values, `stlib.train`); super-resolution: l_feat at relu2_2 (`loss` "feat") or
-        l_pixel ("pixel"), no style, no TV.
+        Style: content at `JOHNSON_CONTENT_LAYER`, style at `JOHNSON_STYLE_LAYERS`, the default weights (content 1,
+        style 10, TV 10: the normalised terms above make them work for Gatys' and Johnson's layers alike, and they
+        trained the shipped style networks); super-resolution: l_feat at relu2_2
+        (`loss` "feat") or l_pixel ("pixel"), no style, no TV.
         """
         if task == "superres":
             feat = loss == "feat"
@@ -127,7 +128,7 @@ class ObjectiveConfig:
                 content_layers=(JOHNSON_CONTENT_LAYER,), style_layers={}, content_weight=1.0 if feat else 0.0,
                 style_weight=0.0, tv_weight=0.0, pixel_weight=0.0 if feat else 1.0,
             )  # fmt: skip
-        return cls(content_layers=(JOHNSON_CONTENT_LAYER,), style_layers=JOHNSON_STYLE_LAYERS, style_weight=5.0)
+        return cls(content_layers=(JOHNSON_CONTENT_LAYER,), style_layers=JOHNSON_STYLE_LAYERS)
 
     def validate(self) -> None:
         """Raise ValueError with one clear sentence for the first invalid setting."""
@@ -145,16 +146,11 @@ class ObjectiveConfig:
         if unknown:
             raise ValueError(f"Unknown {self.arch} layer(s) {', '.join(unknown)} (see stlib.vgg.layer_names).")
 
-    def objective(self) -> ObjectiveConfig:
-        """The objective alone, as a plain `ObjectiveConfig` (a `GatysConfig` drops its optimisation settings)."""
-        settings = {f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)}
-        return ObjectiveConfig(**{**settings, "style_layers": dict(self.style_layers)})
-
     def active(self) -> ObjectiveConfig:
         """The objective without the layers whose term has weight 0 (they cannot change the total)."""
         content = self.content_layers if self.content_weight > 0 else ()
         style = {k: w for k, w in self.style_layers.items() if w > 0} if self.style_weight > 0 else {}
-        return replace(self.objective(), content_layers=content, style_layers=style)
+        return replace(self, content_layers=content, style_layers=style)
 
 
 def content_scale(target: torch.Tensor) -> torch.Tensor:
@@ -399,7 +395,7 @@ def style_size_curve(
     The style term only (fp32, batch mean), with `config`'s layers and weights; the painting is resized as
     training resizes it (`stlib.images.load_tensor`).
     """
-    only_style = replace(config.objective(), content_layers=(), content_weight=0.0, tv_weight=0.0, pixel_weight=0.0)
+    only_style = replace(config, content_layers=(), content_weight=0.0, tv_weight=0.0, pixel_weight=0.0)
     curve: list[float] = []
     feats = None  # the outputs' features: computed once, judged against each size's Gram matrices
     for size in sizes:

@@ -1,10 +1,11 @@
-"""The demo (stlib.demo): widget cells executed headless without a stall, per-cell timeouts that name the cell,
+"""The demo (tools/demo.py): widget cells executed headless without a stall, per-cell timeouts that name the cell,
 captions for every figure, and a quick demo's gallery checked in a real browser (Chromium via Playwright)."""
 
 from __future__ import annotations
 
 import io
 import json
+import sys
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import nbformat
 import pytest
 from PIL import Image
 
-from stlib import assets, demo
+from stlib import assets
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import demo  # noqa: E402  (tools/demo.py)
+
 KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
 
 
@@ -119,7 +123,7 @@ def test_every_figure_the_notebooks_save_has_a_caption():
         saved = demo.saved_figure_names(ROOT / "notebooks" / name)
         assert len(saved) >= 1, name
         missing = [figure for figure in saved if figure not in demo.CAPTIONS]
-        assert not missing, f"{name} saves figures without a caption in stlib.demo.CAPTIONS: {missing}"
+        assert not missing, f"{name} saves figures without a caption in tools/demo.py's CAPTIONS: {missing}"
 
 
 def test_full_mode_runs_every_notebook_and_gives_notebook_03_its_photos(tmp_path, capsys, monkeypatch):
@@ -143,6 +147,12 @@ def test_config_rejects_bad_settings(tmp_path):
     for bad in (dict(mode="slow"), dict(timeout=0), dict(timeout_factor=-1), dict(min_timeout=0)):
         with pytest.raises(ValueError):
             demo.DemoConfig(**bad).validate()
+
+
+def test_the_command_line_reports_a_bad_setting_in_one_line(tmp_path, capsys):
+    assert demo.main(["--full", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def _config(teacher_file: Path, photos: Path, out: Path, **changes) -> DistillCo
     settings.update(num_residual_blocks=3, subpixel_output=False)  # cheaper than the default shape; same code
     settings.update(start="random")  # the tests below compare training runs; pruned starts have their own tests
     settings.update(feature_weight=0, gram_weight=0, objective_weight=0)  # L1 alone (no VGG) unless a test asks
-    return DistillConfig(teacher=str(teacher_file), data=str(photos), output=str(out), **{**settings, **changes})
+    return DistillConfig(teacher=str(teacher_file), data=str(photos), out=str(out), **{**settings, **changes})
 
 
 def _l1(model: TransformerNet, teacher: TransformerNet, photo: torch.Tensor) -> float:
@@ -125,7 +125,7 @@ def test_the_average_is_the_exponential_moving_average_of_the_students_weights(t
     expected = dict(raw[0])  # the first update copies the weights
     for weights in raw[1:]:
         expected = {k: 0.75 * expected[k] + 0.25 * weights[k] for k in expected}
-    written = load_model(config.output).state_dict()
+    written = load_model(config.out).state_dict()
     assert all(torch.allclose(written[k], expected[k], rtol=1e-5, atol=1e-6) for k in written)
     assert not all(torch.equal(written[k], raw[-1][k]) for k in written)  # not the last weights
     with pytest.raises(ValueError, match=r"average must be a number in \[0, 1\), got 1"):
@@ -202,7 +202,7 @@ def test_the_default_student_has_the_shipped_slim_networks_shape():
     folder = assets.repo_root() / "checkpoints"
     shipped, teacher = (load_model(folder / f"the_scream{s}.safetensors") for s in ("_slim", ""))
     assert read_metadata(folder / "the_scream_slim.safetensors")["info"]["kind"] == "distilled"
-    defaults = DistillConfig(teacher="t.safetensors", data="photos", output="s.safetensors")
+    defaults = DistillConfig(teacher="t.safetensors", data="photos", out="s.safetensors")
     made = slim_config(teacher.config, defaults.width, defaults.num_residual_blocks, defaults.subpixel_output)
     assert made == shipped.config and (made.num_residual_blocks, made.subpixel_output) == (5, True)
 

@@ -84,9 +84,10 @@ def test_init_kinds(photo):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def small(weights: str, **changes) -> gatys.GatysConfig:
-    """The default configuration at test sizes: 64 px, few iterations, no progress bar."""
-    return gatys.GatysConfig(**({"weights": weights, "size": 64, "iterations": 20, "progress": False} | changes))
+def small(weights: str, objective: dict | None = None, **changes) -> gatys.GatysConfig:
+    """The default configuration at test sizes: 64 px, few iterations, no progress bar; `objective`: its changes."""
+    settings = {"size": 64, "iterations": 20, "progress": False} | changes
+    return gatys.GatysConfig(objective={"vgg_weights": weights} | (objective or {}), **settings)
 
 
 def test_stylize_lowers_the_loss_fivefold_and_keeps_pixels_valid(photo, painting, offline_weights):
@@ -112,7 +113,7 @@ def test_stylize_from_the_photo_trades_content_for_style(photo, painting, offlin
 
 
 def test_loss_terms_are_the_normalised_losses_built_by_hand(photo, painting, offline_weights):
-    config = small(offline_weights, style_layers={"relu1_1": 1.0, "relu3_1": 3.0}, tv_weight=2.0)
+    config = small(offline_weights, {"style_layers": {"relu1_1": 1.0, "relu3_1": 3.0}, "tv_weight": 2.0})
     x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(1))
     style = gatys.resize_tensor(painting, 64)
     with gatys.GatysLoss(photo[..., :48, :64], style, config) as loss:
@@ -127,7 +128,9 @@ def test_loss_terms_are_the_normalised_losses_built_by_hand(photo, painting, off
         tv = total_variation(x)
     torch.testing.assert_close(terms["content"], content, rtol=1e-4, atol=0)
     torch.testing.assert_close(terms["style"], style_term, rtol=1e-4, atol=0)
-    torch.testing.assert_close(terms["total"], content + config.style_weight * style_term + 2.0 * tv, rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        terms["total"], content + config.objective.style_weight * style_term + 2.0 * tv, rtol=1e-4, atol=0
+    )
 
 
 def test_fast_path_gives_the_same_loss_as_the_plain_path(photo, painting, offline_weights):
@@ -242,21 +245,23 @@ def test_snapshots_make_an_animated_gif(tmp_path, photo, painting, offline_weigh
     [
         ({"optimizer": "sgd"}, "optimizer must be one of lbfgs, adam"),
         ({"init": "zeros"}, "init must be one of content, noise"),
-        ({"style_layers": {"relu9_9": 1.0}}, "Unknown vgg16 layer"),
+        ({"objective": {"style_layers": {"relu9_9": 1.0}}}, "Unknown vgg16 layer"),
         ({"scales": (128, 64)}, "increase"),
         ({"scales": (32, 64), "iterations": (5, 5, 5)}, "3 entries but there are 2 scales"),
-        ({"style_weight": float("nan")}, "style_weight"),
+        ({"objective": {"style_weight": float("nan")}}, "style_weight"),
         ({"color_method": "lab"}, "color_method"),
         ({"precision": "int8"}, "precision must be one of auto, fp32"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(photo, painting, changes, message):
     with pytest.raises(ValueError, match=message):
-        gatys.stylize(photo, painting, gatys.GatysConfig(**({"weights": None, "progress": False} | changes)))
+        gatys.stylize(
+            photo, painting, gatys.GatysConfig(**({"objective": {"vgg_weights": None}, "progress": False} | changes))
+        )
 
 
 def test_bad_images_fail_with_a_clear_message(photo, painting):
-    config = gatys.GatysConfig(weights=None, size=32, iterations=1, progress=False)
+    config = gatys.GatysConfig(objective={"vgg_weights": None}, size=32, iterations=1, progress=False)
     broken = photo.clone()
     broken[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="content image contains NaN"):
@@ -266,7 +271,7 @@ def test_bad_images_fail_with_a_clear_message(photo, painting):
 
 
 def test_diverging_loss_stops_instead_of_returning_a_black_image(photo, painting, offline_weights):
-    config = small(offline_weights, iterations=3, style_weight=1e38)  # finite weight, infinite loss
+    config = small(offline_weights, {"style_weight": 1e38}, iterations=3)  # finite weight, infinite loss
     with pytest.raises(gatys.OptimizationDiverged, match=r"became inf at iteration \d"):
         gatys.stylize(photo, painting, config)
 
@@ -302,16 +307,24 @@ def test_optimize_image_returns_the_lowest_objective_seen():
     assert float(loss_fn(result.image)["total"]) == pytest.approx(best_seen)
 
 
-def test_config_is_the_objective_plus_the_optimisation_and_takes_the_former_weights_name():
+def test_config_nests_the_objective_and_takes_an_earlier_versions_flat_keywords():
     from dataclasses import replace
 
     from stlib.perceptual import ObjectiveConfig
 
-    config = gatys.GatysConfig(weights="offline", size=64, style_weight=3.0)  # the former name of vgg_weights
-    assert config.vgg_weights == config.weights == "offline" and gatys.GatysConfig(weights=None).vgg_weights is None
-    assert replace(config, size=32).vgg_weights == "offline" and replace(config, vgg_weights="auto").weights == "auto"
-    assert config.objective() == ObjectiveConfig(vgg_weights="offline", style_weight=3.0)
-    again = gatys.GatysConfig.from_objective(config.objective(), size=64)
-    assert again == config and isinstance(again, gatys.GatysConfig)
+    config = gatys.GatysConfig(objective={"vgg_weights": "offline", "style_weight": 3.0}, size=64)
+    assert config.objective == ObjectiveConfig(vgg_weights="offline", style_weight=3.0)  # the rest: Gatys et al.'s
+    assert gatys.GatysConfig().objective == ObjectiveConfig() and gatys.GatysConfig(objective=config.objective) == (
+        replace(config, size=512)
+    )
+    # an earlier version's flat keywords land in the nested objective, ``weights`` as ``vgg_weights``
+    assert gatys.GatysConfig(weights="offline", style_weight=3.0, size=64) == config
+    flat_over_given = gatys.GatysConfig(objective=ObjectiveConfig(tv_weight=1.0), weights="offline", size=64)
+    assert (flat_over_given.objective.vgg_weights, flat_over_given.objective.tv_weight) == ("offline", 1.0)
+    assert gatys.GatysConfig(autocast=None).precision == "fp32"
     with pytest.raises(TypeError, match="vgg_weights or its former name weights"):
         gatys.GatysConfig(weights="offline", vgg_weights="auto")
+    with pytest.raises(TypeError, match="precision or its former name autocast"):
+        gatys.GatysConfig(autocast="bf16", precision="fp32")
+    with pytest.raises(ValueError, match="ObjectiveConfig.tv_weight must be a finite number >= 0"):
+        gatys.GatysConfig(objective={"tv_weight": -1.0}).validate()

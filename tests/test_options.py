@@ -7,7 +7,16 @@ import dataclasses
 
 import pytest
 
-from stlib.options import accept_former_keywords, add_options, check_options, config_from, is_option, option, require
+from stlib.options import (
+    accept_former_keywords,
+    add_options,
+    check_options,
+    config_from,
+    is_option,
+    option,
+    option_of,
+    require,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,3 +175,30 @@ def test_former_keywords_are_translated_before_the_config_is_made():
 
     accept_former_keywords(Renamed, lambda kw: {"depth": kw.pop("levels")} | kw if "levels" in kw else kw)
     assert Renamed(levels=4) == Renamed(depth=4) and dataclasses.replace(Renamed(levels=4), depth=2).depth == 2
+
+    @dataclasses.dataclass
+    class Moved:
+        out: str = "o"
+
+    accept_former_keywords(Moved, {"output": "out"})  # a plain rename
+    assert Moved(output="x") == Moved(out="x")
+    with pytest.raises(TypeError, match="Moved takes out or its former name output, not both."):
+        Moved(output="x", out="y")
+
+
+def test_an_option_lent_to_another_config_keeps_its_limits_and_flags_with_its_own_default():
+    @dataclasses.dataclass
+    class Borrower:
+        depth: int = option_of(Inner, "depth", 7)
+        mode: str = option_of(Settings, "mode", "slow", help="how, here")
+
+    assert Borrower() == Borrower(depth=7, mode="slow")
+    with pytest.raises(ValueError, match="Borrower.depth must be a positive integer, got 0"):
+        check_options(Borrower(depth=0))  # Inner's check, applied to the borrower
+    parser = argparse.ArgumentParser()
+    add_options(parser, Borrower)
+    args = parser.parse_args(["--deep", "2"])  # Inner's flag
+    assert config_from(Borrower, args) == Borrower(depth=2, mode="slow")
+    assert "how, here" in parser.format_help() and "(default: 7)" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "medium"])  # Settings' choices

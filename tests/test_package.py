@@ -20,7 +20,7 @@ LAYERS = [
     {"perceptual", "checkpoint", "backends", "prune", "runlog"},  # objective, model files, engines, pruning, run logs
     {"gatys", "train", "stylize", "upscale", "distill", "temporal"},  # the two methods and what uses their results
     {"video", "desktop", "webcam"},  # frames and live sources
-    {"cli", "__main__", "demo"},  # the command line, and the course run headless
+    {"cli", "__main__"},  # the command line
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def johnson(weights: str, **changes) -> ObjectiveConfig:
-    """Johnson et al.'s layers with the course's training weights (content 1, style 5, TV 10)."""
+    """Johnson et al.'s layers, weights content 1, style 5, TV 10 (a style weight other than the default's 10)."""
     settings = dict(
         vgg_weights=weights,
         content_layers=JOHNSON_CONTENT_LAYER,

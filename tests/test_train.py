@@ -76,7 +76,7 @@ def test_defaults_follow_the_paper():
     assert (cfg.size, cfg.batch_size, cfg.steps, cfg.lr) == (256, 4, 40_000, 1e-3)
     assert cfg.objective.content_layers == ("relu2_2",)
     assert cfg.objective.style_layers == dict.fromkeys(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), 1.0)
-    assert (cfg.objective.content_weight, cfg.objective.style_weight, cfg.objective.tv_weight) == (1.0, 5.0, 10.0)
+    assert (cfg.objective.content_weight, cfg.objective.style_weight, cfg.objective.tv_weight) == (1.0, 10.0, 10.0)
     assert cfg.objective.vgg_weights == "auto" and cfg.schedule == "constant"
 
 
@@ -416,7 +416,7 @@ def _objective_pair(config: TrainConfig, photo: torch.Tensor, painting: torch.Te
     with torch.no_grad():
         # "The same formula": compare in fp32 whatever `auto` picks on this CPU (bf16 where it has native bf16).
         ours = config.perceptual_loss(style, precision="fp32")(photo, y)
-        settings = gatys_config or gatys.GatysConfig.from_objective(config.objective, size=64)
+        settings = gatys_config or gatys.GatysConfig(objective=config.objective, size=64)
         with gatys.GatysLoss(photo, style, settings) as theirs:
             reference = theirs(y)
     return ours, reference
@@ -429,9 +429,9 @@ def test_gatys_optimises_the_same_objective_as_training(fast_bf16, offline_weigh
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-4, atol=1e-7)
     from stlib.gatys import GatysConfig
 
-    gc = GatysConfig.from_objective(config.objective, size=512, iterations=100, init="noise")
-    assert gc.objective() == config.objective and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
-    assert gc.content_layers == ("relu2_2",) and gc.style_layers == config.objective.style_layers
+    gc = GatysConfig(objective=config.objective, size=512, iterations=100, init="noise")
+    assert gc.objective == config.objective and (gc.size, gc.iterations, gc.init) == (512, 100, "noise")
+    assert gc.objective.content_layers == ("relu2_2",) and gc.objective.style_layers == config.objective.style_layers
 
 
 @pytest.mark.parametrize("change", ["one layer's weight", "tv weight"])
@@ -440,11 +440,12 @@ def test_the_same_objective_check_fails_when_the_formula_differs(offline_weights
 
     # The tolerance above is tight enough to catch a 1 % change of one term: the check keeps its teeth.
     config = TrainConfig(style="s.jpg", data="d", vgg_weights=offline_weights, style_size=48, style_weight=7.0)
-    wrong = gatys.GatysConfig.from_objective(config.objective, size=64)
+    objective = config.objective
     if change == "tv weight":
-        wrong = replace(wrong, tv_weight=wrong.tv_weight * 1.01)
+        objective = replace(objective, tv_weight=objective.tv_weight * 1.01)
     else:
-        wrong = replace(wrong, style_layers={**wrong.style_layers, "relu3_3": 1.01})
+        objective = replace(objective, style_layers={**objective.style_layers, "relu3_3": 1.01})
+    wrong = gatys.GatysConfig(objective=objective, size=64)
     ours, reference = _objective_pair(config, photo, painting, wrong)
     with pytest.raises(AssertionError):
         torch.testing.assert_close(ours["total"], reference["total"], rtol=1e-4, atol=1e-7)

@@ -1,4 +1,7 @@
-"""The course demo: the notebooks executed headless with progress, then the results in one gallery.
+"""The course demo: the notebooks executed headless with progress, then the results in one gallery (``make demo``).
+
+The repository's tooling, not the library: it needs the notebooks of a clone, and nothing in `stlib` imports it.
+Run it as ``python tools/demo.py [--quick | --full] [--data DIR]`` (what ``make demo`` does).
 
 ``run_demo`` executes notebooks 01, 02 and 04 with nbclient (all five in full mode), runs a Gatys transfer of the
 sample photo, the sample photo through every network in ``checkpoints/``, a short stylised clip and the sample
@@ -32,6 +35,7 @@ of 14 s for 20 iterations at 128 px); ``make demo`` sets it for the demo's own p
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import os
@@ -75,7 +79,7 @@ CLIP_OUTPUT = "clip_the_scream.gif"
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
 
 # Expected seconds per code cell (by cell id) and mode, measured with `make demo` on the 2-core development CPU
-# (stlib/demo_times.json: "demo" on a quiet machine, 3 min 14 s in all; "quick" while other jobs ran, load 8-10;
+# (tools/demo_times.json: "demo" on a quiet machine, 3 min 14 s in all; "quick" while other jobs ran, load 8-10;
 # "full" at load 3-5, notebook 02's coarse-to-fine cell less a 520 s pause;
 # `run_demo` writes each run's times to outputs/demo_times.json). Timeouts are ten times these, at least 300 s.
 # A cell missing from the table is expected to take DEFAULT_CELL_SECONDS[mode]. The progress estimate rescales
@@ -190,7 +194,7 @@ class DemoConfig:
 
     def training_photos(self) -> Path | None:
         """Notebook 03's photos: `data`, else COCO where `download-coco` puts it, else None."""
-        from .assets import repo_root
+        from stlib.assets import repo_root
 
         if self.data is not None:
             return Path(self.data).resolve()
@@ -443,7 +447,7 @@ def _execute(
 
 def _atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` in one step (`images.atomic_write`)."""
-    from .images import atomic_write
+    from stlib.images import atomic_write
 
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
@@ -457,9 +461,9 @@ def gatys_transfer(out_dir: str | os.PathLike, mode: str = "demo") -> Path:
     """A Gatys transfer of the Tübingen photo with The Starry Night, coarse to fine; returns the JPEG's path."""
     import torch
 
-    from .assets import content_image, style_image
-    from .gatys import GatysConfig, stylize
-    from .images import load_tensor, save_image
+    from stlib.assets import content_image, style_image
+    from stlib.gatys import GatysConfig, stylize
+    from stlib.images import load_tensor, save_image
 
     if mode == "quick":
         config = GatysConfig(size=128, iterations=30, progress=False)
@@ -477,10 +481,10 @@ def gatys_transfer(out_dir: str | os.PathLike, mode: str = "demo") -> Path:
 
 def shipped_networks(out_dir: str | os.PathLike, size: int = 512) -> list[Path]:
     """The sample photo through every network in checkpoints/ (one forward pass each); the JPEGs' paths."""
-    from .assets import content_image, repo_root
-    from .checkpoint import load_model
-    from .images import load_tensor, save_image
-    from .stylize import stylize_image
+    from stlib.assets import content_image, repo_root
+    from stlib.checkpoint import load_model
+    from stlib.images import load_tensor, save_image
+    from stlib.stylize import stylize_image
 
     photo = load_tensor(content_image("tubingen"), size=size)
     written = []
@@ -495,11 +499,11 @@ def superres_samples(out_dir: str | os.PathLike, networks: Sequence[Path], size:
     import numpy as np
     from PIL import Image
 
-    from .assets import content_image
-    from .checkpoint import load_model
-    from .images import load_image, save_image, to_pil, to_tensor
-    from .superres import bicubic_upscale, crop_to_multiple, downscale
-    from .upscale import upscale_image
+    from stlib.assets import content_image
+    from stlib.checkpoint import load_model
+    from stlib.images import load_image, save_image, to_pil, to_tensor
+    from stlib.superres import bicubic_upscale, crop_to_multiple, downscale
+    from stlib.upscale import upscale_image
 
     photo = load_image(content_image("tubingen"), size=512)
     square = crop_to_multiple(photo.crop((128, 96, 128 + size, 96 + size)), 8)  # (size, size), the town's roofs
@@ -528,11 +532,11 @@ def stylised_clip(
     import numpy as np
     from PIL import Image
 
-    from .checkpoint import load_model
-    from .images import save_gif
-    from .stylize import stylize_frame
-    from .temporal import TemporalSmoother
-    from .video import SyntheticScene
+    from stlib.checkpoint import load_model
+    from stlib.images import save_gif
+    from stlib.stylize import stylize_frame
+    from stlib.temporal import TemporalSmoother
+    from stlib.video import SyntheticScene
 
     model = load_model(network, task="style")
     scene = SyntheticScene(*size, fps=12)
@@ -651,7 +655,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     """Run the notebooks and the extra steps of `config` and write the gallery; return what was done."""
     import nbformat
 
-    from .assets import outputs_dir, repo_root
+    from stlib.assets import outputs_dir, repo_root
 
     config = config or DemoConfig()
     config.validate()
@@ -720,7 +724,7 @@ def _notebooks_and_env(config: DemoConfig) -> tuple[tuple[str, ...], dict[str, s
 
 def _extras(out: Path, config: DemoConfig) -> list[Path]:
     """The steps after the notebooks: a Gatys transfer, every shipped network, a clip, the upscaled sample."""
-    from .assets import repo_root
+    from stlib.assets import repo_root
 
     extras: list[Path] = []
     done = _step(f"Gatys transfer of the photo with The Starry Night ({config.mode} mode)", config.progress)
@@ -775,3 +779,47 @@ def saved_figure_names(notebook: str | os.PathLike) -> list[str]:
     nb = nbformat.read(notebook, as_version=4)
     names = [m for c in nb.cells if c.cell_type == "code" for m in _FIGURE_NAME.findall(c.source)]
     return list(dict.fromkeys(names))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``make demo``): run the course headless; one line and exit code 2 for a known problem."""
+    parser = argparse.ArgumentParser(
+        prog="tools/demo.py",
+        description="Run the course headless with progress: notebooks 01, 02 and 04 (all five with --full), a Gatys "
+        "transfer, the sample photo through every network in checkpoints/, a short stylised clip and the sample "
+        "upscaled by every super-resolution network; results and outputs/index.html, a gallery of every figure, go "
+        "to outputs/. Default: reduced sizes, a few minutes on a CPU.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (as in CI)")
+    size.add_argument("--full", action="store_true", help="every notebook at full size (about an hour on a CPU)")
+    parser.add_argument(
+        "--data", metavar="DIR",
+        help="--full: photos for notebook 03's training (default: data/coco/train2017; without it 03 is skipped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, metavar="S",
+        help="seconds allowed per notebook cell (default: ten times the cell's expected time, at least 300)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full" if args.full else "demo"
+    config = DemoConfig(mode=mode, data=args.data, timeout=args.timeout, progress=not args.quiet)
+    try:
+        config.validate()
+        result = run_demo(config)
+    except (ValueError, DemoError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    minutes, seconds = divmod(round(result.seconds), 60)
+    print(f"Done in {minutes}:{seconds:02d} ({mode} mode): {len(result.figures)} figures in {result.out}")
+    print(f"Open {result.gallery} in a browser.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stlib from this repository, also uninstalled
+    sys.exit(main())
