@@ -153,7 +153,7 @@ class StudentObjective(nn.Module):
         self.judge = config.objective_weight > 0  # the content targets: a (truncated) VGG pass of the photo
         self.terms = ("l1", *(("feature", "gram") if self.imitation else ()), *(("objective",) * self.judge))
         self.l1_steps, self.step = config.l1_steps, 0
-        self.loss = teacher_objective(config.teacher, teacher_info, precision, device) if config.perceptual else None
+        self.loss = teacher_objective(config.teacher, teacher_info, precision, device) if self.terms[1:] else None
         self.source = None if self.loss is None else self.loss.source
         self.style_layers = {} if self.loss is None else dict(self.loss.style_layers)
         self.layers = [] if self.loss is None else list(dict.fromkeys([*self.loss.content_layers, *self.style_layers]))
@@ -294,11 +294,6 @@ class DistillConfig:
             raise ValueError(f"Cannot write the student to '{self.out}': the file name must end in .safetensors.")
         if Path(self.out).resolve() == Path(self.teacher).resolve():
             raise ValueError(f"The student would overwrite its teacher '{self.teacher}'; choose another output.")
-
-    @property
-    def perceptual(self) -> bool:
-        """Whether the loss has a VGG term (feature, Gram or the teacher's objective)."""
-        return self.feature_weight > 0 or self.gram_weight > 0 or self.objective_weight > 0
 
     def state_path(self) -> Path:
         """Where the resumable training state is kept: ``NAME.run/state.pt`` beside the output (as `stlib.train`)."""
