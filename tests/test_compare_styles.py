@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stlib import assets
+from stlib import assets, images
 from stlib.checkpoint import load_model, read_metadata, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_no_candidate_that_is_not_better_ships(candidates, checkpoints, tmp_path
     before = digests(checkpoints)
     report = tmp_path / "compare.json"
     code = compare_styles.main([str(candidates), *TINY, "--frames", "0", "--checkpoints", str(checkpoints),
-                                "--json", str(report), "--ship"])  # fmt: skip
+                                "--json", str(report), "--ship", "--look", str(tmp_path / "look")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert digests(checkpoints) == before  # nothing shipped, nothing touched
@@ -103,6 +103,14 @@ def test_no_candidate_that_is_not_better_ships(candidates, checkpoints, tmp_path
     table = out[out.index("# Shipped → candidate") :]
     assert "cores" in table.splitlines()[0] and "64x64" in table.splitlines()[0]
     assert "| the_scream | " in table and "keep: objective not lower" in table and " → " in table
+    # the pictures to look at: photo | shipped | candidate, under it the centre thirds at 3x
+    looks = sorted(p.name for p in (tmp_path / "look").iterdir())
+    assert looks == [f"{style}_photo{i}.png" for style in ("starry_night", "the_scream", "wave") for i in (0, 1)]
+    for style, same_network in (("the_scream", True), ("starry_night", False)):
+        sheet = images.load_tensor(tmp_path / "look" / f"{style}_photo0.png")
+        assert sheet.shape == (1, 3, 128, 192)
+        shipped, candidate = sheet[..., :64, 64:128], sheet[..., :64, 128:]
+        assert torch.equal(shipped, candidate) == same_network
 
 
 def test_the_decision_needs_every_statistic_lower():

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # stlib and benchmarks from this repository
@@ -43,10 +44,11 @@ sys.path.insert(0, str(ROOT))  # stlib and benchmarks from this repository
 from benchmarks import artifacts as artifact_stats  # noqa: E402
 from benchmarks import quality, temporal  # noqa: E402
 from benchmarks.common import SHARED_VAL, held_out_files, own_objective  # noqa: E402
-from stlib import assets  # noqa: E402
+from stlib import assets, images  # noqa: E402
 from stlib.checkpoint import CheckpointError, load_model, read_metadata  # noqa: E402
 from stlib.hardware import default_device, describe_machine  # noqa: E402
 from stlib.images import atomic_write  # noqa: E402
+from stlib.stylize import stylize_image  # noqa: E402
 from stlib.train import TrainConfig, square_photo  # noqa: E402
 
 ARTEFACTS = ("grid p4", "border", "noise flicker", "warp error")  # benchmarks/artifacts.py's, grid p2 aside
@@ -191,6 +193,20 @@ def score(
     }  # fmt: skip
 
 
+def save_looks(pair: Pair, photos: list[tuple[str, torch.Tensor]], folder: Path, count: int = 2) -> list[Path]:
+    """PNGs to judge by eye: photo | shipped | candidate at 100 %, under it their centre thirds at 3x (nearest)."""
+    models = [load_model(pair.shipped), load_model(pair.candidate)]
+    paths = []
+    for index, (_, photo) in enumerate(photos[:count]):
+        row = [photo, *(stylize_image(model, photo) for model in models)]  # each (1, 3, S, S)
+        side, s = photo.shape[-1], photo.shape[-1] // 3
+        pad = (0, side - 3 * s, 0, side - 3 * s)  # exactly 3x (every pixel a 3x3 block), black where S % 3 > 0
+        zoom = [F.pad(F.interpolate(x[..., s : 2 * s, s : 2 * s], scale_factor=3, mode="nearest"), pad) for x in row]
+        sheet = torch.cat([torch.cat(row, dim=-1), torch.cat(zoom, dim=-1)], dim=-2).clamp(0, 1)
+        paths.append(images.save_image(sheet, folder / f"{pair.style}_photo{index}.png"))
+    return paths
+
+
 def decide(stats: dict[str, tuple[float | None, float | None]]) -> tuple[str, str]:
     """("ship", why) when the candidate is lower on every deciding statistic, else ("keep", the first reason)."""
     for key in DECIDING:
@@ -267,7 +283,8 @@ FOLLOW_UP = """Still to do by hand for the shipped styles ({styles}):
      (the table above, with its machine), and checkpoints/README.md ("The shipped styles": steps, recipe, machine)
   3. tests/test_artifacts.py: a network with antialiased downsampling loses its xfail by itself; run that file
   4. a slim companion distilled from an older teacher (STYLE_slim.safetensors) must be distilled again
-  5. git add checkpoints/ and commit with the table above"""
+  5. the metadata came with the export (trained, dataset, steps_in_all): correct it if needed with
+     python -m stlib export FILE -o FILE --info key=value; then git add checkpoints/ and commit with the table above"""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,6 +320,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gatys-iterations", type=int, default=0, help="also the ratio to Gatys-N (default: off)")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"the Gatys results (default: {CACHE})")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--look", type=Path, help="also write PNGs (100 %% and 3x zoom) of both networks here")
     parser.add_argument("--ship", action="store_true", help="copy the winners over the shipped files")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     return parser.parse_args(argv)
@@ -330,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     for pair in pairs:
         print(f"scoring {pair.candidate} against {pair.shipped} ...", flush=True)
         rows.append(score(pair, photos, clips, args, cache))
+        if args.look:
+            looks = save_looks(pair, photos, args.look)
+            print(f"  look: {', '.join(str(p) for p in looks)} (photo | shipped | candidate; under it 3x zoom)")
     if cache:
         write_json(args.cache, cache)
     header = (
