@@ -21,8 +21,8 @@ validation photos from ../shared, centre squares at ``--size`` px; the bundled s
 A candidate ships only when it is lower than the shipped file on the objective, on every artefact statistic and on
 the clip flicker (a statistic that could not be measured keeps the shipped file). One Markdown table (the machine in
 its header; each statistic shipped → candidate, the verdict with the first reason to keep), the same as JSON with
-``--json``; ``--ship`` copies each winner atomically over ``checkpoints/STYLE.safetensors``, checks that it loads
-and prints what a maintainer must still do.
+``--json``, pictures to judge by eye with ``--look DIR``; ``--ship`` copies each winner atomically over
+``checkpoints/STYLE.safetensors``, checks that it loads and prints what a maintainer must still do.
 """
 
 from __future__ import annotations
