@@ -188,9 +188,17 @@ def test_flicker_on_a_real_clip(candidates, tmp_path, shared_dir, capsys):
     assert "mean over book (3 frames)" in capsys.readouterr().out
 
 
-def test_a_missing_folder_or_no_usable_candidate_is_one_sentence(tmp_path):
+def test_a_missing_folder_or_no_usable_candidate_is_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not exist"):
         compare_styles.main([str(tmp_path / "absent")])
     (tmp_path / "notes.safetensors").write_bytes(b"x")
+    save_model(load_model(ROOT / "checkpoints" / "wave.safetensors"), tmp_path / "wave.safetensors", info={})
     with pytest.raises(SystemExit, match="no file in .* is a style network named as one in"):
         compare_styles.main([str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"'{tmp_path / 'notes.safetensors'}' has no shipped counterpart ({ROOT / 'checkpoints' / 'notes.safetensors'} "
+        "does not exist): skipped.",
+        f"'{tmp_path / 'wave.safetensors'}' carries no usable training settings (train_config) in its metadata: "
+        "skipped.",
+    ]

@@ -77,8 +77,11 @@ def find_pairs(candidates: Path, checkpoints: Path) -> tuple[list[Pair], list[st
         try:
             load_model(path, task="style")
             painting, theirs = artifact_stats.painting_of(path), artifact_stats.painting_of(shipped)
-        except (CheckpointError, KeyError, TypeError, ValueError) as err:
+        except CheckpointError as err:
             skipped.append(f"Skipped: {str(err).rstrip('.')}.")
+            continue
+        except (KeyError, TypeError, ValueError):
+            skipped.append(f"'{path}' carries no usable training settings (train_config) in its metadata: skipped.")
             continue
         if painting != theirs:
             skipped.append(f"'{path}' was trained on the painting {painting}, {shipped} on {theirs}: skipped.")
