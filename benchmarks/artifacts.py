@@ -49,6 +49,26 @@ def measure(run, photo: torch.Tensor) -> dict[str, float]:
     }
 
 
+def painting_of(model_file: Path) -> str:
+    """The name of the painting a network was trained on (from its metadata), e.g. ``"wave"``."""
+    return Path(TrainConfig.from_dict(read_metadata(model_file)["info"]["train_config"]).style).stem
+
+
+def painting_grid(style: str, size: int, period: int = 4) -> float:
+    """The painting's own grid statistic at `period` px, its centre square at `size` px (a network's reference)."""
+    return artifacts.grid_strength(square_photo(assets.style_image(style), size), period)
+
+
+def network_rows(model_file: Path, photos: list[torch.Tensor]) -> list[dict[str, float]]:
+    """The statistics (`measure`) of one network's output for each photo."""
+    model = load_model(model_file).eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return stylize_image(model, x)
+
+    return [measure(run, p) for p in photos]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_options(parser, photos=8)
@@ -65,21 +85,15 @@ def main() -> None:
     print("| the photos themselves | " + " | ".join(
         f"{statistics.mean(r[k] for r in photo_rows):.2f}" if k in photo_rows[0] else "-" for k in keys
     ) + " |", flush=True)  # fmt: skip
-    paintings = {}
+    styles = []
     for path in models:
-        model = load_model(path).eval()
-        style = Path(TrainConfig.from_dict(read_metadata(path)["info"]["train_config"]).style).stem
-        paintings.setdefault(style, square_photo(assets.style_image(style), args.size))
-
-        def run(x: torch.Tensor, model=model) -> torch.Tensor:
-            return stylize_image(model, x)
-
-        rows = [measure(run, p) for p in photos]
+        styles.append(painting_of(path))
+        rows = network_rows(path, photos)
         print(f"| {path.stem} | " + " | ".join(f"{statistics.mean(r[k] for r in rows):.2f}" for k in keys) + " |",
               flush=True)  # fmt: skip
-    for style, painting in paintings.items():
-        print(f"| painting: {style} | {artifacts.grid_strength(painting, 2):.2f} | "
-              f"{artifacts.grid_strength(painting, 4):.2f} | - | - | - |")  # fmt: skip
+    for style in dict.fromkeys(styles):
+        print(f"| painting: {style} | {painting_grid(style, args.size, 2):.2f} | "
+              f"{painting_grid(style, args.size, 4):.2f} | - | - | - |")  # fmt: skip
 
 
 if __name__ == "__main__":

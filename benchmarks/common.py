@@ -1,4 +1,5 @@
-"""What the model benchmarks share: their command-line options, the model files and the held-out photos.
+"""What the model benchmarks share: their command-line options, the model files, the held-out photos and the
+objective a network is scored with (its own training objective, from its metadata).
 
 The scripts run as ``python benchmarks/NAME.py``; each puts the repository root on ``sys.path`` to import this.
 """
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import torch
 
-from stlib import assets
+from stlib import assets, images
+from stlib.checkpoint import read_metadata
 from stlib.data import ImageFolderDataset
+from stlib.perceptual import PerceptualLoss
+from stlib.train import TrainConfig
 
 SHARED_VAL = assets.repo_root().parent / "shared" / "data" / "bsds500" / "val"
 
@@ -42,3 +46,10 @@ def held_out_files(args: argparse.Namespace, size: int, fallback: bool = True) -
         raise SystemExit(f"Held-out photo folder '{args.val}' does not exist; pass --val.")
     print(f"({args.val} not found: the bundled sample photo only)")
     return [assets.content_image("tubingen")]
+
+
+def own_objective(model_file: Path, device: str = "cpu") -> tuple[TrainConfig, torch.Tensor, PerceptualLoss]:
+    """A network's training settings, its painting at its training size and its training objective in fp32."""
+    config = TrainConfig.from_dict(read_metadata(model_file)["info"]["train_config"])
+    style = images.load_tensor(assets.style_image(Path(config.style).stem), size=config.style_size, device=device)
+    return config, style, config.perceptual_loss(style, precision="fp32")  # the score: fp32 on any CPU

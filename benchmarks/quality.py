@@ -30,54 +30,64 @@ from pathlib import Path
 
 import torch
 
-from stlib import assets, gatys, images, plots
+from stlib import gatys, plots
 from stlib.checkpoint import load_model, read_metadata
 from stlib.hardware import default_device
+from stlib.perceptual import PerceptualLoss
 from stlib.stylize import stylize_image
 from stlib.train import TrainConfig, square_photo
+from stlib.transformer import TransformerNet
 
 if __package__ in (None, ""):  # python benchmarks/NAME.py: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_model_options, held_out_files, model_files  # noqa: E402
+from benchmarks.common import add_model_options, held_out_files, model_files, own_objective  # noqa: E402
+
+
+def network_objective(
+    model: TransformerNet, objective: PerceptualLoss, photo: torch.Tensor
+) -> tuple[float, float, torch.Tensor]:
+    """A network's objective on one photo (1, 3, S, S), its forward time in seconds (after a warm-up), its output."""
+    stylize_image(model, photo)  # warm-up
+    start = time.perf_counter()
+    fast = stylize_image(model, photo)
+    if photo.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        return float(objective(photo, fast)["total"]), seconds, fast
+
+
+def gatys_objective(
+    photo: torch.Tensor, style: torch.Tensor, config: TrainConfig, objective: PerceptualLoss, iterations: int
+) -> tuple[float, float, list[float]]:
+    """The objective after `iterations` L-BFGS iterations of Gatys from noise, its seconds, its value per iteration."""
+    size = max(photo.shape[-2:])
+    style_scale = (config.style_size or size) / size  # the style image at its training size
+    settings = gatys.GatysConfig(
+        objective=config.objective, size=size, style_scale=style_scale, iterations=iterations, init="noise",
+        progress=False,
+    )  # fmt: skip
+    slow = gatys.stylize(photo, style, settings)
+    with torch.no_grad():
+        return float(objective(photo, slow.image)["total"]), slow.seconds, slow.losses("total")
 
 
 def evaluate(model_file: Path, photos: list[torch.Tensor], iterations: int, device: str) -> dict:
     """Objectives and times of one network and of Gatys on `photos`; returns the rows and the outputs."""
     info = read_metadata(model_file)["info"]
-    config = TrainConfig.from_dict(info["train_config"])
-    style_file = assets.style_image(Path(config.style).stem)
-    style = images.load_tensor(style_file, size=config.style_size, device=device)
+    config, style, objective = own_objective(model_file, device)
     model = load_model(model_file, device=device)
-    objective = config.perceptual_loss(style, precision="fp32")  # the score: fp32 on any CPU
     rows, outputs = [], []
     for photo in photos:
         photo = photo.to(device)
-        stylize_image(model, photo)  # warm-up
-        start = time.perf_counter()
-        fast = stylize_image(model, photo)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        fast_s = time.perf_counter() - start
-        with torch.no_grad():
-            net_loss = float(objective(photo, fast)["total"])
+        net_loss, fast_s, fast = network_objective(model, objective, photo)
         row = {"net": net_loss, "net_s": fast_s}
         if iterations > 0:
-            size = max(photo.shape[-2:])
-            style_scale = (config.style_size or size) / size  # the style image at its training size
-            settings = gatys.GatysConfig(
-                objective=config.objective,
-                size=size,
-                style_scale=style_scale,
-                iterations=iterations,
-                init="noise",
-                progress=False,
-            )
-            slow = gatys.stylize(photo, style, settings)
-            with torch.no_grad():
-                row.update(gatys=float(objective(photo, slow.image)["total"]), gatys_s=slow.seconds)
+            value, seconds, curve = gatys_objective(photo, style, config, objective, iterations)
+            row.update(gatys=value, gatys_s=seconds)
             # the first L-BFGS iteration whose objective is at or below the network's (None: not within the run)
-            row["match"] = next((i for i, t in enumerate(slow.losses("total"), 1) if t <= net_loss), None)
+            row["match"] = next((i for i, t in enumerate(curve, 1) if t <= net_loss), None)
         rows.append(row)
         outputs.append(fast.cpu())
         gatys_part = (

@@ -37,15 +37,14 @@ from PIL import Image
 if __package__ in (None, ""):  # python benchmarks/NAME.py: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import model_files
+from benchmarks.common import model_files, own_objective
 from stlib import assets, images
 from stlib.backends import make_backend
-from stlib.checkpoint import load_model, read_metadata
+from stlib.checkpoint import load_model
 from stlib.hardware import describe_machine
 from stlib.perceptual import PerceptualLoss
 from stlib.stylize import stylize_frame
 from stlib.temporal import SmoothConfig, TemporalSmoother, clip_motion, warping_error
-from stlib.train import TrainConfig
 from stlib.video import read_frames
 
 VIDEO = assets.repo_root().parent / "shared" / "video"
@@ -110,13 +109,6 @@ def smoothed(frames, outputs, strength: float, config: SmoothConfig) -> tuple[li
     return result, statistics.median(times[1:]), smoother.resets
 
 
-def style_objective(model_file: Path) -> PerceptualLoss:
-    """The network's own training objective (its style image at its training size), fp32."""
-    config = TrainConfig.from_dict(read_metadata(model_file)["info"]["train_config"])
-    style = images.load_tensor(assets.style_image(Path(config.style).stem), size=config.style_size)
-    return config.perceptual_loss(style, precision="fp32")
-
-
 def style_term(objective: PerceptualLoss, frames: list[np.ndarray], picks: list[int]) -> float:
     """Mean style term of the objective over the picked frames (uint8 RGB)."""
     values = []
@@ -154,7 +146,7 @@ def clip_data(path: Path, count: int, style_frames: int) -> dict:
 def run_network(args, model_file: Path, clips: list[dict], config: SmoothConfig) -> list[dict]:
     """One network (engine chosen once, at 640x480) and every method on every clip: a row each."""
     network = make_backend(load_model(model_file), "auto", probe=(480, 640))
-    objective = style_objective(model_file)
+    objective = own_objective(model_file)[2]  # the network's own training objective
     rows = []
     for clip in clips:
         frames, motions, floor = clip["frames"], clip["motions"], clip["floor"]

@@ -76,14 +76,15 @@ def test_a_convolutional_network_nearly_follows_motion(photo):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The shipped styles: no band along the edges, no pixel-locked grid, no flicker (issue 15)
+# The shipped styles: no band along the edges, no pixel-locked grid, no flicker
 # --------------------------------------------------------------------------------------------------------
 
 # Limits on the bundled photo (192 px square; benchmarks/RESULTS.md, "Artefact statistics", has the statistics on
 # held-out photos): what the network adds along an edge (grey levels), its period-4 grid (grey levels), its output
 # change under camera noise relative to the input's (the identity: 1) and after a 3 px move. The networks trained
-# before issue 15 measure 10.5-27.4, 1.64-6.01, 1.65-2.87 and 0.60-0.96 here; `the_scream` retrained with the fixes
-# on a CPU (not shipped: its objective rose 2.7 %) 1.1, 1.40, 1.18 and 0.24.
+# before the artefact fixes (strided downsampling, no stability term) measure 10.5-27.4, 1.64-6.01, 1.65-2.87 and
+# 0.60-0.96 here; `the_scream` retrained with the fixes on a CPU (not shipped: its objective rose 2.7 %) 1.1, 1.40,
+# 1.18 and 0.24.
 MAX_BORDER, MAX_GRID_P4, MAX_NOISE_FLICKER, MAX_WARP_ERROR = 10.0, 1.5, 1.2, 0.35
 
 
@@ -94,7 +95,7 @@ def _shipped_styles() -> list:
         if meta["transformer"].get("upscale", 1) != 1:
             continue  # super-resolution networks are judged in benchmarks/superres.py
         before_fix = meta["transformer"].get("downsample", "strided") == "strided"
-        reason = "trained before the artefact fixes of issue 15 (strided, no stability term): retrain with make styles"
+        reason = "trained before the artefact fixes (strided downsampling, no stability term): retrain with make styles"
         marks = pytest.mark.xfail(strict=True, reason=reason) if before_fix else ()
         params.append(pytest.param(path, marks=marks, id=path.stem))
     return params
