@@ -159,17 +159,27 @@ def warp(image: np.ndarray, flow: np.ndarray, cubic: bool = False) -> np.ndarray
 
 def visible_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """bool (H, W): pixels of frame t whose flow to t-1 (`backward`) and back (`forward`, t-1 -> t) agree."""
-    back_again = warp(forward, backward)  # forward flow at x + backward(x), (H, W, 2)
-    total = backward + back_again
+    return _visible(backward, forward, _sample_grid(backward))
+
+
+def _inside(where: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """bool (H, W): the sampling positions (map_x, map_y) that lie inside the frame."""
+    map_x, map_y = where
+    h, w = map_x.shape
+    return (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+
+
+def _visible(backward: np.ndarray, forward: np.ndarray, where: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`visible_mask` with the sampling positions x + backward(x) already computed (`_sample_grid`)."""
+    cv2 = _cv2()
+    back_again = cv2.remap(forward, *where, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    total = backward + back_again  # (H, W, 2): forward flow at x + backward(x), added to the backward flow
 
     def square(f: np.ndarray) -> np.ndarray:
         return f[..., 0] * f[..., 0] + f[..., 1] * f[..., 1]  # (H, W)
 
     limit = 0.01 * (square(backward) + square(back_again)) + 0.5
-    map_x, map_y = _sample_grid(backward)
-    h, w = backward.shape[:2]
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return (square(total) <= limit) & inside
+    return (square(total) <= limit) & _inside(where)
 
 
 @dataclass(frozen=True)
@@ -284,13 +294,12 @@ class TemporalSmoother:
         """(flow (h, w, 2) from now to the previous frame, blend weight (h, w)), or None at a scene cut."""
         cv2, config = _cv2(), self.config
         backward = _flow_small(gray, self._gray, config.method)  # (h, w, 2)
+        where = _sample_grid(backward)  # x + backward(x), computed once for the three uses
         if config.check:
-            visible = visible_mask(backward, _flow_small(self._gray, gray, config.method))  # (h, w) bool
+            visible = _visible(backward, _flow_small(self._gray, gray, config.method), where)  # (h, w) bool
         else:
-            map_x, map_y = _sample_grid(backward)
-            h, w = gray.shape
-            visible = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)  # stays in the frame
-        moved = warp(self._small, backward)  # (h, w, 3): the previous input, moved
+            visible = _inside(where)
+        moved = cv2.remap(self._small, *where, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         error = cv2.split(cv2.absdiff(small, moved))  # 3 x (h, w) uint8: colour, not only luminance
         error = cv2.max(cv2.max(error[0], error[1]), error[2]).astype(np.float32) * (1 / (255 * config.sigma))
         matched = visible if config.check else visible & (error < 1)  # without the second flow: the colours decide
@@ -360,12 +369,16 @@ def _coarse_mean(x: np.ndarray, window: int, step: int) -> np.ndarray:
     return cv2.blur(x, (side, side))
 
 
-def _local_variance(image: np.ndarray, window: int, step: int) -> np.ndarray:
+def _local_variance(image: np.ndarray, window: int, step: int, work: dict | None = None) -> np.ndarray:
     """Local variance of the luminance over a `window` box, on a grid `step` times coarser (H/step, W/step)."""
-    cv2 = _cv2()
+    cv2, (h, w) = _cv2(), image.shape[:2]
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # (H, W)
+    if luma.dtype != np.float32:
+        luma_f = _buffer(work, "luma", (h, w))
+        luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
     mean = _coarse_mean(luma, window, step)
-    return _coarse_mean(cv2.multiply(luma, luma, dtype=cv2.CV_32F), window, step) - mean * mean
+    square = cv2.multiply(luma, luma, dst=_buffer(work, "square", (h, w)))
+    return _coarse_mean(square, window, step) - mean * mean
 
 
 def contrast_blend(
@@ -396,7 +409,7 @@ def contrast_blend(
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
     step = 4 if window >= 8 and min(h, w) >= 32 else 1  # 640 x 480 -> 160 x 120: whole blocks, INTER_AREA's fast path
-    var_current, var_mixed = _local_variance(current, window, step), _local_variance(mixed, window, step)
+    var_current, var_mixed = _local_variance(current, window, step, work), _local_variance(mixed, window, step, work)
     gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))  # (h', w')
     mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
     if step > 1:
