@@ -369,8 +369,9 @@ def _coarse_mean(x: np.ndarray, window: int, step: int) -> np.ndarray:
     return cv2.blur(x, (side, side))
 
 
-def _local_variance(image: np.ndarray, window: int, step: int, work: dict | None = None) -> np.ndarray:
-    """Local variance of the luminance over a `window` box, on a grid `step` times coarser (H/step, W/step)."""
+def _luma_variances(image: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Local variance of the luminance, and of its finest band (minus its 3x3 mean), over a `window` box, on a grid
+    `step` times coarser: two (H/step, W/step) arrays."""
     cv2, (h, w) = _cv2(), image.shape[:2]
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # (H, W)
     if luma.dtype != np.float32:
@@ -378,7 +379,9 @@ def _local_variance(image: np.ndarray, window: int, step: int, work: dict | None
         luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
     mean = _coarse_mean(luma, window, step)
     square = cv2.multiply(luma, luma, dst=_buffer(work, "square", (h, w)))
-    return _coarse_mean(square, window, step) - mean * mean
+    variance = _coarse_mean(square, window, step) - mean * mean
+    fine = cv2.subtract(luma, cv2.blur(luma, (3, 3), dst=square), dst=_buffer(work, "fine1", (h, w)))
+    return variance, _coarse_mean(cv2.multiply(fine, fine, dst=fine), window, step)
 
 
 def contrast_blend(
@@ -392,10 +395,12 @@ def contrast_blend(
     """current + weight * (previous - current), its local contrast raised back to that of `current`.
 
     Averaging two textures that differ lowers their contrast (the variance of the mean of two uncorrelated halves
-    is half of theirs), which a viewer and the style loss see as a duller painting. With local means m and
-    variances v of the luminance over a `window` box, the mix M becomes m_M + g * (M - m_M),
-    g = sqrt(v_current / v_M) in [1, 2]: 1 where the two agree, so only the texture's contrast changes. The
-    means and variances are smooth, so they are computed on a grid 4 times coarser (from exact block means of
+    is half of theirs), which a viewer and the style loss see as a duller painting, and the warp that brings the
+    previous frame over blurs its finest detail a little more at every frame. With local means m and variances v
+    of the luminance over a `window` box, in two bands (the finest, x minus its 3x3 mean, and the rest), the mix
+    M becomes m_M + g * (M - m_M) + (g_f - g) * (M - box3(M)), with g = sqrt(v_current / v_M) of the coarser band
+    and g_f that of the finest, each in [1, 2]: 1 where the two agree, so only the texture's contrast changes.
+    The means and variances are smooth, so they are computed on a grid 4 times coarser (from exact block means of
     the values and of their squares) and interpolated back. `dtype` uint8 rounds and clips the result; `work`
     (a dict) keeps the full-size arrays from one call to the next.
     """
@@ -409,15 +414,22 @@ def contrast_blend(
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
     step = 4 if window >= 8 and min(h, w) >= 32 else 1  # 640 x 480 -> 160 x 120: whole blocks, INTER_AREA's fast path
-    var_current, var_mixed = _local_variance(current, window, step, work), _local_variance(mixed, window, step, work)
-    gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))  # (h', w')
+    (var_current, fine_current), (var_mixed, fine_mixed) = (
+        _luma_variances(x, window, step, work) for x in (current, mixed)
+    )
+    coarser = np.maximum(var_current - fine_current, 0) / np.maximum(var_mixed - fine_mixed, 1e-3)
+    gain = np.sqrt(np.clip(coarser, 1.0, 4.0))  # (h', w')
+    extra = np.sqrt(np.clip(fine_current / np.maximum(fine_mixed, 1e-3), 1.0, 4.0)) - gain  # g_f - g
     mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
     if step > 1:
         mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
         gain = cv2.resize(gain, (w, h), dst=_buffer(work, "gain", (h, w)), interpolation=cv2.INTER_LINEAR)
-    gain3 = cv2.merge([gain] * 3, dst=_buffer(work, "gain3", (h, w, 3)))  # numpy's broadcast is 10x slower
-    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)
-    cv2.multiply(detail, gain3, dst=detail)
+        extra = cv2.resize(extra, (w, h), dst=_buffer(work, "extra", (h, w)), interpolation=cv2.INTER_LINEAR)
+    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
+    gain3 = _buffer(work, "gain3", (h, w, 3))
+    cv2.multiply(detail, cv2.merge([gain] * 3, dst=gain3), dst=detail)  # numpy's broadcast is 10x slower
+    fine = cv2.subtract(mixed, cv2.blur(mixed, (3, 3)), dst=_buffer(work, "fine3", (h, w, 3)), dtype=cv2.CV_32F)
+    cv2.add(detail, cv2.multiply(fine, cv2.merge([extra] * 3, dst=gain3), dst=fine), dst=detail)
     if dtype == np.uint8:
         return cv2.add(mean, detail, dtype=cv2.CV_8U)  # rounded, clipped to 0..255
     return cv2.add(mean, detail)
