@@ -30,7 +30,8 @@ pixel follows its own frame); the weight is eroded by a pixel so it cannot leak 
 motion path O_t is an exponential moving average of the per-frame outputs with factor w <= s, so an error fades
 within a few frames instead of accumulating; a frame where few pixels are visible (a scene cut, a camera jump)
 starts again (`SmoothConfig`). Averaging two textures lowers their contrast, so `contrast_blend` raises the local
-contrast of the mix back to that of P_t. Measured on real clips (benchmarks/temporal.py, benchmarks/RESULTS.md):
+contrast of the mix back to that of P_t, in two bands: the finest (which the bilinear warp blurs a little more at
+every frame) and the rest. Measured on real clips (benchmarks/temporal.py, benchmarks/RESULTS.md):
 the style term is worst at middle strengths (around 0.5, two different paintings of the wall are mixed half and
 half) and back near the per-frame value at 0.8 (one texture, carried along the motion and refreshed by a fifth
 each frame), so 0.8 is the default strength; the previous output is warped bilinearly (bicubic's overshoot builds
