@@ -30,10 +30,16 @@ pixel follows its own frame); the weight is eroded by a pixel so it cannot leak 
 motion path O_t is an exponential moving average of the per-frame outputs with factor w <= s, so an error fades
 within a few frames instead of accumulating; a frame where few pixels are visible (a scene cut, a camera jump)
 starts again (`SmoothConfig`). Averaging two textures lowers their contrast, so `contrast_blend` raises the local
-contrast of the mix back to that of P_t. The flow (DIS "medium") runs at half the frame size and the previous
-output is warped bicubically; benchmarks/temporal.py and benchmarks/RESULTS.md hold the measurements behind
-these choices. Bonneel et al. solve a gradient-domain problem per frame (the gradients of P_t, the values of the
-warped output); this is a cheaper, zero-order relative of it.
+contrast of the mix back to that of P_t, in two bands: the finest (which the bilinear warp blurs a little more at
+every frame) and the rest. Measured on real clips (benchmarks/temporal.py, benchmarks/RESULTS.md):
+the style term is worst at middle strengths (around 0.5, two different paintings of the wall are mixed half and
+half) and back near the per-frame value at 0.8 (one texture, carried along the motion and refreshed by a fifth
+each frame), so 0.8 is the default strength; the previous output is warped bilinearly (bicubic's overshoot builds
+up frame after frame into texture of its own). For speed (the whole step costs a fraction of a slim network's
+frame): the flow is DIS "fast" at half the frame size, the state is uint8, the local contrast is measured on a
+grid 4 times coarser, and the full-size arrays are reused from frame to frame (a fresh 640x480 array costs page
+faults, more than the arithmetic on it). Bonneel et al. solve a gradient-domain problem per frame (the gradients
+of P_t, the values of the warped output); this is a cheaper, zero-order relative of it.
 """
 
 from __future__ import annotations
@@ -154,17 +160,27 @@ def warp(image: np.ndarray, flow: np.ndarray, cubic: bool = False) -> np.ndarray
 
 def visible_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """bool (H, W): pixels of frame t whose flow to t-1 (`backward`) and back (`forward`, t-1 -> t) agree."""
-    back_again = warp(forward, backward)  # forward flow at x + backward(x), (H, W, 2)
-    total = backward + back_again
+    return _visible(backward, forward, _sample_grid(backward))
+
+
+def _inside(where: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """bool (H, W): the sampling positions (map_x, map_y) that lie inside the frame."""
+    map_x, map_y = where
+    h, w = map_x.shape
+    return (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+
+
+def _visible(backward: np.ndarray, forward: np.ndarray, where: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`visible_mask` with the sampling positions x + backward(x) already computed (`_sample_grid`)."""
+    cv2 = _cv2()
+    back_again = cv2.remap(forward, *where, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    total = backward + back_again  # (H, W, 2): forward flow at x + backward(x), added to the backward flow
 
     def square(f: np.ndarray) -> np.ndarray:
         return f[..., 0] * f[..., 0] + f[..., 1] * f[..., 1]  # (H, W)
 
     limit = 0.01 * (square(backward) + square(back_again)) + 0.5
-    map_x, map_y = _sample_grid(backward)
-    h, w = backward.shape[:2]
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return (square(total) <= limit) & inside
+    return (square(total) <= limit) & _inside(where)
 
 
 @dataclass(frozen=True)
@@ -232,13 +248,15 @@ def check_smooth(strength: object) -> float:
 class SmoothConfig:
     """How `TemporalSmoother` follows the motion; the defaults were chosen on real clips (benchmarks/temporal.py)."""
 
-    method: str = "dis-medium"  # optical flow (FLOW_METHODS)
+    method: str = "dis-fast"  # optical flow (FLOW_METHODS)
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
     sigma: float = 0.06  # colour error of the moved input (largest channel, in [0, 1]) where the weight falls to 1/e
     min_visible: float = 0.7  # fewer visible pixels than this fraction: a scene cut or a camera jump, start again
+    check: bool = True  # the forward-backward check (a second flow); off: the pixels whose moved input matches in
+    # colour (error < sigma) count as visible, which textured scenes lower more (about 0.85 suits min_visible then)
     contrast: bool = True  # give back the local contrast that averaging two textures removes (`contrast_blend`)
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
-    cubic: bool = True  # warp the previous output with bicubic (sharper) instead of bilinear interpolation
+    cubic: bool = False  # warp the previous output bicubically (its overshoot builds up over the frames) not bilinearly
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.scale)
@@ -246,6 +264,8 @@ class SmoothConfig:
             raise ValueError(f"sigma must be a positive number, got {self.sigma!r}.")
         if not (isinstance(self.min_visible, (int, float)) and 0.0 <= self.min_visible < 1.0):
             raise ValueError(f"min_visible must be a number in [0, 1), got {self.min_visible!r}.")
+        if not (isinstance(self.window, int) and self.window >= 3):
+            raise ValueError(f"window must be a whole number of pixels >= 3, got {self.window!r}.")
 
 
 class TemporalSmoother:
@@ -253,37 +273,59 @@ class TemporalSmoother:
 
     ``smoother(input_frame, output_frame)`` takes the frame the filter saw and what it made of it (uint8
     (H, W, 3) RGB, one size per stream) and returns the output blended with the previous output warped along
-    the inputs' motion (uint8 RGB). Strength 0 returns the output unchanged.
+    the inputs' motion (uint8 RGB; the caller may keep or change it). Strength 0 returns the output unchanged.
     """
 
-    def __init__(self, strength: float = 0.5, config: SmoothConfig | None = None) -> None:
+    def __init__(self, strength: float = 0.8, config: SmoothConfig | None = None) -> None:
         self.strength = check_smooth(strength)
         self.config = config or SmoothConfig()
         self.resets = 0  # scene cuts (and size changes) detected since creation
         self.blended = 0  # frames blended with the previous one since creation
+        self._work: dict[str, np.ndarray] = {}  # full-size arrays reused from frame to frame (see `_buffer`)
         self.reset()
 
     def reset(self) -> None:
         """Forget the previous frame (a new stream, a new style, another size)."""
         self._small: np.ndarray | None = None  # (h, w, 3) uint8, the previous input at the flow's scale
         self._gray: np.ndarray | None = None  # (h, w) uint8, its luminance
-        self._output: np.ndarray | None = None  # (H, W, 3) float32 0..255, the previous smoothed output
+        self._output: np.ndarray | None = None  # (H, W, 3) uint8, the previous smoothed output
         self.last_weight: np.ndarray | None = None  # (H, W) the blend weight of the last frame, for inspection
 
     def _weight(self, small: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(flow (h, w, 2) from now to the previous frame, blend weight (h, w)), or None at a scene cut."""
-        cv2, method = _cv2(), self.config.method
-        backward = _flow_small(gray, self._gray, method)  # (h, w, 2)
-        forward = _flow_small(self._gray, gray, method)
-        visible = visible_mask(backward, forward)  # (h, w)
-        if visible.mean() < self.config.min_visible:
+        cv2, config = _cv2(), self.config
+        backward = _flow_small(gray, self._gray, config.method)  # (h, w, 2)
+        where = _sample_grid(backward)  # x + backward(x), computed once for the three uses
+        if config.check:
+            visible = _visible(backward, _flow_small(self._gray, gray, config.method), where)  # (h, w) bool
+        else:
+            visible = _inside(where)
+        moved = cv2.remap(self._small, *where, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        error = cv2.split(cv2.absdiff(small, moved))  # 3 x (h, w) uint8: colour, not only luminance
+        error = cv2.max(cv2.max(error[0], error[1]), error[2]).astype(np.float32) * (1 / (255 * config.sigma))
+        matched = visible if config.check else visible & (error < 1)  # without the second flow: the colours decide
+        if matched.mean() < config.min_visible:  # the inputs do not follow each other: a cut, a camera jump
             return None
-        moved = warp(self._small, backward).astype(np.float32)  # (h, w, 3): the previous input, moved
-        error = cv2.absdiff(small.astype(np.float32), moved)  # (h, w, 3): colour, not only luminance
-        error = np.maximum(np.maximum(error[..., 0], error[..., 1]), error[..., 2]) / 255  # (h, w)
-        weight = self.strength * visible * np.exp(-((error / self.config.sigma) ** 2))
-        weight = cv2.erode(weight.astype(np.float32), np.ones((3, 3), np.uint8))  # no leak across motion edges
-        return backward, weight
+        weight = np.exp(-(error * error)) * visible.astype(np.float32) * np.float32(self.strength)  # (h, w)
+        return backward, cv2.erode(weight, np.ones((3, 3), np.uint8))  # no leak across motion edges
+
+    def _blend(self, output: np.ndarray, flow: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """`output` blended with the previous output moved along `flow` by `weight` (both at the flow's scale)."""
+        cv2, (h, w), work = _cv2(), output.shape[:2], self._work
+        grid = work.get("grid")
+        if grid is None or grid.shape[:2] != (h, w):  # (H, W, 2) pixel coordinates
+            grid = work["grid"] = np.stack(_sample_grid(np.zeros((h, w, 2), np.float32)), -1)
+        where = cv2.resize(flow, (w, h), dst=_buffer(work, "where", (h, w, 2)), interpolation=cv2.INTER_LINEAR)
+        cv2.multiply(where, (w / flow.shape[1], h / flow.shape[0], 0, 0), dst=where)  # the flow in full-size px
+        cv2.add(where, grid, dst=where)  # (H, W, 2): x + flow(x)
+        mode = cv2.INTER_CUBIC if self.config.cubic else cv2.INTER_LINEAR
+        previous = cv2.remap(self._output, where, None, mode, dst=_buffer(work, "previous", (h, w, 3), np.uint8),
+                             borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        weight = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
+        self.last_weight = weight
+        if self.config.contrast:
+            return contrast_blend(output, previous, weight, self.config.window, dtype=np.uint8, work=work)
+        return cv2.blendLinear(previous, output, weight, 1 - weight)  # uint8, rounded
 
     def __call__(self, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The smoothed version of `output`, the filter's result for input `frame` (uint8 RGB in and out)."""
@@ -291,63 +333,113 @@ class TemporalSmoother:
         _check_frame(output, "output frame")
         if frame.shape != output.shape:
             raise ValueError(f"The input frame is {frame.shape} but the output frame is {output.shape}.")
+        output = np.ascontiguousarray(output if output.dtype == np.uint8 else _small(output, 1.0))
         small = _small(frame, self.config.scale)
         gray = _cv2().cvtColor(small, _cv2().COLOR_RGB2GRAY)
-        current = output.astype(np.float32)  # (H, W, 3), 0..255
         found = None
-        if self._output is not None and self._output.shape == current.shape and self.strength > 0:
+        if self._output is not None and self._output.shape == output.shape and self.strength > 0:
             found = self._weight(small, gray)
             if found is None:
                 self.resets += 1
         if found is None:
-            result, self.last_weight = current, np.zeros(current.shape[:2], np.float32)
+            result, self.last_weight = output.copy(), np.zeros(output.shape[:2], np.float32)
         else:
-            flow, weight = (_resize_flow(found[0], current.shape[:2]), _resize_flow_weight(found[1], current.shape))
-            previous = warp(self._output, flow, self.config.cubic)  # (H, W, 3)
-            if self.config.contrast:
-                result = contrast_blend(current, previous, weight, self.config.window)
-            else:
-                result = current + weight[..., None] * (previous - current)
-            self.last_weight = weight
+            result = self._blend(output, *found)
             self.blended += 1
         self._small, self._gray, self._output = small, gray, result
-        return np.clip(result + 0.5, 0, 255).astype(np.uint8)
+        return result.copy()
 
 
-def contrast_blend(current: np.ndarray, previous: np.ndarray, weight: np.ndarray, window: int = 15) -> np.ndarray:
+def _buffer(work: dict | None, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray | None:
+    """A reused array of `work` (None without one: OpenCV allocates). A fresh 640x480 array costs page faults."""
+    if work is None:
+        return None
+    array = work.get(name)
+    if array is None or array.shape != shape or array.dtype != dtype:
+        array = work[name] = np.empty(shape, dtype)
+    return array
+
+
+def _coarse_mean(x: np.ndarray, window: int, step: int) -> np.ndarray:
+    """Mean of `x` over a `window` box around each pixel, on a grid `step` times coarser: (H/step, W/step, ...)."""
+    cv2, (h, w) = _cv2(), x.shape[:2]
+    x = x.astype(np.float32, copy=False)
+    if step > 1:  # exact block means (whole blocks: INTER_AREA's fast path)
+        x = cv2.resize(x, (max(1, w // step), max(1, h // step)), interpolation=cv2.INTER_AREA)
+    side = max(1, round(window / step))
+    return cv2.blur(x, (side, side))
+
+
+def _luma_variances(image: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Local variance of the luminance, and of its finest band (minus its 3x3 mean), over a `window` box, on a grid
+    `step` times coarser: two (H/step, W/step) arrays."""
+    cv2, (h, w) = _cv2(), image.shape[:2]
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # (H, W)
+    if luma.dtype != np.float32:
+        luma_f = _buffer(work, "luma", (h, w))
+        luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
+    mean = _coarse_mean(luma, window, step)
+    square = cv2.multiply(luma, luma, dst=_buffer(work, "square", (h, w)))
+    variance = _coarse_mean(square, window, step) - mean * mean
+    fine = cv2.subtract(luma, cv2.blur(luma, (3, 3), dst=square), dst=_buffer(work, "fine1", (h, w)))
+    return variance, _coarse_mean(cv2.multiply(fine, fine, dst=fine), window, step)
+
+
+def contrast_blend(
+    current: np.ndarray,
+    previous: np.ndarray,
+    weight: np.ndarray,
+    window: int = 15,
+    dtype: type = np.float32,
+    work: dict | None = None,
+) -> np.ndarray:
     """current + weight * (previous - current), its local contrast raised back to that of `current`.
 
     Averaging two textures that differ lowers their contrast (the variance of the mean of two uncorrelated halves
-    is half of theirs), which a viewer and the style loss see as a duller painting. With local means m and
-    variances v of the luminance over a `window` box, the mix M becomes m_M + g * (M - m_M),
-    g = sqrt(v_current / v_M) in [1, 2]: 1 where the two agree, so only the texture's contrast changes.
+    is half of theirs), which a viewer and the style loss see as a duller painting, and the warp that brings the
+    previous frame over blurs its finest detail a little more at every frame. With local means m and variances v
+    of the luminance over a `window` box, in two bands (the finest, x minus its 3x3 mean, and the rest), the mix
+    M becomes m_M + g * (M - m_M) + (g_f - g) * (M - box3(M)), with g = sqrt(v_current / v_M) of the coarser band
+    and g_f that of the finest, each in [1, 2]: 1 where the two agree, so only the texture's contrast changes.
+    The means and variances are smooth, so they are computed on a grid 4 times coarser (from exact block means of
+    the values and of their squares) and interpolated back. `dtype` uint8 rounds and clips the result; `work`
+    (a dict) keeps the full-size arrays from one call to the next.
     """
-    cv2 = _cv2()
-    mixed = current + weight[..., None] * (previous - current)  # (H, W, 3) float32
-
-    def local(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        luma = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)  # (H, W)
-        mean = cv2.blur(luma, (window, window))
-        return mean, cv2.blur(luma * luma, (window, window)) - mean * mean
-
-    (_, var_current), (_, var_mixed) = local(current), local(mixed)
-    gain = np.sqrt(np.clip(var_current / np.maximum(var_mixed, 1e-3), 1.0, 4.0))[..., None]  # (H, W, 1)
-    mean_mixed = cv2.blur(mixed, (window, window))  # (H, W, 3)
-    return mean_mixed + gain * (mixed - mean_mixed)
-
-
-def _resize_flow_weight(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A (h, w) weight map at the frame's (H, W)."""
-    if weight.shape == shape[:2]:
-        return weight
-    cv2 = _cv2()
-    return cv2.resize(weight, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    cv2, (h, w) = _cv2(), current.shape[:2]
+    if current.dtype != previous.dtype or current.dtype not in (np.uint8, np.float32):
+        current, previous = current.astype(np.float32), previous.astype(np.float32)  # (H, W, 3), same values
+    weight = weight.astype(np.float32, copy=False)
+    if current.dtype == np.uint8:  # one pass, rounded (blendLinear's 1e-5 in the denominator is invisible here)
+        rest = cv2.subtract(1.0, weight, dst=_buffer(work, "rest", (h, w)))
+        mixed = cv2.blendLinear(previous, current, weight, rest, dst=_buffer(work, "mixed", (h, w, 3), np.uint8))
+    else:
+        mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
+    step = 4 if window >= 8 and min(h, w) >= 32 else 1  # 640 x 480 -> 160 x 120: whole blocks, INTER_AREA's fast path
+    (var_current, fine_current), (var_mixed, fine_mixed) = (
+        _luma_variances(x, window, step, work) for x in (current, mixed)
+    )
+    coarser = np.maximum(var_current - fine_current, 0) / np.maximum(var_mixed - fine_mixed, 1e-3)
+    gain = np.sqrt(np.clip(coarser, 1.0, 4.0))  # (h', w')
+    extra = np.sqrt(np.clip(fine_current / np.maximum(fine_mixed, 1e-3), 1.0, 4.0)) - gain  # g_f - g
+    mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
+    if step > 1:
+        mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
+        gain = cv2.resize(gain, (w, h), dst=_buffer(work, "gain", (h, w)), interpolation=cv2.INTER_LINEAR)
+        extra = cv2.resize(extra, (w, h), dst=_buffer(work, "extra", (h, w)), interpolation=cv2.INTER_LINEAR)
+    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
+    gain3 = _buffer(work, "gain3", (h, w, 3))
+    cv2.multiply(detail, cv2.merge([gain] * 3, dst=gain3), dst=detail)  # numpy's broadcast is 10x slower
+    fine = cv2.subtract(mixed, cv2.blur(mixed, (3, 3)), dst=_buffer(work, "fine3", (h, w, 3)), dtype=cv2.CV_32F)
+    cv2.add(detail, cv2.multiply(fine, cv2.merge([extra] * 3, dst=gain3), dst=fine), dst=detail)
+    if dtype == np.uint8:
+        return cv2.add(mean, detail, dtype=cv2.CV_8U)  # rounded, clipped to 0..255
+    return cv2.add(mean, detail)
 
 
 def smooth_frames(
     inputs: Iterable[np.ndarray],
     outputs: Iterable[np.ndarray],
-    strength: float = 0.5,
+    strength: float = 0.8,
     config: SmoothConfig | None = None,
 ) -> Iterator[np.ndarray]:
     """`TemporalSmoother` over a clip: the smoothed outputs, one per (input, output) pair of frames."""

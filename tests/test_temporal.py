@@ -132,7 +132,8 @@ def test_a_scene_cut_resets_the_blend(photo):
     assert not np.array_equal(result[3], outputs[3])  # within a shot it did blend
 
 
-def test_no_ghost_trail_behind_a_moving_object():
+@pytest.mark.parametrize("check", [True, False])
+def test_no_ghost_trail_behind_a_moving_object(check):
     """A disc crosses a still scene: where it was, the output is the scene's, not a fading copy of the disc."""
     scene = SyntheticScene(160, 120, fps=30)
     background = scene.frame(0)
@@ -144,8 +145,9 @@ def test_no_ghost_trail_behind_a_moving_object():
         frames.append(frame)
         centres.append(cx)
     outputs = [colour_map(f) for f in frames]
-    smoother = TemporalSmoother(0.9)
+    smoother = TemporalSmoother(0.9, SmoothConfig(check=check))  # without the second flow the colours decide
     result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
+    assert smoother.blended == len(frames) - 1
     # The pixels the disc covered two frames ago and no longer covers: the trail a ghost would leave.
     trail = ((yy - 60) ** 2 + (xx - centres[-3]) ** 2 <= 15**2) & ((yy - 60) ** 2 + (xx - centres[-1]) ** 2 > 17**2)
     error = np.abs(result[-1].astype(np.float32) - outputs[-1])[trail].mean()
@@ -162,6 +164,29 @@ def test_contrast_blend_keeps_the_contrast_of_two_different_textures():
     assert plain.std() < 0.8 * a.std()  # plain averaging loses contrast (1/sqrt(2) of it)
     assert kept.std() == pytest.approx(a.std(), rel=0.1)
     assert np.allclose(contrast_blend(a, a, half), a, atol=1e-3)  # where the two agree, nothing changes
+
+
+def test_contrast_blend_on_uint8_frames_is_the_same_blend():
+    """The smoother's path (uint8 in and out, statistics on a coarser grid) keeps the contrast as the float one."""
+    rng = np.random.default_rng(2)
+    a, b = (np.clip(rng.normal(128, 30, size=(96, 128, 3)), 0, 255).astype(np.uint8) for _ in range(2))
+    weight = np.full((96, 128), 0.5, np.float32)
+    kept = contrast_blend(a, b, weight, dtype=np.uint8)
+    exact = contrast_blend(a.astype(np.float32), b.astype(np.float32), weight)
+    assert kept.dtype == np.uint8 and kept.std() == pytest.approx(a.std(), rel=0.1)
+    assert np.abs(kept - exact)[8:-8, 8:-8].mean() < 2  # grey levels
+    assert np.array_equal(contrast_blend(a, a, weight, dtype=np.uint8), a)  # where the two agree, nothing changes
+
+
+def test_the_returned_frame_is_the_callers(photo):
+    """Writing into a returned frame (a caption, a blend with the input) does not change what the next frame sees."""
+    frames = shifted_clip(photo, count=3)
+    outputs = flickering(frames)
+    kept, changed = TemporalSmoother(0.8), TemporalSmoother(0.8)
+    for frame, output in zip(frames[:2], outputs[:2], strict=True):
+        kept(frame, output)
+        changed(frame, output)[:] = 0
+    assert np.array_equal(kept(frames[2], outputs[2]), changed(frames[2], outputs[2]))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", None, True, float("nan")])
@@ -188,16 +213,19 @@ def test_config_errors_name_the_value():
         SmoothConfig(method="lucas-kanade")
     with pytest.raises(ValueError, match="flow scale"):
         SmoothConfig(scale=2.0)
+    with pytest.raises(ValueError, match="window must be a whole number of pixels >= 3, got 1"):
+        SmoothConfig(window=1)
 
 
-def test_two_real_clips_joined_leave_no_ghost(shared_dir):
+@pytest.mark.parametrize("check", [True, False])
+def test_two_real_clips_joined_leave_no_ghost(shared_dir, check):
     """A webcam clip then the room clip (Intel IoT devkit sample videos, CC BY 4.0): the cut resets the blend."""
     video = shared_dir / "video"
     first = list(read_frames(video / "book.mkv", size=(320, 240), max_frames=5))
     second = list(read_frames(video / "one-by-one-person-detection.mp4", size=(320, 240), max_frames=3))
     frames = first + second
     outputs = flickering(frames)
-    smoother = TemporalSmoother(0.9)
+    smoother = TemporalSmoother(0.9, SmoothConfig(check=check, min_visible=0.7 if check else 0.85))
     result = [smoother(f, o) for f, o in zip(frames, outputs, strict=True)]
     assert smoother.resets == 1
     assert np.array_equal(result[5], outputs[5])

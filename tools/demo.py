@@ -134,7 +134,7 @@ CAPTIONS = {
     "04_clip_frames.png": "A synthetic moving scene and its stylised frames (notebook 04's clip).",
     GATYS_OUTPUT: "Gatys et al.: the Tübingen photo painted like The Starry Night by L-BFGS.",
     CLIP_OUTPUT: "A short moving scene: the original, the_scream network frame by frame, and the same with temporal "
-    "smoothing (strength 0.5; compare how the textures hold still).",
+    "smoothing (strength 0.8; compare how the textures hold still).",
     "04_flicker_before_after.png": "Flicker: a frame stylised frame by frame and smoothed along the optical flow, and "
     "how much each changes from the previous frame (the title names the clip).",
     **{
@@ -743,7 +743,7 @@ def _extras(out: Path, config: DemoConfig) -> list[Path]:
         done = _step(f"A short clip stylised with {clip_net.stem}", config.progress)
         frames = {"quick": 6, "demo": 20, "full": 48}[config.mode]
         size = (160, 120) if config.mode == "quick" else (320, 240)
-        extras.append(stylised_clip(out, clip_net, frames=frames, size=size, smooth=0.5))
+        extras.append(stylised_clip(out, clip_net, frames=frames, size=size, smooth=0.8))
         done(f"wrote {extras[-1]}")
     else:
         print("No trained networks in checkpoints/: skipping the feed-forward steps.", flush=True)
