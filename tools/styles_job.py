@@ -134,11 +134,16 @@ def start_run(style: str, args: argparse.Namespace, recipe: Recipe, data: Path, 
         command += ["--init", str(init)]
     steps = args.steps if args.steps else max(1, PAPER_STEPS - run.start_step)
     command += ["--steps", str(steps)]
-    with open(run.log, "w", encoding="utf-8") as log:
+    run.process = start_process(command, run.log)
+    return run
+
+
+def start_process(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `command` in the repository, its first log line the command, then its output and errors."""
+    with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        run.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return run
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,10 +214,7 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
         return row
     info = read_metadata(run.model)["info"]
     step = int(info.get("step") or 0)
-    config = json.loads(json.dumps(info["train_config"]))  # a copy to edit
-    objective = config.get("objective", config)  # the objective's settings, nested (flat in older files)
-    if VGG_FILE in str(objective.get("vgg_weights")):
-        objective["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
+    config, objective = offline_config(info["train_config"])
     origin = "a resumed run" if run.resumed else "the shipped weights" if run.start_step else "scratch"
     trained = f"{step} steps of tools/styles_job.py from {origin}"
     if run.start_step:
@@ -226,6 +228,15 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
     path = export_weights(run.model, export_dir / run.model.name, extra_info=extra)
     row |= {"export": os.path.relpath(path, out), "steps": step}
     return row
+
+
+def offline_config(train_config: dict) -> tuple[dict, dict]:
+    """A copy of a file's training settings naming the carried VGG16 as the offline one; and its objective part."""
+    config = json.loads(json.dumps(train_config))  # a copy to edit
+    objective = config.get("objective", config)  # the objective's settings, nested (flat in older files)
+    if VGG_FILE in str(objective.get("vgg_weights")):
+        objective["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
+    return config, objective
 
 
 def plot_curves(runs: list[Run], path: Path) -> Path | None:
