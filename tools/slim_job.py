@@ -62,11 +62,11 @@ class Stage:
     options: tuple[str, ...] = ()
     l1_steps: int = 0  # the L1 warm-up (no VGG), scaled with the steps
 
-    def arguments(self, scale: float) -> list[str]:
-        """The stage's ``distill`` options with its steps (and warm-up) multiplied by `scale`."""
+    def arguments(self, scale: float, l1_steps: int | None = None) -> list[str]:
+        """The stage's ``distill`` options with its steps (and warm-up, unless `l1_steps` is given) times `scale`."""
         steps = self.scaled_steps(scale)
-        warm_up = [] if "--l1-steps" in self.options else ["--l1-steps", str(min(steps, round(self.l1_steps * scale)))]
-        return ["--steps", str(steps), *warm_up, *self.options]
+        l1_steps = min(steps, round(self.l1_steps * scale)) if l1_steps is None else l1_steps
+        return ["--steps", str(steps), *([] if "--l1-steps" in self.options else ["--l1-steps", str(l1_steps)])]
 
     def scaled_steps(self, scale: float) -> int:
         """The stage's steps multiplied by `scale` (at least one)."""
@@ -123,6 +123,20 @@ def stage_file(settings: Settings, chain: Chain, index: int) -> Path:
     return settings.runs / chain.style / f"{index + 1}-{RECIPE[index].name}.safetensors"
 
 
+def stage_row(settings: Settings, chain: Chain, index: int) -> dict:
+    """A stage's summary row before it runs: teacher, stage, the steps it is to reach."""
+    name, steps = f"{index + 1}-{RECIPE[index].name}", RECIPE[index].scaled_steps(settings.scale)
+    return {
+        "style": chain.style,
+        "stage": name,
+        "target": steps,
+        "steps": 0,
+        "seconds": 0.0,
+        "loss": None,
+        "file": None,
+    }
+
+
 def stage_log(model: Path) -> Path:
     """A stage's log beside its file: the command, then distill's output."""
     return model.with_suffix(".log")
@@ -139,6 +153,13 @@ def written_step(path: Path, teacher_sha256: str) -> int | None:
     return int(info.get("step") or 0) if info.get("teacher_sha256") == teacher_sha256 else None
 
 
+def saved_l1_steps(path: Path) -> int:
+    """The L1 warm-up a stage's file was distilled with (its metadata's distill settings)."""
+    from stlib.checkpoint import read_metadata
+
+    return int(read_metadata(path)["info"]["distill_config"]["l1_steps"])
+
+
 def last_row(run: Run) -> dict[str, str]:
     """The last complete row of a stage's train.csv ({} when none)."""
     rows = run.rows()
@@ -149,17 +170,18 @@ def run_stage(settings: Settings, chain: Chain, index: int, teacher_sha256: str)
     """Run (or skip, or resume) stage `index` of a chain until it ends or the deadline; its summary row."""
     stage, model = RECIPE[index], stage_file(settings, chain, index)
     steps, run = stage.scaled_steps(settings.scale), Run(f"{chain.style} {stage.name}", model, stage_log(model))
-    row = {"style": chain.style, "stage": f"{index + 1}-{stage.name}", "target": steps, "steps": 0, "seconds": 0.0}
+    row = stage_row(settings, chain, index)
     done = written_step(model, teacher_sha256)
     if done is not None and done >= steps:
         return row | {"steps": done, "loss": _loss(last_row(run)), "status": "skipped (complete)", "file": str(model)}
     if settings.stop.is_set() or (settings.deadline is not None and time.monotonic() >= settings.deadline):
-        return row | {"loss": None, "status": "not started", "file": None}
+        return row | {"status": "not started"}
+    resumed = done is not None and (model.with_suffix(".run") / "state.pt").is_file()
+    warm_up = saved_l1_steps(model) if resumed else None  # a resumed stage keeps its warm-up (another scale)
     command = [sys.executable, "-m", "stlib", "distill", str(chain.teacher), "--data", str(settings.data),
-               "-o", str(model), *stage.arguments(settings.scale), "--quiet"]  # fmt: skip
+               "-o", str(model), *stage.arguments(settings.scale, warm_up), *stage.options, "--quiet"]  # fmt: skip
     if index > 0:
         command += ["--init", str(stage_file(settings, chain, index - 1))]
-    resumed = done is not None and (model.with_suffix(".run") / "state.pt").is_file()
     command += ["--resume"] if resumed else []
     model.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -167,8 +189,8 @@ def run_stage(settings: Settings, chain: Chain, index: int, teacher_sha256: str)
     hard = None if settings.deadline is None else settings.deadline + settings.grace
     watch([run], 1, settings.deadline, hard, settings.grace)  # one photo a step: images/s are steps/s
     reached = written_step(model, teacher_sha256)
-    row |= {"seconds": round(time.monotonic() - started, 1), "returncode": run.returncode, "loss": None}
-    row |= {"steps": reached or 0, "loss": _loss(last_row(run)), "file": str(model) if reached else None}
+    row |= {"seconds": round(time.monotonic() - started, 1), "returncode": run.returncode, "steps": reached or 0}
+    row |= {"loss": _loss(last_row(run)), "file": str(model) if reached else None}
     row["status"] = _status(run, reached, steps, resumed)
     return row
 
@@ -191,20 +213,20 @@ def run_chain(settings: Settings, chain: Chain) -> None:
     """Every stage of one teacher in order, each from the file of the one before; stop at a failure or deadline."""
     from stlib.assets import file_sha256
 
-    teacher_sha256 = file_sha256(chain.teacher)
+    teacher_sha256, over = file_sha256(chain.teacher), False
     for index in range(len(RECIPE)):
+        if over:  # after a failure, the deadline or Ctrl-C: the last file written is the student
+            chain.rows.append(stage_row(settings, chain, index) | {"status": "not started"})
+            continue
         row = run_stage(settings, chain, index, teacher_sha256)
         chain.rows.append(row)
         print(f"{chain.style}: stage {row['stage']}: {row['status']} at step {row['steps']}", flush=True)
-        if row["file"]:
-            chain.student = Path(row["file"])
+        chain.student = Path(row["file"]) if row["file"] else chain.student
         if row["status"] == "failed":
             log = stage_log(stage_file(settings, chain, index))
             chain.error = f"{chain.style}: stage {row['stage']} failed (exit {row.get('returncode')}); see {log}."
             print(chain.error, flush=True)
-            return
-        if row["status"] != "finished" and not row["status"].startswith(("skipped", "resumed")):
-            return  # the deadline (or Ctrl-C): the last file written is the student
+        over = row["status"] not in ("finished", "resumed, finished", "skipped (complete)")
 
 
 # ----------------------------------------------------------------------------------------------------------

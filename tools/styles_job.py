@@ -17,7 +17,10 @@ manifest with digests. It refuses a pack that would not fit the transfer limit t
 first seconds and prints the steps it will reach, sends SIGTERM at the deadline (``train`` answers with a
 checkpoint after the current step), and exports every run to ``OUT/export/STYLE.safetensors`` (float16, the
 shipped files' metadata plus how this run trained), with its log, CSV, validation grids, a loss-curve figure
-and ``summary.md`` / ``summary.json``. It exits 0 when every style was exported.
+and ``summary.md`` / ``summary.json``. It exits 0 when every style was exported. With ``--students SECONDS`` the
+teachers stop SECONDS earlier and, once exported, each becomes the teacher of a slim companion distilled with
+``tools/slim_job.py``'s recipe until the budget's reserve (``OUT/export/STYLE_slim.safetensors``, the students'
+stages in the summary).
 
 The recipe is Johnson et al. (ECCV 2016, Sec. 4.1: 256² crops, batch 4, Adam 1e-3, content relu2_2, style
 relu1_2 ... relu4_3) with the fixes measured in ``benchmarks/RESULTS.md``: style weight 10 (normalised terms),
@@ -264,9 +267,12 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
     return path if drawn else None
 
 
-def write_summary(rows: list[dict], out: Path, header: list[str]) -> None:
-    """summary.json (everything) and summary.md (a table) in `out`."""
-    (out / "summary.json").write_text(json.dumps({"header": header, "runs": rows}, indent=2) + "\n")
+def write_summary(rows: list[dict], out: Path, header: list[str], chains: list | None = None) -> None:
+    """summary.json (everything) and summary.md (a table; the students' below, with ``--students``) in `out`."""
+    record = {"header": header, "runs": rows}
+    if chains is not None:
+        record["students"] = [r for chain in chains for r in chain.rows]
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [*header, "", "| style | steps (this run) | from step | steps/s | last loss | exit | file |"]
     lines.append("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
@@ -275,6 +281,10 @@ def write_summary(rows: list[dict], out: Path, header: list[str]) -> None:
         lines.append(
             f"| {r['style']} | {r['steps']} | {r['start_step']} | {rate} | {loss} | {r['returncode']} | {r['export']} |"
         )
+    if chains is not None:
+        import slim_job
+
+        lines += ["", *slim_job.summary_lines(chains)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -422,8 +432,8 @@ def run(args: argparse.Namespace) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(size=args.size, batch_size=args.batch_size, style_size=args.style_size,
                     num_workers=args.num_workers, log_every=args.log_every, extra=args.train_args)  # fmt: skip
-    deadline = started + args.budget - args.reserve if args.budget else None
-    hard = started + args.budget - args.reserve / 2 if args.budget else None
+    deadline = started + args.budget - args.reserve - args.students if args.budget else None  # the teachers'
+    hard = started + args.budget - args.reserve / 2 - args.students if args.budget else None
     print(f"{device}; {len(args.styles)} styles from {data}; " + (
         f"SIGTERM in {deadline - started:.0f} s, export by {args.budget:.0f} s" if deadline else "no deadline"
     ), flush=True)  # fmt: skip
@@ -443,12 +453,31 @@ def run(args: argparse.Namespace) -> int:
                 f"{r.style} failed (exit {r.returncode}); the end of its log:\n"
                 + "".join(r.log.read_text().splitlines(True)[-5:])
             )
+    chains = students(args, runs, data, export_dir, started, device) if args.students else None
     curves = plot_curves(runs, out / "loss_curves.png")
     seconds = time.monotonic() - started
     header = [f"# Styles job: {device}", "", f"{seconds:.0f} s of a {args.budget or 'open'} s budget; recipe: "
               f"{' '.join(recipe.arguments())}; loss curves: {curves.name if curves else 'none'}"]  # fmt: skip
-    write_summary(rows, out, header)
-    return 0 if all(r["export"] for r in rows) else 1
+    write_summary(rows, out, header, chains)
+    slim = chains is None or all(c.student for c in chains)
+    return 0 if all(r["export"] for r in rows) and slim else 1
+
+
+def students(args: argparse.Namespace, runs: list[Run], data: Path, export_dir: Path, started: float, device: str):
+    """The slim companions' recipe (tools/slim_job.py) on the teachers just trained, until the budget's reserve.
+
+    The students learn from the runs' float32 files (the same weights as the exports; their metadata names the loss
+    network this machine has) and go to EXPORT_DIR/STYLE_slim.safetensors; the slim job's chains.
+    """
+    import slim_job
+
+    deadline = started + args.budget - args.reserve if args.budget else None
+    runs_dir = Path(args.runs or args.out) / "slim"
+    settings = slim_job.Settings(data, export_dir, runs_dir, args.students_scale, deadline, args.reserve / 2)
+    teachers = [r.model for r in runs if r.model.is_file()]
+    note = f"tools/styles_job.py --students after its teachers (float32 run files), {device}"
+    print(f"students: {len(teachers)} chains of the slim recipe until {args.reserve:.0f} s before the end", flush=True)
+    return slim_job.students(settings, teachers, export_dir, note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         "--log-every", type=int, default=Recipe.log_every, help="CSV row every N steps (default: %(default)s)"
     )
     r.add_argument("--resume", action="store_true", help="continue the run folders' training states")
+    r.add_argument("--students", type=float, default=0, help="seconds at the end for slim students (default: 0)")
+    r.add_argument("--students-scale", type=float, default=1.0, help="multiply the slim recipe's steps (default 1)")
     r.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped files")
     r.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more `stlib train` options, last")
     args = parser.parse_args(argv)
