@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -473,7 +474,8 @@ def students(args: argparse.Namespace, runs: list[Run], data: Path, export_dir: 
 
     deadline = started + args.budget - args.reserve if args.budget else None
     runs_dir = Path(args.runs or args.out) / "slim"
-    settings = slim_job.Settings(data, export_dir, runs_dir, args.students_scale, deadline, args.reserve / 2)
+    extra = shlex.split(args.students_args)
+    settings = slim_job.Settings(data, export_dir, runs_dir, args.students_scale, deadline, args.reserve / 2, extra)
     teachers = [r.model for r in runs if r.model.is_file()]
     note = f"tools/styles_job.py --students after its teachers (float32 run files), {device}"
     print(f"students: {len(teachers)} chains of the slim recipe until {args.reserve:.0f} s before the end", flush=True)
@@ -514,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--resume", action="store_true", help="continue the run folders' training states")
     r.add_argument("--students", type=float, default=0, help="seconds at the end for slim students (default: 0)")
     r.add_argument("--students-scale", type=float, default=1.0, help="multiply the slim recipe's steps (default 1)")
+    r.add_argument("--students-args", default="", help="more distill options for every stage, in one string")
     r.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped files")
     r.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more `stlib train` options, last")
     args = parser.parse_args(argv)
