@@ -28,7 +28,7 @@ Three situations:
        nohup python tools/slim_job.py --teachers checkpoints/*.safetensors --data BSDS500/train \\
            --out ~/slims --runs ~/slims/runs > ~/slims/job.log 2>&1 &
 
-3. Overnight on any CPU (about 3 h of a 2-core AVX2 CPU per style at full scale; the teachers' chains share the
+3. Overnight on any CPU (about 2.5 h of a 2-core AVX2 CPU per style at full scale; the teachers' chains share the
    cores, so give fewer teachers for the first students sooner), resumable the same way::
 
        make slims TEACHERS="checkpoints/wave.safetensors checkpoints/composition_vii.safetensors" DATA=BSDS500/train
