@@ -25,7 +25,7 @@ Three situations:
 2. In the background on a CPU with native bf16 (AVX512-BF16 or AMX, ``lscpu``), in a run folder outside the work
    tree; stop it (SIGTERM or ``--budget``) and start the same command again as often as needed::
 
-       nohup python tools/slim_job.py --teachers checkpoints/*.safetensors --data BSDS500/train \\
+       nohup python tools/slim_job.py --teachers checkpoints/{wave,the_scream}.safetensors --data BSDS500/train \\
            --out ~/slims --runs ~/slims/runs > ~/slims/job.log 2>&1 &
 
 3. Overnight on any CPU (about 2.5 h of a 2-core AVX2 CPU per style at full scale; the teachers' chains share the
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -111,6 +112,11 @@ class Chain:
     rows: list[dict] = field(default_factory=list)
     student: Path | None = None
     error: str | None = None
+    current: Run | None = None  # the stage running now
+
+
+class Terminated(Exception):
+    """This job was sent SIGTERM: its running stages get it too (each writes a checkpoint)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,6 +192,7 @@ def run_stage(settings: Settings, chain: Chain, index: int, teacher_sha256: str)
     model.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     run.process = start_process([*command, *settings.extra], run.log)
+    chain.current = run
     hard = None if settings.deadline is None else settings.deadline + settings.grace
     watch([run], 1, settings.deadline, hard, settings.grace)  # one photo a step: images/s are steps/s
     reached = written_step(model, teacher_sha256)
@@ -204,8 +211,10 @@ def _status(run: Run, reached: int | None, steps: int, resumed: bool) -> str:
     """A stage's outcome in words: finished, stopped at the deadline, or failed."""
     if run.returncode == 0 and reached is not None and reached >= steps:
         return "resumed, finished" if resumed else "finished"
-    if run.signalled:
-        return f"stopped at the deadline ({'checkpointed' if reached else 'no file'})"
+    if run.signalled:  # by the deadline, or a SIGTERM to this job
+        return f"stopped by SIGTERM ({'checkpointed' if reached else 'no file'})"
+    if run.returncode == 0 and reached:  # Ctrl-C: distill checkpoints and exits 0
+        return "stopped (checkpointed)"
     return "failed"
 
 
@@ -256,14 +265,26 @@ def distill_all(settings: Settings, teachers: list[Path], names: list[str] | Non
     threads = [threading.Thread(target=run_chain, args=(settings, c), name=c.style) for c in chains]
     for thread in threads:
         thread.start()
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
-    except KeyboardInterrupt:  # Ctrl-C reaches the stages too: they checkpoint; start no further stage
+    except (KeyboardInterrupt, Terminated) as stop:  # start no further stage; the running ones checkpoint
         settings.stop.set()
+        running = [c.current for c in chains if c.current and c.current.process.poll() is None]
+        for run in running if isinstance(stop, Terminated) else []:  # Ctrl-C reached them already
+            run.signalled = True
+            run.process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return chains
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM to this job: raise `Terminated` in the main thread."""
+    raise Terminated
 
 
 def export_student(chain: Chain, dest: Path, note: str) -> Path | None:
