@@ -159,4 +159,5 @@ def test_the_gpu_command_with_students_exports_teachers_and_slim_companions(pack
     assert student["kind"] == "distilled" and student["distilled_from"] == "wave.safetensors"
     assert student["teacher_sha256"] == assets.file_sha256(tmp_path / "runs" / "wave.safetensors")  # the fp32 run file
     assert student["train_config"] == teacher["train_config"]  # the teacher's objective, its VGG16 named offline
+    assert student["vgg_weights"] == teacher["vgg_weights"] == "offline"
     assert "| student | stage |" in (out / "summary.md").read_text()

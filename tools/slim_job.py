@@ -297,7 +297,8 @@ def export_student(chain: Chain, dest: Path, note: str) -> Path | None:
     reached = [f"{r['stage']} ({r['steps']}/{r['target']} steps)" for r in chain.rows if r["file"]]
     extra = {"slim_recipe": "tools/slim_job.py stages " + ", ".join(reached), "trained": note}
     if isinstance(info.get("train_config"), dict):  # a teacher trained on the GPU pack's VGG16 file: offline
-        extra["train_config"], _ = offline_config(info["train_config"])
+        extra["train_config"], objective = offline_config(info["train_config"])
+        extra |= {"vgg_weights": "offline"} if objective.get("vgg_weights") == "offline" else {}
     return export_weights(chain.student, dest, extra_info=extra)
 
 

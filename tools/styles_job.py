@@ -464,7 +464,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r["export"] for r in rows) and slim else 1
 
 
-def students(args: argparse.Namespace, runs: list[Run], data: Path, export_dir: Path, started: float, device: str):
+def students(
+    args: argparse.Namespace, runs: list[Run], data: Path, export_dir: Path, started: float, device: str
+) -> list:
     """The slim companions' recipe (tools/slim_job.py) on the teachers just trained, until the budget's reserve.
 
     The students learn from the runs' float32 files (the same weights as the exports; their metadata names the loss
