@@ -84,7 +84,7 @@ RECIPE = (
         "photos-320",
         600,
         (*OBJECTIVE_ALONE, "--size", "320", "--lr", "2e-4", "--average", "0.995", "--checkpoint-every", "100"),
-    ),  # fmt: skip
+    ),
 )
 """The stages that made ``the_scream_slim`` (benchmarks/RESULTS.md), each started from the file of the one before."""
 
@@ -94,8 +94,7 @@ class Settings:
     """What every chain shares: photos, folders, the deadline and the recipe's scale."""
 
     data: Path
-    out: Path
-    runs: Path
+    runs: Path  # the stages' files: RUNS/STYLE/N-NAME.*
     scale: float = 1.0
     deadline: float | None = None  # time.monotonic() at which the running stages get SIGTERM
     grace: float = 15.0  # seconds a stage may take after SIGTERM before it is killed
@@ -340,12 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if not args.data.is_dir():
         raise SystemExit(f"error: the photo folder '{args.data}' does not exist.")
+    if args.budget and args.reserve >= args.budget:
+        raise SystemExit(f"error: --reserve {args.reserve:g} leaves nothing of --budget {args.budget:g} seconds.")
+    names = [check_teacher(teacher) for teacher in args.teachers]  # before anything is written
     deadline = started + args.budget - args.reserve if args.budget else None
-    settings = Settings(args.data, args.out, args.runs or args.out / "runs", args.steps_scale, deadline,
+    settings = Settings(args.data, args.runs or args.out / "runs", args.steps_scale, deadline,
                         args.reserve / 2, args.distill_args)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     note = f"tools/slim_job.py on {args.data}, steps x{args.steps_scale:g}"
-    chains = students(settings, args.teachers, args.out, note)
+    chains = students(settings, args.teachers, args.out, note, names)
     lines = [f"# Slim job: {time.monotonic() - started:.0f} s of a {args.budget or 'open'} s budget", "",
              *summary_lines(chains)]  # fmt: skip
     (args.out / "slim_summary.md").write_text("\n".join(lines) + "\n")

@@ -477,7 +477,7 @@ def students(
     deadline = started + args.budget - args.reserve if args.budget else None
     runs_dir = Path(args.runs or args.out) / "slim"
     extra = shlex.split(args.students_args)
-    settings = slim_job.Settings(data, export_dir, runs_dir, args.students_scale, deadline, args.reserve / 2, extra)
+    settings = slim_job.Settings(data, runs_dir, args.students_scale, deadline, args.reserve / 2, extra)
     teachers = [r.model for r in runs if r.model.is_file()]
     note = f"tools/styles_job.py --students after its teachers (float32 run files), {device}"
     print(f"students: {len(teachers)} chains of the slim recipe until {args.reserve:.0f} s before the end", flush=True)
