@@ -63,6 +63,7 @@ lab: $(STAMP)
 #   make styles DATA=..     open-ended (STEPS steps per style)
 #   make styles-pack        gpu_pack/: what a bare GPU machine needs besides the repository (VGG16, photos, wheels)
 #   make styles-gpu         the short-window job: train until BUDGET seconds are nearly spent, then export to OUT
+#                           (STUDENTS=240: the last 240 s distil slim companions of the new teachers, tools/slim_job.py)
 STYLES      ?= starry_night the_scream wave composition_vii
 STEPS       ?= 10000
 STYLE_SIZE  ?= 256
@@ -81,7 +82,8 @@ styles-pack: $(STAMP)
 	$(BIN)/python tools/styles_job.py pack
 
 styles-gpu: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
-	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs"
+	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs" \
+		$(if $(STUDENTS),--students $(STUDENTS),)
 
 # The slim companions' recipe (tools/slim_job.py: its stages, and how to run it in the background), one chain of
 # `stlib distill` stages per teacher, all at once; run it again to continue (finished stages are skipped).
