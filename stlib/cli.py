@@ -185,16 +185,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     A slim student (width 0.25, 5 residual blocks, sub-pixel output: 7%% of the FLOPs) learns a trained network's
     output: its pixels (L1), its features and Gram matrices in the teacher's own loss network (VGG), and the
-    teacher's objective. The defaults are the first stage of the shipped slim network's recipe (checkpoints/README).
+    teacher's objective. The defaults are the first stage of the shipped slim network's recipe (checkpoints/README;
+    all its stages: tools/slim_job.py). Ctrl-C or SIGTERM stops after the current step with a checkpoint; --resume
+    continues.
 
     example: python -m stlib distill checkpoints/wave.safetensors --data photos/ -o checkpoints/wave_slim.safetensors
     """
     from .checkpoint import load_model
     from .distill import DistillConfig, distill
+    from .hardware import stop_on_signal
 
     _check_writable(out := Path(args.out), suffixes=(".safetensors",), what="model file")
     load_model(args.teacher, task="style")  # a CheckpointError naming the file, before any work
-    result = distill(config_from(DistillConfig, args, out=str(out)))
+    config = config_from(DistillConfig, args, out=str(out))
+    with stop_on_signal() as stop_requested:  # Ctrl-C or SIGTERM: stop after this step, with a checkpoint
+        result = distill(config, callback=lambda step, loss: stop_requested())
+    if result.steps < config.steps:
+        print(f"stopped at step {result.steps} of {config.steps} with a checkpoint; continue with --resume")
     difference = f"mean difference from the teacher {255 * result.l1:.1f} of 255 levels"
     print(f"wrote {result.path}: {result.student}; {result.flops_ratio:.0%} of the teacher's FLOPs; {difference}")
     print(f"{result.steps} steps in {result.seconds:.0f} s; final loss {result.loss:.4g}")

@@ -134,3 +134,30 @@ def test_make_styles_path_trains_to_a_step_count_and_resumes(tmp_path, offline_w
     assert info["step"] == 3 and TrainConfig.from_dict(info["train_config"]).objective.vgg_weights == "offline"
     assert info["trained"].startswith("3 steps of tools/styles_job.py from a resumed run")
     assert "--resume" in (tmp_path / "styles" / "wave.log").read_text().splitlines()[0]
+
+
+def test_the_gpu_command_with_students_exports_teachers_and_slim_companions(pack, tmp_path):
+    budget, reserve, students = 66, 16, 34  # the teachers get SIGTERM at 16 s, the students at 50 s
+    out = tmp_path / "out"
+    start = time.monotonic()
+    result = job("run", "--pack", str(pack), "--out", str(out), "--runs", str(tmp_path / "runs"), "--styles", "wave",
+                 "--budget", str(budget), "--reserve", str(reserve), "--students", str(students),
+                 "--students-scale", "0.002", "--students-args=--size 32", "--size", "32", "--batch-size", "1",
+                 "--style-size", "64", "--num-workers", "1", "--log-every", "1")  # fmt: skip
+    seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert seconds < budget + 10
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["style"] for r in summary["runs"]] == ["wave"] and summary["runs"][0][
+        "export"
+    ] == "export/wave.safetensors"
+    stages = [r for r in summary["students"] if r["stage"] != "export"]
+    assert stages[0]["stage"] == "1-four-terms" and stages[0]["steps"] >= 1, stages  # at least one stage wrote a file
+    assert summary["students"][-1]["status"] == "exported"
+    teacher = read_metadata(out / "export" / "wave.safetensors")["info"]
+    student = read_metadata(out / "export" / "wave_slim.safetensors")["info"]
+    assert student["kind"] == "distilled" and student["distilled_from"] == "wave.safetensors"
+    assert student["teacher_sha256"] == assets.file_sha256(tmp_path / "runs" / "wave.safetensors")  # the fp32 run file
+    assert student["train_config"] == teacher["train_config"]  # the teacher's objective, its VGG16 named offline
+    assert student["vgg_weights"] == teacher["vgg_weights"] == "offline"
+    assert "| student | stage |" in (out / "summary.md").read_text()

@@ -17,7 +17,10 @@ manifest with digests. It refuses a pack that would not fit the transfer limit t
 first seconds and prints the steps it will reach, sends SIGTERM at the deadline (``train`` answers with a
 checkpoint after the current step), and exports every run to ``OUT/export/STYLE.safetensors`` (float16, the
 shipped files' metadata plus how this run trained), with its log, CSV, validation grids, a loss-curve figure
-and ``summary.md`` / ``summary.json``. It exits 0 when every style was exported.
+and ``summary.md`` / ``summary.json``. It exits 0 when every style was exported. With ``--students SECONDS`` the
+teachers stop SECONDS earlier and, once exported, each becomes the teacher of a slim companion distilled with
+``tools/slim_job.py``'s recipe until the budget's reserve (``OUT/export/STYLE_slim.safetensors``, the students'
+stages in the summary).
 
 The recipe is Johnson et al. (ECCV 2016, Sec. 4.1: 256² crops, batch 4, Adam 1e-3, content relu2_2, style
 relu1_2 ... relu4_3) with the fixes measured in ``benchmarks/RESULTS.md``: style weight 10 (normalised terms),
@@ -30,6 +33,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -134,11 +138,16 @@ def start_run(style: str, args: argparse.Namespace, recipe: Recipe, data: Path, 
         command += ["--init", str(init)]
     steps = args.steps if args.steps else max(1, PAPER_STEPS - run.start_step)
     command += ["--steps", str(steps)]
-    with open(run.log, "w", encoding="utf-8") as log:
+    run.process = start_process(command, run.log)
+    return run
+
+
+def start_process(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `command` in the repository, its first log line the command, then its output and errors."""
+    with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        run.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return run
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,10 +218,7 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
         return row
     info = read_metadata(run.model)["info"]
     step = int(info.get("step") or 0)
-    config = json.loads(json.dumps(info["train_config"]))  # a copy to edit
-    objective = config.get("objective", config)  # the objective's settings, nested (flat in older files)
-    if VGG_FILE in str(objective.get("vgg_weights")):
-        objective["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
+    config, objective = offline_config(info["train_config"])
     origin = "a resumed run" if run.resumed else "the shipped weights" if run.start_step else "scratch"
     trained = f"{step} steps of tools/styles_job.py from {origin}"
     if run.start_step:
@@ -226,6 +232,15 @@ def export(run: Run, out: Path, export_dir: Path, data_note: str, device_note: s
     path = export_weights(run.model, export_dir / run.model.name, extra_info=extra)
     row |= {"export": os.path.relpath(path, out), "steps": step}
     return row
+
+
+def offline_config(train_config: dict) -> tuple[dict, dict]:
+    """A copy of a file's training settings naming the carried VGG16 as the offline one; and its objective part."""
+    config = json.loads(json.dumps(train_config))  # a copy to edit
+    objective = config.get("objective", config)  # the objective's settings, nested (flat in older files)
+    if VGG_FILE in str(objective.get("vgg_weights")):
+        objective["vgg_weights"] = "offline"  # the carried file is the offline VGG16, cut and in float16
+    return config, objective
 
 
 def plot_curves(runs: list[Run], path: Path) -> Path | None:
@@ -253,9 +268,12 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
     return path if drawn else None
 
 
-def write_summary(rows: list[dict], out: Path, header: list[str]) -> None:
-    """summary.json (everything) and summary.md (a table) in `out`."""
-    (out / "summary.json").write_text(json.dumps({"header": header, "runs": rows}, indent=2) + "\n")
+def write_summary(rows: list[dict], out: Path, header: list[str], chains: list | None = None) -> None:
+    """summary.json (everything) and summary.md (a table; the students' below, with ``--students``) in `out`."""
+    record = {"header": header, "runs": rows}
+    if chains is not None:
+        record["students"] = [r for chain in chains for r in chain.rows]
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [*header, "", "| style | steps (this run) | from step | steps/s | last loss | exit | file |"]
     lines.append("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
@@ -264,6 +282,10 @@ def write_summary(rows: list[dict], out: Path, header: list[str]) -> None:
         lines.append(
             f"| {r['style']} | {r['steps']} | {r['start_step']} | {rate} | {loss} | {r['returncode']} | {r['export']} |"
         )
+    if chains is not None:
+        import slim_job
+
+        lines += ["", *slim_job.summary_lines(chains)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -411,8 +433,8 @@ def run(args: argparse.Namespace) -> int:
     runs_dir.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(size=args.size, batch_size=args.batch_size, style_size=args.style_size,
                     num_workers=args.num_workers, log_every=args.log_every, extra=args.train_args)  # fmt: skip
-    deadline = started + args.budget - args.reserve if args.budget else None
-    hard = started + args.budget - args.reserve / 2 if args.budget else None
+    deadline = started + args.budget - args.reserve - args.students if args.budget else None  # the teachers'
+    hard = started + args.budget - args.reserve / 2 - args.students if args.budget else None
     print(f"{device}; {len(args.styles)} styles from {data}; " + (
         f"SIGTERM in {deadline - started:.0f} s, export by {args.budget:.0f} s" if deadline else "no deadline"
     ), flush=True)  # fmt: skip
@@ -432,12 +454,34 @@ def run(args: argparse.Namespace) -> int:
                 f"{r.style} failed (exit {r.returncode}); the end of its log:\n"
                 + "".join(r.log.read_text().splitlines(True)[-5:])
             )
+    chains = students(args, runs, data, export_dir, started, device) if args.students else None
     curves = plot_curves(runs, out / "loss_curves.png")
     seconds = time.monotonic() - started
     header = [f"# Styles job: {device}", "", f"{seconds:.0f} s of a {args.budget or 'open'} s budget; recipe: "
               f"{' '.join(recipe.arguments())}; loss curves: {curves.name if curves else 'none'}"]  # fmt: skip
-    write_summary(rows, out, header)
-    return 0 if all(r["export"] for r in rows) else 1
+    write_summary(rows, out, header, chains)
+    slim = chains is None or all(c.student for c in chains)
+    return 0 if all(r["export"] for r in rows) and slim else 1
+
+
+def students(
+    args: argparse.Namespace, runs: list[Run], data: Path, export_dir: Path, started: float, device: str
+) -> list:
+    """The slim companions' recipe (tools/slim_job.py) on the teachers just trained, until the budget's reserve.
+
+    The students learn from the runs' float32 files (the same weights as the exports; their metadata names the loss
+    network this machine has) and go to EXPORT_DIR/STYLE_slim.safetensors; the slim job's chains.
+    """
+    import slim_job
+
+    deadline = started + args.budget - args.reserve if args.budget else None
+    runs_dir = Path(args.runs or args.out) / "slim"
+    extra = shlex.split(args.students_args)
+    settings = slim_job.Settings(data, runs_dir, args.students_scale, deadline, args.reserve / 2, extra)
+    teachers = [r.model for r in runs if r.model.is_file()]
+    note = f"tools/styles_job.py --students after its teachers (float32 run files), {device}"
+    print(f"students: {len(teachers)} chains of the slim recipe until {args.reserve:.0f} s before the end", flush=True)
+    return slim_job.students(settings, teachers, export_dir, note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         "--log-every", type=int, default=Recipe.log_every, help="CSV row every N steps (default: %(default)s)"
     )
     r.add_argument("--resume", action="store_true", help="continue the run folders' training states")
+    r.add_argument("--students", type=float, default=0, help="seconds at the end for slim students (default: 0)")
+    r.add_argument("--students-scale", type=float, default=1.0, help="multiply the slim recipe's steps (default 1)")
+    r.add_argument("--students-args", default="", help="more distill options for every stage, in one string")
     r.add_argument("--from-scratch", action="store_true", help="start from random weights, not the shipped files")
     r.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more `stlib train` options, last")
     args = parser.parse_args(argv)
