@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .color import color_histogram_match, combine_luminance, luminance, match_luminance
 from .hardware import PRECISIONS, keep_freed_memory, resolve_precision
 from .images import save_gif
-from .options import accept_former_keywords, check_options, option, require
+from .options import accept_former_keywords, check_options, nest_settings, option, require
 from .perceptual import CONTENT_LAYERS, STYLE_LAYERS, ObjectiveConfig, PerceptualLoss, blend_weights
 
 if TYPE_CHECKING:
@@ -193,12 +193,7 @@ def _former_names(settings: dict[str, Any]) -> dict[str, Any]:
         if "vgg_weights" in flat:
             raise TypeError("GatysConfig takes vgg_weights or its former name weights, not both.")
         flat["vgg_weights"] = flat.pop("weights")
-    if flat:
-        given = settings.get("objective")
-        if isinstance(given, ObjectiveConfig):
-            settings["objective"] = replace(given, **flat)
-        else:
-            settings["objective"] = {**(given or {}), **flat}
+    nest_settings(settings, "objective", ObjectiveConfig, flat)
     return settings
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "is_option",
     "key_value",
     "layer_weight",
+    "nest_settings",
     "option",
     "option_of",
     "parse_type",
@@ -194,6 +195,16 @@ def accept_former_keywords(cls: type, translate: Callable[[dict[str, Any]], dict
 
     __init__.__doc__, __init__.__signature__ = init.__doc__, inspect.signature(init)
     cls.__init__ = __init__
+
+
+def nest_settings(settings: dict[str, Any], name: str, cls: type, flat: dict[str, Any]) -> None:
+    """Put an earlier version's `flat` settings of the nested config `settings[name]` (dataclass `cls`) into it: a
+    given `cls` instance is changed by them, a given dict of changes is completed by them (its own values win)."""
+    given = settings.get(name)
+    if isinstance(given, cls):
+        settings[name] = dataclasses.replace(given, **flat)
+    elif flat or given is not None:
+        settings[name] = {**flat, **(given or {})}
 
 
 def option_of(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:

@@ -50,7 +50,7 @@ from .data import ImageFolderDataset, Pairs, PairSource, PhotoPairs, square_phot
 from .hardware import PRECISIONS, autocast, init_distributed, keep_freed_memory, resolve_device, resolve_precision
 from .images import load_tensor
 from .losses import StabilityConfig, stability_loss
-from .options import accept_former_keywords, check_options, option, require
+from .options import accept_former_keywords, check_options, nest_settings, option, require
 from .perceptual import VGG_PASSES, ObjectiveConfig, PerceptualLoss
 from .runlog import RunLog, ValidationGrids
 from .superres import degrade
@@ -643,11 +643,7 @@ def _nest_former_settings(settings: dict[str, Any]) -> dict[str, Any]:
         drop = {"style_layers", "style_weight", *(("content_weight",) if settings.get("loss") == "pixel" else ())}
         nested["objective"] = {k: v for k, v in nested["objective"].items() if k not in drop}
     for group, cls in (("objective", ObjectiveConfig), ("stability", StabilityConfig)):
-        given = settings.get(group)
-        if isinstance(given, cls):
-            settings[group] = replace(given, **nested[group])
-        elif nested[group] or given is not None:
-            settings[group] = {**nested[group], **(given or {})}
+        nest_settings(settings, group, cls, nested[group])
     if isinstance(settings.get("stability"), Mapping):
         settings["stability"] = StabilityConfig(**settings["stability"])
     return settings
