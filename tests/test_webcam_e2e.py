@@ -53,6 +53,7 @@ def _stalled(content, buffers, _once=[True]):
 cam._on_frame = _stalled
 """
 
+
 # What the kernel's smoothing holds, shown in the widget's status line.
 def smoothing_state(check: int) -> str:
     """Kernel code that shows what the smoothing holds in the widget's status line, tagged with `check`."""
@@ -61,6 +62,7 @@ def smoothing_state(check: int) -> str:
         '              f"resets {sum(s.resets for s in cam._smoothers.values())} "\n'
         '              f"blended {sum(s.blended for s in cam._smoothers.values())}")\n'
     )
+
 
 OUTPUT_PNG = f"() => document.querySelector('{WIDGET} .stlib-webcam-output').toDataURL('image/png')"
 
