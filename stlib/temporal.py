@@ -30,8 +30,9 @@ pixel follows its own frame); the weight is eroded by a pixel so it cannot leak 
 motion path O_t is an exponential moving average of the per-frame outputs with factor w <= s, so an error fades
 within a few frames instead of accumulating; a frame where few pixels are visible (a scene cut, a camera jump)
 starts again (`SmoothConfig`). Averaging two textures lowers their contrast, so `contrast_blend` raises the local
-contrast of the mix back to that of P_t, in two bands: the finest (which the bilinear warp blurs a little more at
-every frame) and the rest. Measured on real clips (benchmarks/temporal.py, benchmarks/RESULTS.md):
+contrast of the mix back to that of P_t, in three bands (finer than 3 px, which the bilinear warp blurs a little
+more at every frame, 3-7 px and the rest), and takes 30 % of the finest band from P_t as it is: the exact shape
+of a fine swirl, which a gain cannot give back. Measured on real clips (benchmarks/temporal.py, benchmarks/RESULTS.md):
 the style term is worst at middle strengths (around 0.5, two different paintings of the wall are mixed half and
 half) and back near the per-frame value at 0.8 (one texture, carried along the motion and refreshed by a fifth
 each frame), so 0.8 is the default strength; the previous output is warped bilinearly (bicubic's overshoot builds
@@ -250,12 +251,13 @@ class SmoothConfig:
 
     method: str = "dis-fast"  # optical flow (FLOW_METHODS)
     scale: float = 0.5  # the flow is computed at this fraction of the frame size
-    sigma: float = 0.06  # colour error of the moved input (largest channel, in [0, 1]) where the weight falls to 1/e
+    sigma: float = 0.10  # colour error of the moved input (largest channel, in [0, 1]) where the weight falls to 1/e
     min_visible: float = 0.7  # fewer visible pixels than this fraction: a scene cut or a camera jump, start again
     check: bool = True  # the forward-backward check (a second flow); off: the pixels whose moved input matches in
     # colour (error < sigma) count as visible, which textured scenes lower more (about 0.85 suits min_visible then)
     contrast: bool = True  # give back the local contrast that averaging two textures removes (`contrast_blend`)
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
+    keep: float = 0.3  # fraction of the current frame's finest band (3x3) taken as it is (`contrast_blend`)
     cubic: bool = False  # warp the previous output bicubically (its overshoot builds up over the frames) not bilinearly
 
     def __post_init__(self) -> None:
@@ -264,6 +266,8 @@ class SmoothConfig:
             raise ValueError(f"sigma must be a positive number, got {self.sigma!r}.")
         if not (isinstance(self.min_visible, (int, float)) and 0.0 <= self.min_visible < 1.0):
             raise ValueError(f"min_visible must be a number in [0, 1), got {self.min_visible!r}.")
+        if isinstance(self.keep, bool) or not (isinstance(self.keep, (int, float)) and 0.0 <= self.keep <= 1.0):
+            raise ValueError(f"keep must be a number in [0, 1], got {self.keep!r}.")
         if not (isinstance(self.window, int) and self.window >= 3):
             raise ValueError(f"window must be a whole number of pixels >= 3, got {self.window!r}.")
 
@@ -324,7 +328,7 @@ class TemporalSmoother:
         weight = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
         self.last_weight = weight
         if self.config.contrast:
-            return contrast_blend(output, previous, weight, self.config.window, dtype=np.uint8, work=work)
+            return contrast_blend(output, previous, weight, self.config.window, np.uint8, work, self.config.keep)
         return cv2.blendLinear(previous, output, weight, 1 - weight)  # uint8, rounded
 
     def __call__(self, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -370,19 +374,38 @@ def _coarse_mean(x: np.ndarray, window: int, step: int) -> np.ndarray:
     return cv2.blur(x, (side, side))
 
 
-def _luma_variances(image: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Local variance of the luminance, and of its finest band (minus its 3x3 mean), over a `window` box, on a grid
-    `step` times coarser: two (H/step, W/step) arrays."""
+def _bands(image: np.ndarray, name: str, work: dict | None, middle: bool = True) -> list[np.ndarray]:
+    """The finest bands of an image (H, W, C): [x - box3(x), box3(x) - box7(x)] (the second when `middle`), float32."""
+    cv2, shape = _cv2(), image.shape
+    box3 = cv2.blur(image, (3, 3), dst=_buffer(work, name + "3", shape, image.dtype))  # uint8 boxes: fast
+    bands = [cv2.subtract(image, box3, dst=_buffer(work, name + "_fine", shape), dtype=cv2.CV_32F)]
+    if middle:
+        box7 = cv2.blur(image, (7, 7), dst=_buffer(work, name + "7", shape, image.dtype))
+        bands.append(cv2.subtract(box3, box7, dst=_buffer(work, name + "_mid", shape), dtype=cv2.CV_32F))
+    return bands
+
+
+def _band_variances(image: np.ndarray, window: int, step: int, work: dict | None) -> list[np.ndarray]:
+    """Local variances of the luminance over a `window` box, on a grid `step` times coarser, in three bands:
+    coarser than 7 px, 3-7 px and finest (`_bands`); three (H/step, W/step) arrays."""
     cv2, (h, w) = _cv2(), image.shape[:2]
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # (H, W)
+    fine, mid = _bands(luma, "luma", work)  # (H, W) each
     if luma.dtype != np.float32:
         luma_f = _buffer(work, "luma", (h, w))
         luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
     mean = _coarse_mean(luma, window, step)
-    square = cv2.multiply(luma, luma, dst=_buffer(work, "square", (h, w)))
-    variance = _coarse_mean(square, window, step) - mean * mean
-    fine = cv2.subtract(luma, cv2.blur(luma, (3, 3), dst=square), dst=_buffer(work, "fine1", (h, w)))
-    return variance, _coarse_mean(cv2.multiply(fine, fine, dst=fine), window, step)
+    total = _coarse_mean(cv2.multiply(luma, luma, dst=luma), window, step) - mean * mean
+    fine, mid = (_coarse_mean(cv2.multiply(band, band, dst=band), window, step) for band in (fine, mid))
+    return [np.maximum(total - fine - mid, 0), mid, fine]
+
+
+def _gains(current: list[np.ndarray], mixed: list[np.ndarray], keep: float) -> list[np.ndarray]:
+    """The multipliers of the mix's bands (coarse, middle, finest; `_band_variances`): sqrt(v_current / v_mix)
+    in [1, 2], the finest one times (1 - keep), each but the coarse one less the coarse gain (it is in the sum)."""
+    gains = [np.sqrt(np.clip(c / np.maximum(m, 1e-3), 1.0, 4.0)) for c, m in zip(current, mixed, strict=True)]
+    gains[2] *= 1 - keep
+    return [gains[0], gains[1] - gains[0], gains[2] - gains[0]]
 
 
 def contrast_blend(
@@ -392,18 +415,21 @@ def contrast_blend(
     window: int = 15,
     dtype: type = np.float32,
     work: dict | None = None,
+    keep: float = 0.3,
 ) -> np.ndarray:
     """current + weight * (previous - current), its local contrast raised back to that of `current`.
 
     Averaging two textures that differ lowers their contrast (the variance of the mean of two uncorrelated halves
     is half of theirs), which a viewer and the style loss see as a duller painting, and the warp that brings the
-    previous frame over blurs its finest detail a little more at every frame. With local means m and variances v
-    of the luminance over a `window` box, in two bands (the finest, x minus its 3x3 mean, and the rest), the mix
-    M becomes m_M + g * (M - m_M) + (g_f - g) * (M - box3(M)), with g = sqrt(v_current / v_M) of the coarser band
-    and g_f that of the finest, each in [1, 2]: 1 where the two agree, so only the texture's contrast changes.
-    The means and variances are smooth, so they are computed on a grid 4 times coarser (from exact block means of
-    the values and of their squares) and interpolated back. `dtype` uint8 rounds and clips the result; `work`
-    (a dict) keeps the full-size arrays from one call to the next.
+    previous frame over blurs its finest detail a little more at every frame. With local means m and variances
+    of the luminance over a `window` box, in three bands (the finest F = x - box3(x), the middle
+    B = box3(x) - box7(x) and the rest R, down to m), the mix M = m + R + B + F becomes
+    m + g_R R + g_B B + (1 - keep) g_F F + keep * F_current, each g = sqrt(v_current / v_M) of its band in [1, 2]:
+    1 where the two agree, so only the texture's contrast changes, band by band (one gain for all bands raised the
+    coarse ones too much). A fraction `keep` of the finest band is the current frame's own: its exact shape, which
+    neither the warp nor a gain can give back. The means and variances are smooth, so they are computed on a grid
+    4 times coarser (from exact block means) and interpolated back. `dtype` uint8 rounds and clips the result;
+    `work` (a dict) keeps the full-size arrays from one call to the next.
     """
     cv2, (h, w) = _cv2(), current.shape[:2]
     if current.dtype != previous.dtype or current.dtype not in (np.uint8, np.float32):
@@ -415,22 +441,23 @@ def contrast_blend(
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
     step = 4 if window >= 8 and min(h, w) >= 32 else 1  # 640 x 480 -> 160 x 120: whole blocks, INTER_AREA's fast path
-    (var_current, fine_current), (var_mixed, fine_mixed) = (
-        _luma_variances(x, window, step, work) for x in (current, mixed)
-    )
-    coarser = np.maximum(var_current - fine_current, 0) / np.maximum(var_mixed - fine_mixed, 1e-3)
-    gain = np.sqrt(np.clip(coarser, 1.0, 4.0))  # (h', w')
-    extra = np.sqrt(np.clip(fine_current / np.maximum(fine_mixed, 1e-3), 1.0, 4.0)) - gain  # g_f - g
+    gains = _gains(*(_band_variances(x, window, step, work) for x in (current, mixed)), keep)
+    mix = _bands(mixed, "mixed", work)  # (fine, middle), (H, W, 3) each
     mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
     if step > 1:
         mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
-        gain = cv2.resize(gain, (w, h), dst=_buffer(work, "gain", (h, w)), interpolation=cv2.INTER_LINEAR)
-        extra = cv2.resize(extra, (w, h), dst=_buffer(work, "extra", (h, w)), interpolation=cv2.INTER_LINEAR)
     detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
     gain3 = _buffer(work, "gain3", (h, w, 3))
-    cv2.multiply(detail, cv2.merge([gain] * 3, dst=gain3), dst=detail)  # numpy's broadcast is 10x slower
-    fine = cv2.subtract(mixed, cv2.blur(mixed, (3, 3)), dst=_buffer(work, "fine3", (h, w, 3)), dtype=cv2.CV_32F)
-    cv2.add(detail, cv2.multiply(fine, cv2.merge([extra] * 3, dst=gain3), dst=fine), dst=detail)
+    for index, (band, gain) in enumerate(zip((detail, mix[1], mix[0]), gains, strict=True)):
+        gain = cv2.merge([gain] * 3)  # (h', w', 3): numpy's broadcast is 10x slower than OpenCV's multiply
+        if step > 1:
+            gain = cv2.resize(gain, (w, h), dst=gain3, interpolation=cv2.INTER_LINEAR)  # (H, W, 3)
+        if index == 0:
+            cv2.multiply(detail, gain, dst=detail)
+        else:
+            cv2.add(detail, cv2.multiply(band, gain, dst=band), dst=detail)
+    if keep > 0:  # a fraction of the current frame's own finest band
+        cv2.scaleAdd(_bands(current, "current", work, middle=False)[0], keep, detail, dst=detail)
     if dtype == np.uint8:
         return cv2.add(mean, detail, dtype=cv2.CV_8U)  # rounded, clipped to 0..255
     return cv2.add(mean, detail)

@@ -21,7 +21,7 @@ from stlib.temporal import (
 )
 from stlib.video import SyntheticScene, VideoError, read_frames, stylize_video
 
-pytest.importorskip("cv2", reason="optical flow needs OpenCV (the webcam extra)")
+cv2 = pytest.importorskip("cv2", reason="optical flow needs OpenCV (the webcam extra)")
 
 SIZE = (120, 160)  # (H, W) of the synthetic clips
 
@@ -166,6 +166,21 @@ def test_contrast_blend_keeps_the_contrast_of_two_different_textures():
     assert np.allclose(contrast_blend(a, a, half), a, atol=1e-3)  # where the two agree, nothing changes
 
 
+@pytest.mark.parametrize("keep", [0.0, 0.3, 1.0])
+def test_contrast_blend_keeps_a_fraction_of_the_current_finest_band(keep):
+    """Even where the blend takes all of the previous frame, `keep` of the current frame's finest band (its exact
+    shape, which no gain can give back) is in the result: the regression of one on the other is `keep`."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.normal(128, 30, size=(96, 128, 3)).astype(np.float32) for _ in range(2))
+    result = contrast_blend(a, b, np.ones((96, 128), np.float32), keep=keep)
+
+    def finest(x: np.ndarray) -> np.ndarray:
+        return (x - cv2.blur(x, (3, 3)))[8:-8, 8:-8].ravel()  # x minus its 3x3 mean, away from the borders
+
+    own, got = finest(a), finest(result)
+    assert float(own @ got / (own @ own)) == pytest.approx(keep, abs=0.06)
+
+
 def test_contrast_blend_on_uint8_frames_is_the_same_blend():
     """The smoother's path (uint8 in and out, statistics on a coarser grid) keeps the contrast as the float one."""
     rng = np.random.default_rng(2)
@@ -215,6 +230,8 @@ def test_config_errors_name_the_value():
         SmoothConfig(scale=2.0)
     with pytest.raises(ValueError, match="window must be a whole number of pixels >= 3, got 1"):
         SmoothConfig(window=1)
+    with pytest.raises(ValueError, match="keep must be a number in \\[0, 1\\], got 1.5"):
+        SmoothConfig(keep=1.5)
 
 
 @pytest.mark.parametrize("check", [True, False])
