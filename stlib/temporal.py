@@ -45,7 +45,10 @@ of P_t, the values of the warped output); this is a cheaper, zero-order relative
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,18 +102,20 @@ def _gray(frame: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return _cv2().cvtColor(_small(frame, scale), _cv2().COLOR_RGB2GRAY)
 
 
-_DIS = {}
+_LOCAL = threading.local()  # one DIS object per thread and method: an OpenCV flow object is not thread-safe
 
 
-def _flow_small(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
-    """Flow (h, w, 2) of grey images with a(x) ~ b(x + flow(x))."""
+def _flow_small(a: np.ndarray, b: np.ndarray, method: str, solvers: dict | None = None) -> np.ndarray:
+    """Flow (h, w, 2) of grey images with a(x) ~ b(x + flow(x)); `solvers` keeps the caller's own DIS objects."""
     cv2 = _cv2()
     if method == "farneback":
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 3, 5, 1.2, 0)
-    if method not in _DIS:
+    if solvers is None:
+        solvers = _LOCAL.__dict__.setdefault("dis", {})
+    if method not in solvers:
         preset = {"dis-ultrafast": 0, "dis-fast": 1, "dis-medium": 2}[method]
-        _DIS[method] = cv2.DISOpticalFlow_create(preset)
-    return _DIS[method].calc(a, b, None)
+        solvers[method] = cv2.DISOpticalFlow_create(preset)
+    return solvers[method].calc(a, b, None)
 
 
 def _check_method(method: str, scale: float) -> None:
@@ -143,9 +148,17 @@ def _resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h, w = flow.shape[:2]
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only pixel coordinates (x, y), each (h, w) float32."""
     xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xx.flags.writeable = yy.flags.writeable = False
+    return xx, yy
+
+
+def _sample_grid(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sampling positions (x + flow_x, y + flow_y), each (H, W) float32."""
+    xx, yy = _pixel_grid(*flow.shape[:2])
     return xx + flow[..., 0], yy + flow[..., 1]
 
 
@@ -259,6 +272,7 @@ class SmoothConfig:
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
     keep: float = 0.3  # fraction of the current frame's finest band (3x3) taken as it is (`contrast_blend`)
     cubic: bool = False  # warp the previous output bicubically (its overshoot builds up over the frames) not bilinearly
+    parallel: bool = True  # the second flow and the new output's statistics on helper threads (same result, sooner)
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.scale)
@@ -286,6 +300,7 @@ class TemporalSmoother:
         self.resets = 0  # scene cuts (and size changes) detected since creation
         self.blended = 0  # frames blended with the previous one since creation
         self._work: dict[str, np.ndarray] = {}  # full-size arrays reused from frame to frame (see `_buffer`)
+        self._solvers: dict[str, dict] = {"backward": {}, "forward": {}}  # own DIS objects: the two flows run at once
         self.reset()
 
     def reset(self) -> None:
@@ -295,15 +310,12 @@ class TemporalSmoother:
         self._output: np.ndarray | None = None  # (H, W, 3) uint8, the previous smoothed output
         self.last_weight: np.ndarray | None = None  # (H, W) the blend weight of the last frame, for inspection
 
-    def _weight(self, small: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(flow (h, w, 2) from now to the previous frame, blend weight (h, w)), or None at a scene cut."""
+    def _weight(self, small: np.ndarray, gray: np.ndarray, backward: np.ndarray, forward: Future | None):
+        """The blend weight (h, w) at the flow's scale, or None at a scene cut; `backward` is the flow from now to
+        the previous frame, `forward` brings the flow back (for the consistency check)."""
         cv2, config = _cv2(), self.config
-        backward = _flow_small(gray, self._gray, config.method)  # (h, w, 2)
         where = _sample_grid(backward)  # x + backward(x), computed once for the three uses
-        if config.check:
-            visible = _visible(backward, _flow_small(self._gray, gray, config.method), where)  # (h, w) bool
-        else:
-            visible = _inside(where)
+        visible = _visible(backward, forward.result(), where) if forward is not None else _inside(where)  # (h, w)
         moved = cv2.remap(self._small, *where, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         error = cv2.split(cv2.absdiff(small, moved))  # 3 x (h, w) uint8: colour, not only luminance
         error = cv2.max(cv2.max(error[0], error[1]), error[2]).astype(np.float32) * (1 / (255 * config.sigma))
@@ -311,25 +323,49 @@ class TemporalSmoother:
         if matched.mean() < config.min_visible:  # the inputs do not follow each other: a cut, a camera jump
             return None
         weight = np.exp(-(error * error)) * visible.astype(np.float32) * np.float32(self.strength)  # (h, w)
-        return backward, cv2.erode(weight, np.ones((3, 3), np.uint8))  # no leak across motion edges
+        return cv2.erode(weight, np.ones((3, 3), np.uint8))  # no leak across motion edges
 
-    def _blend(self, output: np.ndarray, flow: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        """`output` blended with the previous output moved along `flow` by `weight` (both at the flow's scale)."""
-        cv2, (h, w), work = _cv2(), output.shape[:2], self._work
+    def _moved_output(self, flow: np.ndarray) -> np.ndarray:
+        """The previous output (H, W, 3) uint8 moved along `flow` (h, w, 2), the flow from now to it at its scale."""
+        cv2, (h, w), work = _cv2(), self._output.shape[:2], self._work
         grid = work.get("grid")
         if grid is None or grid.shape[:2] != (h, w):  # (H, W, 2) pixel coordinates
-            grid = work["grid"] = np.stack(_sample_grid(np.zeros((h, w, 2), np.float32)), -1)
+            grid = work["grid"] = np.stack(_pixel_grid(h, w), -1)
         where = cv2.resize(flow, (w, h), dst=_buffer(work, "where", (h, w, 2)), interpolation=cv2.INTER_LINEAR)
         cv2.multiply(where, (w / flow.shape[1], h / flow.shape[0], 0, 0), dst=where)  # the flow in full-size px
         cv2.add(where, grid, dst=where)  # (H, W, 2): x + flow(x)
         mode = cv2.INTER_CUBIC if self.config.cubic else cv2.INTER_LINEAR
-        previous = cv2.remap(self._output, where, None, mode, dst=_buffer(work, "previous", (h, w, 3), np.uint8),
-                             borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        weight = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
-        self.last_weight = weight
-        if self.config.contrast:
-            return contrast_blend(output, previous, weight, self.config.window, np.uint8, work, self.config.keep)
-        return cv2.blendLinear(previous, output, weight, 1 - weight)  # uint8, rounded
+        return cv2.remap(self._output, where, None, mode, dst=_buffer(work, "previous", (h, w, 3), np.uint8),
+                         borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+
+    def _smoothed(self, small: np.ndarray, gray: np.ndarray, output: np.ndarray) -> np.ndarray | None:
+        """`output` blended with the previous output, or None at a scene cut.
+
+        The steps that do not wait for each other run at once with `parallel` (OpenCV lets go of Python's lock, and
+        most of its steps use one core): the two flows; the new output's statistics meanwhile; the previous output's
+        warp beside the weight; the mix's statistics beside its bands (`_contrast_blend`). Same result either way.
+        """
+        cv2, config = _cv2(), self.config
+        run = _pool().submit if config.parallel else _now
+        jobs = []  # everything started here is finished before this returns: it works on this smoother's arrays
+        try:
+            forward = (
+                run(_flow_small, self._gray, gray, config.method, self._solvers["forward"]) if config.check else None
+            )
+            own = run(_own_statistics, output, config.window, self._work, config.keep) if config.contrast else None
+            jobs += [job for job in (forward, own) if job is not None]
+            backward = _flow_small(gray, self._gray, config.method, self._solvers["backward"])  # (h, w, 2)
+            jobs.append(previous := run(self._moved_output, backward))
+            weight = self._weight(small, gray, backward, forward)
+            if weight is None:
+                return None
+            weight = self.last_weight = cv2.resize(weight, output.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            if own is None:
+                return cv2.blendLinear(previous.result(), output, weight, 1 - weight)  # uint8, rounded
+            return _contrast_blend(output, previous.result(), weight, config.window, np.uint8, self._work,
+                                   config.keep, own.result(), run)  # fmt: skip
+        finally:
+            wait(jobs)
 
     def __call__(self, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The smoothed version of `output`, the filter's result for input `frame` (uint8 RGB in and out)."""
@@ -340,18 +376,39 @@ class TemporalSmoother:
         output = np.ascontiguousarray(output if output.dtype == np.uint8 else _small(output, 1.0))
         small = _small(frame, self.config.scale)
         gray = _cv2().cvtColor(small, _cv2().COLOR_RGB2GRAY)
-        found = None
+        result = None
         if self._output is not None and self._output.shape == output.shape and self.strength > 0:
-            found = self._weight(small, gray)
-            if found is None:
+            result = self._smoothed(small, gray, output)
+            if result is None:
                 self.resets += 1
-        if found is None:
+        if result is None:
             result, self.last_weight = output.copy(), np.zeros(output.shape[:2], np.float32)
         else:
-            result = self._blend(output, *found)
             self.blended += 1
         self._small, self._gray, self._output = small, gray, result
         return result.copy()
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The smoothers' helper threads (two: the forward flow and the new output's statistics), made once."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(2, thread_name_prefix="stlib-smooth"))
+    return _POOL[0]
+
+
+def _now(function, *args) -> Future:
+    """`function(*args)` run here, as a finished Future (the smoother's order of work without `parallel`)."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as error:  # raised again by .result(), where the threaded run would raise it
+        future.set_exception(error)
+    return future
 
 
 def _buffer(work: dict | None, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray | None:
@@ -385,19 +442,30 @@ def _bands(image: np.ndarray, name: str, work: dict | None, middle: bool = True)
     return bands
 
 
-def _band_variances(image: np.ndarray, window: int, step: int, work: dict | None) -> list[np.ndarray]:
+def _band_variances(image: np.ndarray, window: int, step: int, work: dict | None, name: str) -> list[np.ndarray]:
     """Local variances of the luminance over a `window` box, on a grid `step` times coarser, in three bands:
-    coarser than 7 px, 3-7 px and finest (`_bands`); three (H/step, W/step) arrays."""
+    coarser than 7 px, 3-7 px and finest (`_bands`); three (H/step, W/step) arrays (`name` names the buffers)."""
     cv2, (h, w) = _cv2(), image.shape[:2]
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # (H, W)
-    fine, mid = _bands(luma, "luma", work)  # (H, W) each
+    fine, mid = _bands(luma, name + "_luma", work)  # (H, W) each
     if luma.dtype != np.float32:
-        luma_f = _buffer(work, "luma", (h, w))
+        luma_f = _buffer(work, name + "_luma", (h, w))
         luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
     mean = _coarse_mean(luma, window, step)
     total = _coarse_mean(cv2.multiply(luma, luma, dst=luma), window, step) - mean * mean
     fine, mid = (_coarse_mean(cv2.multiply(band, band, dst=band), window, step) for band in (fine, mid))
     return [np.maximum(total - fine - mid, 0), mid, fine]
+
+
+def _grid_step(window: int, h: int, w: int) -> int:
+    """How much coarser than the frame the local statistics are computed (640 x 480 -> 160 x 120 for 15 px)."""
+    return 4 if window >= 8 and min(h, w) >= 32 else 1  # whole blocks: INTER_AREA's fast path
+
+
+def _own_statistics(current: np.ndarray, window: int, work: dict | None, keep: float) -> tuple:
+    """What `contrast_blend` needs of the current frame alone: its band variances, and its finest band if `keep`."""
+    variances = _band_variances(current, window, _grid_step(window, *current.shape[:2]), work, "current")
+    return variances, _bands(current, "current", work, middle=False)[0] if keep > 0 else None
 
 
 def _gains(current: list[np.ndarray], mixed: list[np.ndarray], keep: float) -> list[np.ndarray]:
@@ -431,24 +499,41 @@ def contrast_blend(
     4 times coarser (from exact block means) and interpolated back. `dtype` uint8 rounds and clips the result;
     `work` (a dict) keeps the full-size arrays from one call to the next.
     """
-    cv2, (h, w) = _cv2(), current.shape[:2]
     if current.dtype != previous.dtype or current.dtype not in (np.uint8, np.float32):
         current, previous = current.astype(np.float32), previous.astype(np.float32)  # (H, W, 3), same values
+    own = _own_statistics(current, window, work, keep)
+    return _contrast_blend(current, previous, weight, window, dtype, work, keep, own)
+
+
+def _contrast_blend(
+    current: np.ndarray,
+    previous: np.ndarray,
+    weight: np.ndarray,
+    window: int,
+    dtype: type,
+    work: dict | None,
+    keep: float,
+    own: tuple,
+    run: Callable[..., Future] | None = None,
+) -> np.ndarray:
+    """`contrast_blend` with the current frame's `_own_statistics` computed ahead; `run` (the smoother's helper
+    threads) starts the mix's bands while its statistics are computed here."""
+    cv2, (h, w) = _cv2(), current.shape[:2]
     weight = weight.astype(np.float32, copy=False)
     if current.dtype == np.uint8:  # one pass, rounded (blendLinear's 1e-5 in the denominator is invisible here)
         rest = cv2.subtract(1.0, weight, dst=_buffer(work, "rest", (h, w)))
         mixed = cv2.blendLinear(previous, current, weight, rest, dst=_buffer(work, "mixed", (h, w, 3), np.uint8))
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
-    step = 4 if window >= 8 and min(h, w) >= 32 else 1  # 640 x 480 -> 160 x 120: whole blocks, INTER_AREA's fast path
-    gains = _gains(*(_band_variances(x, window, step, work) for x in (current, mixed)), keep)
-    mix = _bands(mixed, "mixed", work)  # (fine, middle), (H, W, 3) each
-    mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
-    if step > 1:
-        mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
-    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
+    step = _grid_step(window, h, w)
+    parts = (run or _now)(_mix_parts, mixed, window, step, work)
+    try:
+        variances, current_fine = own
+        gains = _gains(variances, _band_variances(mixed, window, step, work, "mixed"), keep)
+    finally:
+        mean, detail, mid, fine = parts.result()
     gain3 = _buffer(work, "gain3", (h, w, 3))
-    for index, (band, gain) in enumerate(zip((detail, mix[1], mix[0]), gains, strict=True)):
+    for index, (band, gain) in enumerate(zip((detail, mid, fine), gains, strict=True)):
         gain = cv2.merge([gain] * 3)  # (h', w', 3): numpy's broadcast is 10x slower than OpenCV's multiply
         if step > 1:
             gain = cv2.resize(gain, (w, h), dst=gain3, interpolation=cv2.INTER_LINEAR)  # (H, W, 3)
@@ -457,10 +542,21 @@ def contrast_blend(
         else:
             cv2.add(detail, cv2.multiply(band, gain, dst=band), dst=detail)
     if keep > 0:  # a fraction of the current frame's own finest band
-        cv2.scaleAdd(_bands(current, "current", work, middle=False)[0], keep, detail, dst=detail)
+        cv2.scaleAdd(current_fine, keep, detail, dst=detail)
     if dtype == np.uint8:
         return cv2.add(mean, detail, dtype=cv2.CV_8U)  # rounded, clipped to 0..255
     return cv2.add(mean, detail)
+
+
+def _mix_parts(mixed: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, ...]:
+    """The mix (H, W, 3) cut for `contrast_blend`: its local mean m, M - m, and its middle and finest bands."""
+    cv2, (h, w) = _cv2(), mixed.shape[:2]
+    fine, mid = _bands(mixed, "mixed", work)  # (H, W, 3) each
+    mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
+    if step > 1:
+        mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
+    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
+    return mean, detail, mid, fine
 
 
 def smooth_frames(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,6 +112,19 @@ def test_smoothing_halves_the_flicker_and_keeps_the_picture(photo):
     steady = list(smooth_frames(frames, [colour_map(f) for f in frames], strength=0.8))
     # Without flicker the smoothing changes (nearly) nothing: no drift, no blur building up over the frames.
     assert np.abs(steady[-1].astype(np.float32) - colour_map(frames[-1]))[8:-8, 8:-8].mean() < 2
+
+
+@pytest.mark.parametrize("changes", [{}, {"check": False}, {"contrast": False}])
+def test_the_helper_threads_change_the_time_not_the_frames(photo, changes):
+    """`parallel` runs the steps that do not wait for each other at once; the frames are the same, bit for bit,
+    also with two smoothers working at the same time (each has its own flow objects and arrays)."""
+    frames = shifted_clip(photo, count=6)
+    streams = [flickering(frames), [colour_map(f) for f in frames]]
+    alone = [list(smooth_frames(frames, o, 0.8, SmoothConfig(parallel=False, **changes))) for o in streams]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda o: list(smooth_frames(frames, o, 0.8, SmoothConfig(**changes))), streams))
+    for want, got in zip(alone, together, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
 
 
 def test_strength_zero_returns_the_outputs_unchanged(photo):
