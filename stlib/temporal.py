@@ -532,17 +532,17 @@ def _contrast_blend(
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
     step = _grid_step(window, h, w)
-    parts = (run or _now)(_mix_parts, mixed, window, step, work)
+    run = run or _now
+    parts = run(_mix_parts, mixed, window, step, work)
+    jobs = [parts]
     try:
         variances, current_fine = own
         gains = _gains(variances, _band_variances(mixed, window, step, work, "mixed"), keep)
-    finally:
+        jobs += [run(_full_gain, gain, (h, w), step, work, f"gain{index}") for index, gain in enumerate(gains[1:], 1)]
+        gains = [_full_gain(gains[0], (h, w), step, work, "gain0")] + [job.result() for job in jobs[1:]]
         mean, detail, mid, fine = parts.result()
-    if step > 1:  # (H, W, 3) each: numpy's broadcast of an (H, W) gain is 10x slower than OpenCV's multiply
-        gains = [cv2.resize(cv2.merge([gain] * 3), (w, h), dst=_buffer(work, f"gain{index}", (h, w, 3)),
-                            interpolation=cv2.INTER_LINEAR) for index, gain in enumerate(gains)]  # fmt: skip
-    else:
-        gains = [cv2.merge([gain] * 3) for gain in gains]
+    finally:
+        wait(jobs)
     result = np.empty((h, w, 3), np.uint8 if dtype == np.uint8 else np.float32)
 
     def finish(rows: slice) -> None:  # mean + g_R R + g_B B + g_F F (+ keep F_current), on some rows
@@ -555,12 +555,22 @@ def _contrast_blend(
         cv2.add(mean[rows], part, dst=result[rows], dtype=cv2.CV_8U if dtype == np.uint8 else cv2.CV_32F)
 
     halves = (slice(0, h // 2), slice(h // 2, h))  # pointwise from here: two halves at once
-    job = (run or _now)(finish, halves[0])
+    job = run(finish, halves[0])
     try:
         finish(halves[1])
     finally:
         job.result()
     return result
+
+
+def _full_gain(gain: np.ndarray, size: tuple[int, int], step: int, work: dict | None, name: str) -> np.ndarray:
+    """A gain of the coarse grid (h', w') at full size, once per colour channel: (H, W, 3); numpy's broadcast of
+    an (H, W) gain over the channels is 10x slower than OpenCV's multiply of two (H, W, 3) arrays."""
+    cv2, (h, w) = _cv2(), size
+    gain = cv2.merge([gain] * 3)  # (h', w', 3)
+    if step == 1:
+        return gain
+    return cv2.resize(gain, (w, h), dst=_buffer(work, name, (h, w, 3)), interpolation=cv2.INTER_LINEAR)
 
 
 def _mix_parts(mixed: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, ...]:
