@@ -526,21 +526,25 @@ def _contrast_blend(
     threads) starts the mix's bands while its statistics are computed here."""
     cv2, (h, w) = _cv2(), current.shape[:2]
     weight = weight.astype(np.float32, copy=False)
+    run, halves = run or _now, (slice(0, h // 2), slice(h // 2, h))  # pointwise steps: two halves at once
     if current.dtype == np.uint8:  # one pass, rounded (blendLinear's 1e-5 in the denominator is invisible here)
         rest = cv2.subtract(1.0, weight, dst=_buffer(work, "rest", (h, w)))
-        mixed = cv2.blendLinear(previous, current, weight, rest, dst=_buffer(work, "mixed", (h, w, 3), np.uint8))
+        mixed = np.empty((h, w, 3), np.uint8) if work is None else _buffer(work, "mixed", (h, w, 3), np.uint8)
+
+        def mix(rows: slice) -> None:
+            cv2.blendLinear(previous[rows], current[rows], weight[rows], rest[rows], dst=mixed[rows])
+
+        _halves(run, mix, halves)
     else:
         mixed = current + weight[..., None] * (previous - current)  # (H, W, 3)
     step = _grid_step(window, h, w)
-    run = run or _now
-    parts = run(_mix_parts, mixed, window, step, work)
-    jobs = [parts]
+    jobs = [run(_bands, mixed, "mixed", work), run(_mix_mean, mixed, window, step, work)]
     try:
         variances, current_fine = own
         gains = _gains(variances, _band_variances(mixed, window, step, work, "mixed"), keep)
         jobs += [run(_full_gain, gain, (h, w), step, work, f"gain{index}") for index, gain in enumerate(gains[1:], 1)]
-        gains = [_full_gain(gains[0], (h, w), step, work, "gain0")] + [job.result() for job in jobs[1:]]
-        mean, detail, mid, fine = parts.result()
+        gains = [_full_gain(gains[0], (h, w), step, work, "gain0")] + [job.result() for job in jobs[2:]]
+        (fine, mid), (mean, detail) = jobs[0].result(), jobs[1].result()
     finally:
         wait(jobs)
     result = np.empty((h, w, 3), np.uint8 if dtype == np.uint8 else np.float32)
@@ -554,13 +558,17 @@ def _contrast_blend(
             cv2.scaleAdd(current_fine[rows], keep, part, dst=part)
         cv2.add(mean[rows], part, dst=result[rows], dtype=cv2.CV_8U if dtype == np.uint8 else cv2.CV_32F)
 
-    halves = (slice(0, h // 2), slice(h // 2, h))  # pointwise from here: two halves at once
-    job = run(finish, halves[0])
+    _halves(run, finish, halves)
+    return result
+
+
+def _halves(run: Callable[..., Future], step: Callable[[slice], None], halves: tuple[slice, slice]) -> None:
+    """`step(rows)` for the first half of the rows through `run` and for the second here."""
+    job = run(step, halves[0])
     try:
-        finish(halves[1])
+        step(halves[1])
     finally:
         job.result()
-    return result
 
 
 def _full_gain(gain: np.ndarray, size: tuple[int, int], step: int, work: dict | None, name: str) -> np.ndarray:
@@ -573,15 +581,13 @@ def _full_gain(gain: np.ndarray, size: tuple[int, int], step: int, work: dict | 
     return cv2.resize(gain, (w, h), dst=_buffer(work, name, (h, w, 3)), interpolation=cv2.INTER_LINEAR)
 
 
-def _mix_parts(mixed: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, ...]:
-    """The mix (H, W, 3) cut for `contrast_blend`: its local mean m, M - m, and its middle and finest bands."""
+def _mix_mean(mixed: np.ndarray, window: int, step: int, work: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """The local mean m of the mix (H, W, 3) at full size, and M - m (float32)."""
     cv2, (h, w) = _cv2(), mixed.shape[:2]
-    fine, mid = _bands(mixed, "mixed", work)  # (H, W, 3) each
     mean = _coarse_mean(mixed, window, step)  # (h', w', 3)
     if step > 1:
         mean = cv2.resize(mean, (w, h), dst=_buffer(work, "mean", (h, w, 3)), interpolation=cv2.INTER_LINEAR)
-    detail = cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)  # (H, W, 3)
-    return mean, detail, mid, fine
+    return mean, cv2.subtract(mixed, mean, dst=_buffer(work, "detail", (h, w, 3)), dtype=cv2.CV_32F)
 
 
 def smooth_frames(
