@@ -15,7 +15,7 @@ For each clip (default: book, walk, again and a stretch of one-by-one-person-det
 - the style term of the network's own objective (`stlib.perceptual.PerceptualLoss` from the model file's
   training settings; `--style-frames` frames spread over the clip) so that a blurred result cannot look stable;
 - milliseconds per frame: the network, and the network plus the smoothing, timed in turn on the same frames
-  (`interleaved_ms`, median of 3).
+  (`interleaved_ms`, median of ``--cost-frames``, 3 unless given).
 
 Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame outputs (re-runs skip the network
 and reuse the times measured then).
@@ -153,7 +153,7 @@ def run_network(args, model_file: Path, clips: list[dict], config: SmoothConfig)
         h, w = frames[0].shape[:2]
         cache = args.cache / f"{clip['name']}_{model_file.stem}_{len(frames)}.npz" if args.cache else None
         outputs, _ = per_frame(network, frames, cache)
-        cost = interleaved_ms(network, frames, args.strengths, config)
+        cost = interleaved_ms(network, frames, args.strengths, config, args.cost_frames)
         methods = {"per frame": (outputs, 0.0, 0, 0.0)}
         for strength in args.strengths:
             methods[f"smooth {strength:g}"] = (*smoothed(frames, outputs, strength, config), strength)
@@ -203,7 +203,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep the per-frame outputs here (re-runs skip the network)")
     parser.add_argument("--crops", type=Path, help="save PNG crops around the largest motion here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cost-frames", type=int, default=3, help="frames timed for ms/frame (default 3)")
     args = parser.parse_args()
+    if not 1 <= args.cost_frames < args.frames:
+        parser.error(f"--cost-frames must be from 1 to {args.frames - 1} (below --frames), got {args.cost_frames}.")
     models = model_files(args)
     clips = args.clips or [VIDEO / name for name in CLIPS]
     missing = [str(c) for c in clips if not c.is_file()]

@@ -37,10 +37,14 @@ the style term is worst at middle strengths (around 0.5, two different paintings
 half) and back near the per-frame value at 0.8 (one texture, carried along the motion and refreshed by a fifth
 each frame), so 0.8 is the default strength; the previous output is warped bilinearly (bicubic's overshoot builds
 up frame after frame into texture of its own). For speed (the whole step costs a fraction of a slim network's
-frame): the flow is DIS "fast" at half the frame size, the state is uint8, the local contrast is measured on a
-grid 4 times coarser, and the full-size arrays are reused from frame to frame (a fresh 640x480 array costs page
-faults, more than the arithmetic on it). Bonneel et al. solve a gradient-domain problem per frame (the gradients
-of P_t, the values of the warped output); this is a cheaper, zero-order relative of it.
+frame): the flow is DIS "fast" at half the frame size, the state is uint8 with a fourth channel (OpenCV's remap
+is twice as fast on four channels as on three), the local contrast is measured on a grid 4 times coarser, the
+full-size arrays are reused from frame to frame (a fresh 640x480 array costs page faults, more than the arithmetic
+on it), and the steps that do not wait for each other run at once on two helper threads (the two flows, the new
+output's statistics, the previous output's warp beside the weight, the two halves of the pointwise sums; OpenCV
+lets go of Python's lock), with the same frames as one thread would make. Bonneel et al. solve a gradient-domain
+problem per frame (the gradients of P_t, the values of the warped output); this is a cheaper, zero-order relative
+of it.
 """
 
 from __future__ import annotations
