@@ -14,8 +14,8 @@ For each clip (default: book, walk, again and a stretch of one-by-one-person-det
   stronger flow than the smoother's own) of each, beside the input clip's E_warp (the floor);
 - the style term of the network's own objective (`stlib.perceptual.PerceptualLoss` from the model file's
   training settings; `--style-frames` frames spread over the clip) so that a blurred result cannot look stable;
-- milliseconds per frame: the network, and the network plus the smoothing, timed in turn on the same frames
-  (`interleaved_ms`, median of ``--cost-frames``, 3 unless given).
+- milliseconds per frame: the network, and the network plus the smoothing, each timed as one step and in turn on
+  the same frames (`interleaved_ms`, median of ``--cost-frames``, 3 unless given).
 
 Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame outputs (re-runs skip the network
 and reuse the times measured then).
@@ -23,6 +23,9 @@ and reuse the times measured then).
 
 from __future__ import annotations
 
+import stlib  # noqa: F401 (imported before torch: it shortens OpenMP's busy-wait, as on the command line)
+
+# isort: split
 import argparse
 import os
 import statistics
@@ -79,22 +82,22 @@ def per_frame(network, frames: list[np.ndarray], cache: Path | None) -> tuple[li
 
 
 def interleaved_ms(network, frames: list[np.ndarray], strengths: list[float], config: SmoothConfig, count: int = 3):
-    """Median ms per frame of the network alone and of the network + smoothing at each strength, measured in turn
-    on the same `count` consecutive frames (so that a change of the machine's load hits all of them alike)."""
-    smoothers = {s: TemporalSmoother(s, config) for s in strengths}
-    times: dict[float, list[float]] = {0.0: [], **{s: [] for s in strengths}}
+    """Median ms per frame of the network alone and of the network + smoothing at each strength, each timed as one
+    step (its own network call, then its smoother) on the same `count` consecutive frames, the order turned frame by
+    frame: a change of the machine's load hits all alike, and each smoother runs right after a network call, as in
+    `stlib.video.process_frame` (the network's idle threads keep a core busy for a while after it)."""
+    smoothers = {0.0: None, **{s: TemporalSmoother(s, config) for s in strengths}}
+    times: dict[float, list[float]] = {s: [] for s in smoothers}
     stylize_frame(network, frames[0])  # warm-up
+    order = list(smoothers)
     for index, frame in enumerate(frames[: count + 1]):
-        start = time.perf_counter()
-        styled = stylize_frame(network, frame)
-        net = 1000 * (time.perf_counter() - start)
-        for strength, smoother in smoothers.items():
+        for strength in order[index % len(order) :] + order[: index % len(order)]:
             start = time.perf_counter()
-            smoother(frame, styled)
-            if index > 0:  # the first frame only stores its state
-                times[strength].append(net + 1000 * (time.perf_counter() - start))
-        if index > 0:
-            times[0.0].append(net)
+            styled = stylize_frame(network, frame)
+            if smoothers[strength] is not None:
+                smoothers[strength](frame, styled)
+            if index > 0:  # the first frame only stores the smoothers' state
+                times[strength].append(1000 * (time.perf_counter() - start))
     return {strength: statistics.median(values) for strength, values in times.items()}
 
 

@@ -21,4 +21,28 @@ Modules (one concept each), lowest layer first; a module imports only from the l
 - `cli` (``python -m stlib``).
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+SHORT_SPIN_ENV = "STLIB_SHORT_SPIN"
+"""Environment variable: "0" leaves OpenMP's busy-wait alone (see `_short_openmp_spin`)."""
+
+
+def _short_openmp_spin() -> None:
+    """Shorten OpenMP's busy-wait after parallel work, unless set already: done here, before PyTorch loads OpenMP.
+
+    After each parallel call PyTorch's idle OpenMP threads spin before they sleep: GNU OpenMP (PyTorch's Linux
+    wheels) 300,000 rounds, about 10 ms of one core on a 2-core AMD EPYC after every network call; LLVM and Intel
+    OpenMP (macOS, MKL builds) 200 ms. On a small CPU that core is taken from whatever runs next: the video
+    smoothing, the JPEG encoder, the browser of the webcam widget. 10,000 rounds (and 1 ms) still bridge the gaps
+    between one network's layers. It takes effect only where stlib is imported before torch (the command line, the
+    benchmarks); `STLIB_SHORT_SPIN=0` leaves OpenMP alone (benchmarks/RESULTS.md, "Temporal consistency").
+    """
+    if _os.environ.get(SHORT_SPIN_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    _os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # GNU OpenMP: rounds of busy-wait
+    _os.environ.setdefault("KMP_BLOCKTIME", "1")  # LLVM and Intel OpenMP: milliseconds of busy-wait
+
+
+_short_openmp_spin()

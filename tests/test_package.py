@@ -82,3 +82,24 @@ def test_only_the_figures_import_matplotlib():
                 drawing.add(path.stem)
     assert drawing == {"plots"}
     assert not [module for path in MODULES for module, _, _ in _imports(path) if module == "plots"]
+
+
+def _spin_settings(**env: str) -> list[str | None]:
+    """GOMP_SPINCOUNT and KMP_BLOCKTIME after `import stlib` in a fresh interpreter with `env` (else unset)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "STLIB_SHORT_SPIN")}
+    code = "import json, os, stlib; print(json.dumps([os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'KMP_BLOCKTIME')]))"
+    done = subprocess.run([sys.executable, "-c", code], env=clean | env, cwd=PACKAGE.parent, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def test_importing_stlib_shortens_openmps_busy_wait_unless_told_otherwise():
+    """Before torch loads OpenMP: a short busy-wait; a value already set wins; the switch turns it off."""
+    assert _spin_settings() == ["10000", "1"]
+    assert _spin_settings(GOMP_SPINCOUNT="5", KMP_BLOCKTIME="7") == ["5", "7"]
+    assert _spin_settings(STLIB_SHORT_SPIN="0") == [None, None]
