@@ -14,8 +14,9 @@ For each clip (default: book, walk, again and a stretch of one-by-one-person-det
   stronger flow than the smoother's own) of each, beside the input clip's E_warp (the floor);
 - the style term of the network's own objective (`stlib.perceptual.PerceptualLoss` from the model file's
   training settings; `--style-frames` frames spread over the clip) so that a blurred result cannot look stable;
-- milliseconds per frame: the network, and the network plus the smoothing, each timed as one step and in turn on
-  the same frames (`interleaved_ms`, median of ``--cost-frames``, 3 unless given).
+- milliseconds per frame: the network, and the network plus the smoothing, timed in turn on the same frames, each
+  smoother right after a network call of its own (`interleaved_ms`, medians of ``--cost-frames``, 3 unless
+  given); the cost is the median of smoothing time over network time of the same step.
 
 Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame outputs (re-runs skip the network
 and reuse the times measured then).
@@ -82,23 +83,28 @@ def per_frame(network, frames: list[np.ndarray], cache: Path | None) -> tuple[li
 
 
 def interleaved_ms(network, frames: list[np.ndarray], strengths: list[float], config: SmoothConfig, count: int = 3):
-    """Median ms per frame of the network alone and of the network + smoothing at each strength, each timed as one
-    step (its own network call, then its smoother) on the same `count` consecutive frames, the order turned frame by
-    frame: a change of the machine's load hits all alike, and each smoother runs right after a network call, as in
-    `stlib.video.process_frame` (the network's idle threads keep a core busy for a while after it)."""
+    """{strength: (median ms per frame, median cost)} of the network alone (strength 0) and of the network +
+    smoothing at each strength, on the same `count` consecutive frames, the order turned frame by frame. Each
+    smoother runs right after a network call of its own, as in `stlib.video.process_frame` (the network's idle
+    threads may keep a core busy for a while after it); the cost is the median of smoothing time / network time of
+    the same step, so that the network's own variation from call to call cancels."""
     smoothers = {0.0: None, **{s: TemporalSmoother(s, config) for s in strengths}}
-    times: dict[float, list[float]] = {s: [] for s in smoothers}
+    times: dict[float, list[tuple[float, float]]] = {s: [] for s in smoothers}  # (network ms, smoothing ms)
     stylize_frame(network, frames[0])  # warm-up
     order = list(smoothers)
     for index, frame in enumerate(frames[: count + 1]):
         for strength in order[index % len(order) :] + order[: index % len(order)]:
             start = time.perf_counter()
             styled = stylize_frame(network, frame)
+            middle = time.perf_counter()
             if smoothers[strength] is not None:
                 smoothers[strength](frame, styled)
             if index > 0:  # the first frame only stores the smoothers' state
-                times[strength].append(1000 * (time.perf_counter() - start))
-    return {strength: statistics.median(values) for strength, values in times.items()}
+                times[strength].append((1000 * (middle - start), 1000 * (time.perf_counter() - middle)))
+    return {
+        strength: (statistics.median(n + s for n, s in pairs), statistics.median(s / n for n, s in pairs))
+        for strength, pairs in times.items()
+    }
 
 
 def smoothed(frames, outputs, strength: float, config: SmoothConfig) -> tuple[list[np.ndarray], float, int]:
@@ -167,10 +173,10 @@ def run_network(args, model_file: Path, clips: list[dict], config: SmoothConfig)
             error = warping_error(result, motions=motions)
             rows.append(dict(clip=clip["name"], size=f"{w}x{h}", frames=len(frames), network=model_file.stem,
                              engine=network.name, method=method, error=error, floor=floor, style=style,
-                             style_ratio=style / base_style, ms=cost[strength], extra_ms=extra_ms,
-                             resets=resets))  # fmt: skip
+                             style_ratio=style / base_style, ms=cost[strength][0], cost=cost[strength][1],
+                             extra_ms=extra_ms, resets=resets))  # fmt: skip
             print(f"  {clip['name']} {model_file.stem} {method}: E_warp {1e3 * error:.2f} (floor {1e3 * floor:.2f}), "
-                  f"style {style:.4g}, {cost[strength]:.0f} ms/frame (smoothing alone over the clip "
+                  f"style {style:.4g}, {cost[strength][0]:.0f} ms/frame (smoothing alone over the clip "
                   f"{extra_ms:.1f} ms), {resets} resets", flush=True)  # fmt: skip
         if args.crops:
             save_crops(args.crops, f"{clip['name']}_{model_file.stem}", frames, {k: v[0] for k, v in methods.items()})
@@ -193,7 +199,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['clip']} ({r['frames']}, {r['size']}) | {r['network']} ({r['engine']}) | {r['method']} "
               f"| {1e3 * r['error']:.2f} | {r['error'] / b['error']:.2f}× | {1e3 * r['floor']:.2f} "
               f"| {r['style']:.4g} | {100 * (r['style_ratio'] - 1):+.1f} % | {r['ms']:.0f} "
-              f"| {100 * (r['ms'] / b['ms'] - 1):+.1f} % |")  # fmt: skip
+              f"| {100 * r['cost']:+.1f} % |")  # fmt: skip
 
 
 def main() -> None:
