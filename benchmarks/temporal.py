@@ -22,9 +22,12 @@ Prints one Markdown table and the machine. ``--cache DIR`` keeps the per-frame o
 and reuse the times measured then).
 """
 
+# ruff: noqa: E402 (stlib.short_openmp_spin runs before torch is imported, as on the command line)
 from __future__ import annotations
 
-import stlib  # noqa: F401 (imported before torch: it shortens OpenMP's busy-wait, as on the command line)
+import stlib
+
+stlib.short_openmp_spin()  # before torch is imported, as the command line does (docs/performance.md)
 
 # isort: split
 import argparse

@@ -18,9 +18,6 @@ Markdown table.
 
 from __future__ import annotations
 
-import stlib  # noqa: F401 (imported before torch: it shortens OpenMP's busy-wait, as on the command line)
-
-# isort: split
 import argparse
 import json
 import os

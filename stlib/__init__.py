@@ -22,27 +22,26 @@ Modules (one concept each), lowest layer first; a module imports only from the l
 """
 
 import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
 
 SHORT_SPIN_ENV = "STLIB_SHORT_SPIN"
-"""Environment variable: "0" leaves OpenMP's busy-wait alone (see `_short_openmp_spin`)."""
+"""Environment variable: "0" makes `short_openmp_spin` leave OpenMP's busy-wait alone."""
 
 
-def _short_openmp_spin() -> None:
-    """Shorten OpenMP's busy-wait after parallel work, unless set already: done here, before PyTorch loads OpenMP.
+def short_openmp_spin() -> bool:
+    """Shorten OpenMP's busy-wait after parallel work, unless set already; call it before torch is imported.
 
     After each parallel call PyTorch's idle OpenMP threads spin before they sleep: GNU OpenMP (PyTorch's Linux
-    wheels) 300,000 rounds, about 10 ms of one core on a 2-core AMD EPYC after every network call; LLVM and Intel
-    OpenMP (macOS, MKL builds) 200 ms. On a small CPU that core is taken from whatever runs next: the video
-    smoothing, the JPEG encoder, the browser of the webcam widget. 10,000 rounds (and 1 ms) still bridge the gaps
-    between one network's layers. It takes effect only where stlib is imported before torch (the command line, the
-    benchmarks); `STLIB_SHORT_SPIN=0` leaves OpenMP alone (benchmarks/RESULTS.md, "Temporal consistency").
+    wheels) 300,000 rounds, about 11 ms of one core after every frame of the slim network on a 2-core AMD EPYC;
+    LLVM and Intel OpenMP (macOS, MKL builds) 200 ms. On a small CPU that core is taken from whatever runs next,
+    such as the video smoothing. 10,000 rounds (and 1 ms) still bridge the gaps between one network's layers. The
+    command line calls it before it loads torch; True if it set something, False where torch is loaded already
+    (too late: OpenMP reads them once) or `STLIB_SHORT_SPIN=0` (docs/performance.md, "Short busy-wait").
     """
-    if _os.environ.get(SHORT_SPIN_ENV, "").strip().lower() in ("0", "false", "no", "off"):
-        return
+    if "torch" in _sys.modules or _os.environ.get(SHORT_SPIN_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
     _os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # GNU OpenMP: rounds of busy-wait
     _os.environ.setdefault("KMP_BLOCKTIME", "1")  # LLVM and Intel OpenMP: milliseconds of busy-wait
-
-
-_short_openmp_spin()
+    return True

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stlib import __version__
+from stlib import __version__, short_openmp_spin
 
 from .options import add_options, config_from, key_value, parse_type, positive_int
 
@@ -467,6 +467,7 @@ def _is_user_error(err: BaseException) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse `argv`, run the command, turn known errors into one line and exit code 2."""
+    short_openmp_spin()  # before anything loads torch (a core kept busy after every network call otherwise)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in _COMMANDS else "").parse_args(argv)

@@ -84,22 +84,28 @@ def test_only_the_figures_import_matplotlib():
     assert not [module for path in MODULES for module, _, _ in _imports(path) if module == "plots"]
 
 
-def _spin_settings(**env: str) -> list[str | None]:
-    """GOMP_SPINCOUNT and KMP_BLOCKTIME after `import stlib` in a fresh interpreter with `env` (else unset)."""
+def _spin_settings(first: str = "", **env: str) -> list:
+    """`short_openmp_spin()`'s answer, then GOMP_SPINCOUNT and KMP_BLOCKTIME, in a fresh interpreter with `env` (the
+    three variables unset otherwise) after the statement `first`."""
     import json
     import os
     import subprocess
     import sys
 
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME", "STLIB_SHORT_SPIN")}
-    code = "import json, os, stlib; print(json.dumps([os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'KMP_BLOCKTIME')]))"
+    names = "('GOMP_SPINCOUNT', 'KMP_BLOCKTIME')"
+    code = (f"{first}\nimport json, os, stlib\nanswer = stlib.short_openmp_spin()\n"
+            f"print(json.dumps([answer] + [os.environ.get(k) for k in {names}]))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], env=clean | env, cwd=PACKAGE.parent, capture_output=True,
                           text=True, check=True)  # fmt: skip
     return json.loads(done.stdout)
 
 
-def test_importing_stlib_shortens_openmps_busy_wait_unless_told_otherwise():
-    """Before torch loads OpenMP: a short busy-wait; a value already set wins; the switch turns it off."""
-    assert _spin_settings() == ["10000", "1"]
-    assert _spin_settings(GOMP_SPINCOUNT="5", KMP_BLOCKTIME="7") == ["5", "7"]
-    assert _spin_settings(STLIB_SHORT_SPIN="0") == [None, None]
+def test_the_short_busy_wait_is_set_before_torch_and_never_over_the_users_choice():
+    """Before torch loads OpenMP: a short busy-wait; a value already set wins; too late once torch is loaded; the
+    switch turns it off. Importing stlib alone changes nothing."""
+    assert _spin_settings() == [True, "10000", "1"]
+    assert _spin_settings(GOMP_SPINCOUNT="5", KMP_BLOCKTIME="7") == [True, "5", "7"]
+    assert _spin_settings("import torch") == [False, None, None]
+    assert _spin_settings(STLIB_SHORT_SPIN="0") == [False, None, None]
+    assert _spin_settings("import os, stlib; assert 'GOMP_SPINCOUNT' not in os.environ")[1:] == ["10000", "1"]
