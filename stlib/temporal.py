@@ -274,7 +274,7 @@ class SmoothConfig:
     window: int = 15  # side (px) of the window of local means and variances of `contrast_blend`
     keep: float = 0.3  # fraction of the current frame's finest band (3x3) taken as it is (`contrast_blend`)
     cubic: bool = False  # warp the previous output bicubically (its overshoot builds up over the frames) not bilinearly
-    parallel: bool = True  # the second flow and the new output's statistics on helper threads (same result, sooner)
+    parallel: bool = True  # the steps that do not wait for each other on two helper threads (same frames, sooner)
 
     def __post_init__(self) -> None:
         _check_method(self.method, self.scale)
@@ -349,7 +349,8 @@ class TemporalSmoother:
 
         The steps that do not wait for each other run at once with `parallel` (OpenCV lets go of Python's lock, and
         most of its steps use one core): the two flows; the new output's statistics meanwhile; the previous output's
-        warp beside the weight; the mix's statistics beside its bands (`_contrast_blend`). Same result either way.
+        warp beside the weight; then in `_contrast_blend` the mix's statistics beside its bands and mean, its three
+        gains at full size, and the pointwise sums in two halves. Same frames either way.
         """
         cv2, config = _cv2(), self.config
         run = _pool().submit if config.parallel else _now
@@ -404,14 +405,14 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """The smoothers' helper threads (two: the forward flow and the new output's statistics), made once."""
+    """The smoothers' two helper threads (`TemporalSmoother._smoothed`), made once and shared by every smoother."""
     with _POOL_LOCK:
         if not _POOL:
             _POOL.append(ThreadPoolExecutor(2, thread_name_prefix="stlib-smooth"))
     return _POOL[0]
 
 
-def _now(function, *args) -> Future:
+def _now(function: Callable[..., object], *args: object) -> Future:
     """`function(*args)` run here, as a finished Future (the smoother's order of work without `parallel`)."""
     future: Future = Future()
     try:
