@@ -422,10 +422,11 @@ def _now(function: Callable[..., object], *args: object) -> Future:
     return future
 
 
-def _buffer(work: dict | None, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray | None:
-    """A reused array of `work` (None without one: OpenCV allocates). A fresh 640x480 array costs page faults."""
+def _buffer(work: dict | None, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """An array of `work`, reused from call to call (a new one without `work`): a fresh 640x480 array costs page
+    faults, more than the arithmetic on it."""
     if work is None:
-        return None
+        return np.empty(shape, dtype)
     array = work.get(name)
     if array is None or array.shape != shape or array.dtype != dtype:
         array = work[name] = np.empty(shape, dtype)
@@ -461,7 +462,8 @@ def _band_variances(image: np.ndarray, window: int, step: int, work: dict | None
     fine, mid = _bands(luma, name + "_luma", work)  # (H, W) each
     if luma.dtype != np.float32:
         luma_f = _buffer(work, name + "_luma", (h, w))
-        luma = luma.astype(np.float32) if luma_f is None else np.copyto(luma_f, luma) or luma_f
+        np.copyto(luma_f, luma)
+        luma = luma_f
     mean = _coarse_mean(luma, window, step)
     total = _coarse_mean(cv2.multiply(luma, luma, dst=luma), window, step) - mean * mean
     fine, mid = (_coarse_mean(cv2.multiply(band, band, dst=band), window, step) for band in (fine, mid))
@@ -534,7 +536,7 @@ def _contrast_blend(
     run, halves = run or _now, (slice(0, h // 2), slice(h // 2, h))  # pointwise steps: two halves at once
     if current.dtype == np.uint8:  # one pass, rounded (blendLinear's 1e-5 in the denominator is invisible here)
         rest = cv2.subtract(1.0, weight, dst=_buffer(work, "rest", (h, w)))
-        mixed = np.empty((h, w, 3), np.uint8) if work is None else _buffer(work, "mixed", (h, w, 3), np.uint8)
+        mixed = _buffer(work, "mixed", (h, w, 3), np.uint8)
 
         def mix(rows: slice) -> None:
             cv2.blendLinear(previous[rows], current[rows], weight[rows], rest[rows], dst=mixed[rows])
